@@ -1,0 +1,170 @@
+"""The fold: a composite is a pure, bit-exact function of (mode, [(adapter, coeffs), ...]).
+
+Determinism rules, each one load-bearing (every node must compute identical bytes):
+
+- coefficients arrive as python floats (float64) and are cast once to 0-dim float32 tensors;
+- every update is ``torch.mul`` then ``torch.add``: two correctly rounded IEEE operations per
+  element. Never ``add(..., alpha=w)``, ``addcmul`` or ``lerp``, which may fuse into an FMA;
+- no matmul or reduction anywhere on this path (``delta_weights`` is for evaluation only);
+- modules are visited in sorted order and stored sorted; nothing reads a global RNG.
+
+Modes (w1, w2 = the commit's coefficients):
+
+- **fusion** (the paper's code): ``A' = w1·A + w2·A_new`` and ``B' = w1·B + w2·B_new``, rank
+  dimensions zero-padded to the larger rank, a module absent on one side counts as zeros;
+- **stack** (exact): ``B' = [w1·B, w2·B_new]``, ``A' = [A; A_new]``, so
+  ``ΔW' = w1·ΔW + w2·ΔW_new`` with no cross terms and no dense matrix;
+- **mixture**: members kept whole, weights ``λ ← [w1·λ_1, ..., w1·λ_k, w2]`` in python floats.
+
+The first commit onto an empty composite gives ``w2·L`` (fusion/stack) or ``[w2]`` (mixture).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import torch
+
+from merge.errors import CoefficientError, ModeError, ShapeError
+from merge.lora import LoraAdapter, LoraModule
+from merge.spec import MODES
+
+Coeffs = tuple[float, float]
+
+
+@dataclass(frozen=True, eq=False)
+class Composite:
+    """A merged model. Compare composites by ``merge.digest.composite_digest``."""
+
+    mode: str
+    modules: Mapping[str, LoraModule] = field(default_factory=dict)
+    members: tuple[LoraAdapter, ...] = ()
+    weights: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ModeError(f"unknown mode {self.mode!r}; expected one of {MODES}")
+        if self.mode == "mixture" and self.modules:
+            raise ModeError("a mixture keeps members, not merged modules")
+        if self.mode != "mixture" and (self.members or self.weights):
+            raise ModeError(f"a {self.mode} composite has no members")
+        if len(self.members) != len(self.weights):
+            raise ModeError("a mixture needs one weight per member")
+        object.__setattr__(
+            self, "modules", MappingProxyType({k: self.modules[k] for k in sorted(self.modules)})
+        )
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.modules and not self.members
+
+    def __repr__(self) -> str:
+        if self.mode == "mixture":
+            return f"<Composite mixture members={len(self.members)}>"
+        ranks = sorted({m.rank for m in self.modules.values()})
+        return f"<Composite {self.mode} modules={len(self.modules)} ranks={ranks}>"
+
+
+def empty(mode: str) -> Composite:
+    return Composite(mode=mode)
+
+
+def apply(c: Composite, adapter: LoraAdapter, coeffs: Sequence[float]) -> Composite:
+    """Merge one commit into ``c``; pure (neither input is modified), bit-exact."""
+    w1, w2 = check_coeffs(coeffs)
+    if c.mode == "mixture":
+        return Composite("mixture", members=(*c.members, adapter),
+                         weights=(*(w1 * lam for lam in c.weights), w2))
+    _check_fits(c, adapter)
+    t1, t2 = _f32(w1), _f32(w2)
+    step = _fuse if c.mode == "fusion" else _stack
+    modules = {}
+    for name in sorted(set(c.modules) | set(adapter.modules)):
+        old, new = c.modules.get(name), adapter.modules.get(name)
+        if old is None:
+            assert new is not None
+            modules[name] = LoraModule(A=_scaled_a(c.mode, new.A, t2), B=torch.mul(new.B, t2))
+        elif new is None:
+            modules[name] = LoraModule(A=_scaled_a(c.mode, old.A, t1), B=torch.mul(old.B, t1))
+        else:
+            modules[name] = step(old, new, t1, t2)
+    return Composite(c.mode, modules=modules)
+
+
+def fold(mode: str, steps: Iterable[tuple[LoraAdapter, Sequence[float]]]) -> Composite:
+    """Apply commits in the given (already canonical) order onto ``empty(mode)``."""
+    c = empty(mode)
+    for adapter, coeffs in steps:
+        c = apply(c, adapter, coeffs)
+    return c
+
+
+def delta_weights(modules: Mapping[str, LoraModule]) -> dict[str, torch.Tensor]:
+    """Dense ``{module: B @ A}`` for evaluation only (uses BLAS: not part of any digest)."""
+    return {name: m.B @ m.A for name, m in modules.items()}
+
+
+def uniform_average(mode: str, adapters: Sequence[LoraAdapter]) -> Composite:
+    """Baseline: every adapter weighted 1/n (fusion averages factors, stack averages ΔW)."""
+    if not adapters:
+        raise ModeError("uniform_average needs at least one adapter")
+    w = 1.0 / len(adapters)
+    return fold(mode, [(a, (1.0, w)) for a in adapters])
+
+
+def single_task(mode: str, adapter: LoraAdapter) -> Composite:
+    """Baseline: one institution's plugin alone."""
+    return apply(empty(mode), adapter, (1.0, 1.0))
+
+
+def check_coeffs(coeffs: Sequence[float]) -> Coeffs:
+    """Exactly two finite python floats (ints accepted; bools, NaN and Inf refused)."""
+    if len(coeffs) != 2:
+        raise CoefficientError(f"expected 2 coefficients, got {len(coeffs)}")
+    out = []
+    for x in coeffs:
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+            raise CoefficientError(f"coefficient {x!r} is not a finite float")
+        out.append(float(x))
+    return out[0], out[1]
+
+
+def _f32(w: float) -> torch.Tensor:
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _scaled_a(mode: str, a: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    # Fusion scales both factors; stack scales only B and keeps A as is.
+    return torch.mul(a, t) if mode == "fusion" else a
+
+
+def _fuse(old: LoraModule, new: LoraModule, t1: torch.Tensor, t2: torch.Tensor) -> LoraModule:
+    r = max(old.rank, new.rank)
+    a = torch.add(torch.mul(_pad_rows(old.A, r), t1), torch.mul(_pad_rows(new.A, r), t2))
+    b = torch.add(torch.mul(_pad_cols(old.B, r), t1), torch.mul(_pad_cols(new.B, r), t2))
+    return LoraModule(A=a, B=b)
+
+
+def _stack(old: LoraModule, new: LoraModule, t1: torch.Tensor, t2: torch.Tensor) -> LoraModule:
+    b = torch.cat([torch.mul(old.B, t1), torch.mul(new.B, t2)], dim=1)
+    return LoraModule(A=torch.cat([old.A, new.A], dim=0), B=b)
+
+
+def _pad_rows(a: torch.Tensor, r: int) -> torch.Tensor:
+    extra = r - a.shape[0]
+    return a if extra == 0 else torch.cat([a, a.new_zeros(extra, a.shape[1])], dim=0)
+
+
+def _pad_cols(b: torch.Tensor, r: int) -> torch.Tensor:
+    extra = r - b.shape[1]
+    return b if extra == 0 else torch.cat([b, b.new_zeros(b.shape[0], extra)], dim=1)
+
+
+def _check_fits(c: Composite, adapter: LoraAdapter) -> None:
+    for name in sorted(set(c.modules) & set(adapter.modules)):
+        have, got = c.modules[name].shape, adapter.modules[name].shape
+        if have != got:
+            raise ShapeError(adapter.name, name, f"ΔW shape {got} != composite's {have}")

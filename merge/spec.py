@@ -1,0 +1,130 @@
+"""The network's merge spec: which merge, how the author searches, what adapters may hold.
+
+The spec lives in the genesis record, so it must round-trip through the canonical encoding:
+``to_dict()`` gives plain python values only (str, int, float, nested dicts) and
+``from_dict()`` refuses anything it would not have produced (unknown or missing keys, wrong
+types, out-of-range values) with a ``SpecError``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from merge.errors import SpecError
+
+MODES = ("fusion", "stack", "mixture")
+OBJECTIVES = ("paper", "logprob")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds an adapter must respect; checked on bytes before anything is merged."""
+
+    max_tensor_elements: int = 1 << 26
+    max_norm: float = 1.0e4
+    max_rank: int = 256
+    max_blob_bytes: int = 1 << 29
+
+    def __post_init__(self) -> None:
+        for name in ("max_tensor_elements", "max_rank", "max_blob_bytes"):
+            _check_int(name, getattr(self, name), low=1)
+        _check_float("max_norm", self.max_norm, positive=True)
+        object.__setattr__(self, "max_norm", float(self.max_norm))
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The author's coefficient search (LoraHub-style, as in the paper)."""
+
+    budget: int = 40
+    init: float = 0.5
+    bound: float = 1.5
+    l1: float = 0.05
+    objective: str = "logprob"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("budget", self.budget, low=1)
+        _check_float("bound", self.bound, positive=True)
+        _check_float("init", self.init)
+        _check_float("l1", self.l1)
+        if abs(self.init) > self.bound:
+            raise SpecError(f"init {self.init} lies outside the bounds ±{self.bound}")
+        if self.l1 < 0:
+            raise SpecError(f"l1 must be >= 0, got {self.l1}")
+        if self.objective not in OBJECTIVES:
+            raise SpecError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        _check_int("seed", self.seed, low=0, high=2**32 - 1)
+        for name in ("init", "bound", "l1"):  # ints accepted, stored as the float they mean
+            object.__setattr__(self, name, float(getattr(self, name)))
+
+
+@dataclass(frozen=True)
+class MergeSpec:
+    """Mode + search settings + adapter limits, as carried by the genesis document."""
+
+    mode: str = "fusion"
+    search: SearchSettings = field(default_factory=SearchSettings)
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise SpecError(f"mode must be one of {MODES}, got {self.mode!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain python values, ready for the canonical encoding."""
+        return {"mode": self.mode, "search": _flat(self.search), "limits": _flat(self.limits)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MergeSpec:
+        """Inverse of ``to_dict``; strict, since the data comes from a signed document."""
+        _expect_keys("spec", data, {"mode", "search", "limits"})
+        mode = data["mode"]
+        if not isinstance(mode, str):
+            raise SpecError(f"mode must be a string, got {type(mode).__name__}")
+        search = SearchSettings(**_typed_fields(SearchSettings, data["search"]))
+        limits = Limits(**_typed_fields(Limits, data["limits"]))
+        return cls(mode=mode, search=search, limits=limits)
+
+
+def _flat(obj: SearchSettings | Limits) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+
+
+def _expect_keys(what: str, data: object, keys: set[str]) -> None:
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{what} must be a mapping, got {type(data).__name__}")
+    if set(data) != keys:
+        raise SpecError(f"{what} keys {sorted(map(str, data))} != expected {sorted(keys)}")
+
+
+def _typed_fields(cls: type[SearchSettings] | type[Limits], data: object) -> dict[str, Any]:
+    """Check every field's python type against the default's; ints are accepted for floats
+    because some encoders write 2.0 as 2, never the reverse."""
+    defaults = cls()
+    _expect_keys(cls.__name__, data, {f.name for f in fields(cls)})
+    assert isinstance(data, Mapping)
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        value, want = data[f.name], type(getattr(defaults, f.name))
+        if isinstance(value, bool) or not isinstance(value, (want, int) if want is float else want):
+            raise SpecError(f"{cls.__name__}.{f.name} must be {want.__name__}, got {value!r}")
+        out[f.name] = float(value) if want is float else value
+    return out
+
+
+def _check_int(name: str, value: object, *, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{name} must be an int, got {value!r}")
+    if value < low or (high is not None and value > high):
+        raise SpecError(f"{name}={value} is out of range [{low}, {high}]")
+
+
+def _check_float(name: str, value: object, *, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"{name} must be a float, got {value!r}")
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise SpecError(f"{name} must be finite{' and > 0' if positive else ''}, got {value}")
