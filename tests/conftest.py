@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny real base model and real PEFT LoRA adapters saved to disk."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(1)
+
+
+class TinyBase(torch.nn.Module):
+    """Two attention-like projections and a head: enough for PEFT to target by name."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.q = torch.nn.Linear(dim, dim)
+        self.v = torch.nn.Linear(dim, dim)
+        self.head = torch.nn.Linear(dim, 3)
+        with torch.no_grad():
+            for param in self.parameters():
+                param.copy_(torch.randn(param.shape, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.q(x)) + self.v(x))
+
+
+@pytest.fixture
+def make_adapter(tmp_path: Path) -> Callable[..., Path]:
+    """Save a real PEFT LoRA adapter with seeded non-zero weights; returns its directory."""
+    from peft import LoraConfig, get_peft_model
+
+    def make(name: str = "adapter", seed: int = 1, rank: int = 2) -> Path:
+        model = get_peft_model(
+            TinyBase(), LoraConfig(r=rank, lora_alpha=rank, target_modules=["q", "v"])
+        )
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for pname, param in model.named_parameters():
+                if "lora_" in pname:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+        out = tmp_path / name
+        model.save_pretrained(str(out))
+        return out
+
+    return make

@@ -1,0 +1,305 @@
+"""Issue 2's done-when, as a new user runs it: two identities, a network, a commit over real
+PEFT adapter files, `medforge verify` accepting it and refusing every tampered variant."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from crypto import canonical
+from crypto.records import Commit, Revocation, decode_record
+from node.cli import main
+from node.home import Home
+
+BASE = "ab" * 32
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.fixture
+def network(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    for name in ("alice", "bob"):
+        assert run(capsys, "init", "--home", str(tmp_path / name), "--name", name)[0] == 0
+    code, out = run(capsys, "id", "--home", str(tmp_path / "bob"), "--json")
+    (tmp_path / "bob.json").write_text(out)
+    code, out = run(
+        capsys,
+        "network",
+        "create",
+        "--home",
+        str(tmp_path / "alice"),
+        "--name",
+        "oncology",
+        "--member",
+        str(tmp_path / "bob.json"),
+        "--threshold",
+        "2",
+        "--base",
+        BASE,
+        "--out",
+        str(tmp_path / "genesis.cbor"),
+    )
+    assert code == 0, out
+    assert (
+        run(
+            capsys,
+            "network",
+            "join",
+            "--home",
+            str(tmp_path / "bob"),
+            str(tmp_path / "genesis.cbor"),
+        )[0]
+        == 0
+    )
+    return tmp_path
+
+
+@pytest.fixture
+def bundle(
+    network: Path, make_adapter: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> Path:
+    distilled = network / "distilled.safetensors"
+    save_file(
+        {"inputs": torch.zeros(4, 3), "labels": torch.tensor([0, 1, 0, 1])},
+        str(distilled),
+        metadata={"classes": json.dumps(["benign", "malignant"]), "task": "breast"},
+    )
+    code, out = run(
+        capsys,
+        "commit",
+        "--home",
+        str(network / "alice"),
+        "--adapter",
+        str(make_adapter()),
+        "--distilled",
+        str(distilled),
+        "--task",
+        "breast",
+        "--coeffs",
+        "1.0",
+        "0.5",
+        "--out",
+        str(network / "bundle"),
+    )
+    assert code == 0, out
+    return network / "bundle"
+
+
+def verify(capsys: pytest.CaptureFixture[str], bundle: Path, *extra: str) -> tuple[int, str]:
+    home = bundle.parent / "bob"
+    return run(capsys, "verify", str(bundle), "--home", str(home), *extra)
+
+
+def test_verify_accepts_a_fresh_commit(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = verify(capsys, bundle)
+    assert code == 0
+    assert out.startswith("valid: commit")
+    commit = decode_record((bundle / "commit.cbor").read_bytes())
+    assert isinstance(commit, Commit)
+    assert commit.classes == ("benign", "malignant")
+    assert commit.seq == 0
+
+
+def test_sequence_numbers_are_never_reused(network: Path) -> None:
+    home = Home(network / "alice")
+    assert [home.next_seq() for _ in range(3)] == [0, 1, 2]
+
+
+def _copy(bundle: Path, name: str) -> Path:
+    target = bundle.parent / name
+    shutil.copytree(bundle, target)
+    return target
+
+
+def _blob(bundle: Path, kind: str) -> Path:
+    commit = decode_record((bundle / "commit.cbor").read_bytes())
+    assert isinstance(commit, Commit)
+    return bundle / "blobs" / commit.blobs[kind].sha256.hex()
+
+
+@pytest.mark.parametrize("kind", ["adapter_config", "adapter_model", "distilled"])
+def test_a_tampered_blob_byte_is_refused(
+    bundle: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = _copy(bundle, f"tampered-{kind}")
+    path = _blob(bad, kind)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    code, out = verify(capsys, bad)
+    assert code == 2
+    assert "BlobMismatch" in out
+    assert "does not hash" in out
+
+
+def test_a_truncated_blob_is_refused(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = _copy(bundle, "truncated")
+    path = _blob(bad, "adapter_model")
+    path.write_bytes(path.read_bytes()[:-7])
+    code, out = verify(capsys, bad)
+    assert code == 2
+    assert "bytes, the commit says" in out
+
+
+def test_a_tampered_record_byte_is_refused(
+    bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = _copy(bundle, "tampered-record")
+    record = bytearray((bad / "commit.cbor").read_bytes())
+    record[len(record) - 80] ^= 0x01  # inside the signature or the body: caught either way
+    (bad / "commit.cbor").write_bytes(bytes(record))
+    code, out = verify(capsys, bad)
+    assert code == 2
+    assert "error:" in out
+
+
+def test_a_truncated_record_is_refused(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = _copy(bundle, "truncated-record")
+    (bad / "commit.cbor").write_bytes((bad / "commit.cbor").read_bytes()[:100])
+    code, out = verify(capsys, bad)
+    assert code == 2
+    assert "TruncatedEncoding" in out
+
+
+def test_mallory_an_unknown_signer_is_refused(
+    bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    make_adapter: Callable[..., Path],
+) -> None:
+    # Mallory joins the genesis file (she can read it) and signs a perfectly formed commit.
+    run(capsys, "init", "--home", str(tmp_path / "mallory"), "--name", "mallory")
+    run(
+        capsys,
+        "network",
+        "join",
+        "--home",
+        str(tmp_path / "mallory"),
+        str(tmp_path / "genesis.cbor"),
+    )
+    code, out = run(
+        capsys,
+        "commit",
+        "--home",
+        str(tmp_path / "mallory"),
+        "--adapter",
+        str(make_adapter("m")),
+        "--distilled",
+        str(tmp_path / "distilled.safetensors"),
+        "--task",
+        "breast",
+        "--coeffs",
+        "1.0",
+        "1.5",
+        "--out",
+        str(tmp_path / "evil"),
+    )
+    assert code == 0
+    code, out = verify(capsys, tmp_path / "evil")
+    assert code == 2
+    assert "UnknownSigner" in out
+
+
+def test_a_commit_for_another_network_is_refused(
+    bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "init", "--home", str(tmp_path / "carol"), "--name", "carol")
+    run(
+        capsys,
+        "network",
+        "create",
+        "--home",
+        str(tmp_path / "carol"),
+        "--name",
+        "other",
+        "--base",
+        BASE,
+    )
+    code, out = run(capsys, "verify", str(bundle), "--home", str(tmp_path / "carol"))
+    assert code == 2
+    assert "WrongNetwork" in out
+
+
+def test_a_revoked_commit_is_refused(
+    bundle: Path, network: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commit = decode_record((bundle / "commit.cbor").read_bytes())
+    code, _ = run(
+        capsys,
+        "revoke",
+        "--home",
+        str(network / "alice"),
+        "--commit",
+        commit.id.hex(),
+        "--out",
+        str(network / "rev.cbor"),
+    )
+    assert code == 0
+    assert isinstance(decode_record((network / "rev.cbor").read_bytes()), Revocation)
+    code, out = verify(capsys, bundle, "--records", str(network / "rev.cbor"))
+    assert code == 2
+    assert "revoked" in out
+
+
+def test_a_removed_member_is_refused(
+    bundle: Path, network: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # alice and bob (threshold 2) remove alice, keeping none of her commits.
+    alice_id = json.loads(run(capsys, "id", "--home", str(network / "alice"), "--json")[1])
+    member = f"alice:{alice_id['public_key']}"
+    run(
+        capsys,
+        "roster",
+        "propose",
+        "--home",
+        str(network / "alice"),
+        "--op",
+        "remove",
+        "--epoch",
+        "1",
+        "--member",
+        member,
+        "--out",
+        str(network / "u1.cbor"),
+    )
+    run(
+        capsys,
+        "roster",
+        "sign",
+        "--home",
+        str(network / "bob"),
+        str(network / "u1.cbor"),
+        "--out",
+        str(network / "u2.cbor"),
+    )
+    code, out = verify(capsys, bundle, "--records", str(network / "u2.cbor"))
+    assert code == 2
+    assert "RemovedMember" in out
+
+
+def test_unknown_schema_version_is_refused(
+    bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = _copy(bundle, "v2")
+    envelope = canonical.decode((bad / "commit.cbor").read_bytes())
+    envelope["v"] = 2
+    (bad / "commit.cbor").write_bytes(canonical.encode(envelope))
+    code, out = verify(capsys, bad)
+    assert code == 2
+    assert "UnknownSchemaVersion" in out
+
+
+def test_init_refuses_to_overwrite(network: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(capsys, "init", "--home", str(network / "alice"), "--name", "again")
+    assert code == 2
+    assert "refusing to overwrite" in out
