@@ -1,0 +1,243 @@
+"""The py-libp2p 0.8.1 backend, and every workaround it needs, in one place.
+
+Workarounds (numbers from shared/notes/libp2p-0.8.1.md):
+  #1  Noise is the only security transport offered, so a plaintext peer is refused.
+  #2  gossip over the cap is refused in ``Transport.publish`` (gossipsub drops > 1 MiB
+      silently); blobs go over ``wire.BLOB_PROTOCOL``.
+  #4  graceful stop: ``host.close()`` runs inside ``host.run()`` before anything is
+      cancelled, else the dialer's socket leaks and peers keep ghost connections.
+  #5  the Pubsub ``LastSeenCache`` sweeper thread is stopped after pubsub exits.
+  #6  ``max_connections_per_peer=1``: dials take ~15 ms instead of ~250 ms.
+  #7  the per-topic spam limit (10 msg/s) is raised, so announcement bursts survive.
+  log importing libp2p turns off propagation of its logger; we turn it back on.
+  Bootstrap redial is ours (``Transport._keep_connected``): libp2p's own loop forgets a
+  peer after a few failures and runs outside any nursery.
+libp2p exceptions are translated to ``node.errors`` only here (``_mapped``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee, ISubscriptionAPI
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.exceptions import BaseLibp2pError
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+
+from node.errors import ConnectionLost, PeerTimeout, PeerUnreachable
+from node.transport import wire
+from node.transport.base import Transport
+from node.transport.types import PeerId, TransportConfig
+
+logging.getLogger("libp2p").propagate = True  # libp2p sets False on import
+
+GOSSIPSUB_PROTOCOL = TProtocol("/meshsub/1.1.0")
+_log = logging.getLogger("node.transport.libp2p")
+
+
+@contextmanager
+def _mapped(error: type[Exception], what: str) -> Iterator[None]:
+    """Translate libp2p's exceptions into ours."""
+    try:
+        yield
+    except (BaseLibp2pError, OSError, ValueError) as exc:
+        raise error(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def create_host(seed: bytes, listen_addrs: list[multiaddr.Multiaddr]) -> IHost:
+    """A host pinned to Noise + Yamux, one connection per peer (workarounds #1, #6)."""
+    key_pair = create_new_key_pair(seed)
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+        listen_addrs=listen_addrs,
+        connection_config=ConnectionConfig(max_connections_per_peer=1),
+    )
+
+
+class _Stream:
+    """``wire.ByteStream`` over a libp2p stream; EOF is b"" (a half-close ends a frame)."""
+
+    def __init__(self, stream: INetStream) -> None:
+        self._stream = stream
+
+    async def read(self, max_bytes: int) -> bytes:
+        try:
+            return await self._stream.read(max_bytes)
+        except EOFError:  # StreamEOF: the peer half-closed; a normal end of its frame
+            return b""
+        except BaseLibp2pError as exc:
+            raise ConnectionLost(f"read: {type(exc).__name__}: {exc}") from exc
+
+    async def write(self, data: bytes) -> None:
+        with _mapped(ConnectionLost, "write"):
+            await self._stream.write(data)
+
+    async def close_write(self) -> None:
+        with _mapped(ConnectionLost, "close_write"):
+            await self._stream.close_write()
+
+    async def close(self) -> None:
+        with _mapped(ConnectionLost, "close"):
+            await self._stream.close()
+
+    async def reset(self) -> None:
+        await self._stream.reset()  # never raises: libp2p swallows reset failures
+
+
+class _Notifee(INotifee):
+    """Turns swarm connection callbacks into our peer events."""
+
+    def __init__(self, transport: Libp2pTransport) -> None:
+        self._transport = transport
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._transport._peer_up(str(conn.muxed_conn.peer_id))
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        peer_id = conn.muxed_conn.peer_id
+        if not network.get_connections(peer_id):
+            self._transport._peer_down(str(peer_id))
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+
+class Libp2pTransport(Transport):
+    """``Transport`` over py-libp2p: TCP + Noise + Yamux, GossipSub, our stream protocols."""
+
+    def __init__(self, seed: bytes, config: TransportConfig | None = None) -> None:
+        super().__init__(seed, config)
+        listen = [multiaddr.Multiaddr(a) for a in self.config.listen_addrs]
+        self._listen = listen
+        self.host = create_host(seed, listen)
+        self._gossipsub = GossipSub(
+            protocols=[GOSSIPSUB_PROTOCOL],
+            degree=6,
+            degree_low=4,
+            degree_high=12,
+            heartbeat_initial_delay=0.1,
+            heartbeat_interval=1,
+            max_messages_per_topic_per_second=self.config.gossip_rate_per_topic,
+        )
+        self._pubsub = Pubsub(self.host, self._gossipsub)
+        for protocol in (wire.REQUEST_PROTOCOL, wire.BLOB_PROTOCOL):
+            self.host.set_stream_handler(TProtocol(protocol), self._on_stream)
+        self.host.get_network().register_notifee(_Notifee(self))
+        self._stopping = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def listen_addrs(self) -> tuple[str, ...]:
+        return tuple(str(a) for a in self.host.get_addrs()) if self._running else ()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with self.host.run(listen_addrs=self._listen), AsyncExitStack() as stack:
+                for service in self._services():
+                    await stack.enter_async_context(background_trio_service(service))
+                await self._pubsub.wait_until_ready()
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self._running = True
+                    for addr in self.config.bootstrap:
+                        nursery.start_soon(self._keep_connected, addr)
+                    task_status.started()
+                    await self._stopping.wait()
+                    self._running = False
+                    await self.host.close()  # #4: before anything is cancelled
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._running = False
+            self._pubsub.seen_messages.stop()  # #5: the sweeper thread nobody stops
+
+    def _services(self) -> list[Any]:
+        services: list[Any] = [self._pubsub, self._gossipsub]
+        if self.config.enable_dht:
+            from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+
+            services.append(KadDHT(self.host, DHTMode.SERVER))
+        return services
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def connect(self, addr: str) -> PeerId:
+        self._check_running()
+        with _mapped(PeerUnreachable, f"bad address {addr!r}"):
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        peer = str(info.peer_id)
+        if peer == self.peer_id:
+            raise PeerUnreachable("cannot dial self")
+        try:
+            with trio.fail_after(self.config.request_timeout), _mapped(PeerUnreachable, addr):
+                await self.host.connect(info)
+        except trio.TooSlowError as exc:
+            raise PeerUnreachable(f"dial {addr} timed out") from exc
+        self._peer_up(peer)  # the notifee may still be in flight; make connect() final
+        return peer
+
+    async def disconnect(self, peer: PeerId) -> None:
+        with _mapped(ConnectionLost, f"disconnect {peer}"):
+            await self.host.disconnect(ID.from_base58(peer))
+        self._peer_down(peer)
+
+    async def subscribe(self, topic: str) -> None:
+        self._check_running()
+        assert self._nursery is not None
+        subscription = await self._pubsub.subscribe(topic)
+        self._nursery.start_soon(self._pump_topic, topic, subscription)
+
+    async def _pump_topic(self, topic: str, subscription: ISubscriptionAPI) -> None:
+        while True:
+            msg = await subscription.get()
+            self._gossip_in(topic, str(ID(msg.from_id)), msg.data)
+
+    async def wait_mesh(self, peer: PeerId, topic: str) -> None:
+        try:
+            timeout = self.config.request_timeout
+            await self._pubsub.wait_for_mesh(ID.from_base58(peer), topic, timeout=timeout)
+        except trio.TooSlowError as exc:
+            raise PeerTimeout(f"{peer} not in our {topic} mesh") from exc
+
+    async def _publish(self, topic: str, data: bytes) -> None:
+        await self._pubsub.publish(topic, data)
+
+    async def _open_stream(self, peer: PeerId, protocol: str) -> _Stream:
+        if peer not in self._peers:
+            raise PeerUnreachable(f"not connected to {peer}")
+        with _mapped(PeerUnreachable, f"open {protocol} to {peer}"):
+            stream = await self.host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
+        return _Stream(stream)
+
+    async def _on_stream(self, stream: INetStream) -> None:
+        peer = str(stream.muxed_conn.peer_id)
+        await self._serve_stream(peer, str(stream.get_protocol()), _Stream(stream))

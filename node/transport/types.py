@@ -1,0 +1,90 @@
+"""Value types shared by every transport: events, handlers, configuration, statistics.
+
+Peer ids are libp2p peer id strings (base58 of the identity multihash of the Ed25519
+public key) in both implementations, so the rest of the node never needs to know which
+transport it runs on. Addresses are opaque strings that end in ``/p2p/<peer id>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+PeerId = str
+
+#: Handles one request from ``peer`` and returns the response bytes. Raising a
+#: ``NodeError`` sends its message back as a refusal; other exceptions are logged
+#: and answered with a generic refusal (a bug in one handler must not kill the node).
+RequestHandler = Callable[[PeerId, bytes], Awaitable[bytes]]
+
+#: Maps a sha256 (32 raw bytes) to the file that holds those bytes, or None.
+BlobProvider = Callable[[bytes], Path | None]
+
+
+class BlobSink(Protocol):
+    """Where fetched chunks go: any binary file, ``io.BytesIO`` or a store blob writer."""
+
+    def write(self, data: bytes, /) -> object: ...
+
+
+@dataclass(frozen=True)
+class PeerConnected:
+    peer: PeerId
+
+
+@dataclass(frozen=True)
+class PeerDisconnected:
+    peer: PeerId
+
+
+@dataclass(frozen=True)
+class GossipReceived:
+    topic: str
+    sender: PeerId  # the originator of the message, not the neighbour that relayed it
+    data: bytes
+
+
+Event = PeerConnected | PeerDisconnected | GossipReceived
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """Limits and timings. Defaults suit a LAN-class deployment; tests shrink the timings."""
+
+    listen_addrs: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
+    bootstrap: tuple[str, ...] = ()
+    max_gossip: int = 64 * 1024  # gossipsub silently drops > 1 MiB: refuse far earlier
+    max_request: int = 1 << 20  # largest request frame we accept from a peer
+    request_timeout: float = 30.0  # whole request/response round trip
+    idle_timeout: float = 30.0  # longest silence inside one stream
+    chunk_size: int = 256 * 1024
+    serve_rate: float = 2.0  # blob fetches a peer may start per second (token bucket)
+    serve_burst: int = 16
+    gossip_rate_per_topic: float = 1000.0  # gossipsub's default of 10/s drops bursts
+    backoff_min: float = 0.5  # bootstrap redial backoff
+    backoff_max: float = 30.0
+    max_pending_gossip: int = 1024  # undelivered gossip events beyond this are dropped
+    enable_dht: bool = False
+
+
+@dataclass(frozen=True)
+class TransportStatistics:
+    """A snapshot; counters only grow."""
+
+    peer_id: PeerId
+    peers: int
+    gossip_published: int
+    gossip_received: int
+    gossip_dropped: int
+    requests_sent: int
+    requests_served: int
+    blobs_fetched: int
+    blobs_served: int
+    blob_bytes_fetched: int
+    blob_bytes_served: int
+    rate_limited: int
+    handler_errors: int
+    remote_errors: int  # protocol violations by peers (each one disconnects the peer)
+    garbage_by_peer: Mapping[PeerId, int] = field(default_factory=dict)

@@ -1,0 +1,363 @@
+"""One suite, two transports: whatever the node relies on must hold for libp2p and the twin.
+
+Actors: alice and bob are honest, carol relays, mallory sends garbage. Nothing here sleeps
+to wait for a condition: every wait is on an event, bounded by ``trio.fail_after``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from node.errors import (
+    BlobMismatch,
+    BlobNotFound,
+    NodeError,
+    PayloadTooLarge,
+    PeerTimeout,
+    PeerUnreachable,
+    RateLimited,
+    RemoteProtocolError,
+    RemoteRefused,
+    TransportClosed,
+)
+from node.transport import (
+    Event,
+    GossipReceived,
+    MemoryNetwork,
+    MemoryTransport,
+    PeerConnected,
+    PeerDisconnected,
+    Transport,
+    TransportConfig,
+    peer_id_from_seed,
+)
+from node.transport import wire
+
+WAIT = 10.0  # generous bound on any single wait; the happy path takes milliseconds
+TOPIC = "medforge/test/announce"
+
+Factory = Callable[..., Awaitable[Transport]]
+
+
+def seed_of(name: str) -> bytes:
+    return hashlib.sha256(name.encode()).digest()
+
+
+@pytest.fixture(params=["memory", "libp2p"])
+async def make(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
+    network = MemoryNetwork()
+    started: list[Transport] = []
+
+    async def factory(name: str, start: bool = True, **overrides: Any) -> Transport:
+        config = TransportConfig(**{"idle_timeout": 5.0, "backoff_min": 0.05, **overrides})
+        transport: Transport
+        if request.param == "memory":
+            transport = MemoryTransport(network, seed_of(name), config)
+        else:
+            from node.transport.libp2p import Libp2pTransport
+
+            transport = Libp2pTransport(seed_of(name), config)
+        if start:
+            await nursery.start(transport.run)
+            started.append(transport)
+        return transport
+
+    async with trio.open_nursery() as nursery:
+        yield factory
+        for transport in started:
+            transport.stop()  # graceful; the nursery waits for every run() to return
+
+
+async def next_event(t: Transport, kind: type[Event], peer: str | None = None) -> Any:
+    """The next event of ``kind`` (about ``peer``), skipping others."""
+    with trio.fail_after(WAIT):
+        async for event in t.events:
+            if isinstance(event, kind) and peer in (None, getattr(event, "peer", None)):
+                return event
+    raise AssertionError("event channel closed")
+
+
+async def connected(a: Transport, b: Transport) -> None:
+    assert await a.connect(b.listen_addrs[0]) == b.peer_id
+    await next_event(b, PeerConnected, a.peer_id)
+    await next_event(a, PeerConnected, b.peer_id)
+
+
+async def meshed(*line: Transport) -> None:
+    """Subscribe every node and wait until neighbours in the line have grafted both ways."""
+    for t in line:
+        await t.subscribe(TOPIC)
+    with trio.fail_after(WAIT):
+        for left, right in zip(line, line[1:], strict=False):
+            await left.wait_mesh(right.peer_id, TOPIC)
+            await right.wait_mesh(left.peer_id, TOPIC)
+
+
+# -- identity and connections -----------------------------------------------------------
+
+
+async def test_identity_comes_from_the_seed(make: Factory) -> None:
+    alice = await make("alice")
+    assert alice.peer_id == peer_id_from_seed(seed_of("alice"))
+    assert alice.listen_addrs
+    assert all(a.endswith(f"/p2p/{alice.peer_id}") for a in alice.listen_addrs)
+
+
+async def test_connect_and_disconnect_are_seen_on_both_sides(make: Factory) -> None:
+    alice, bob = await make("alice"), await make("bob")
+    await connected(alice, bob)
+    assert alice.peers() == {bob.peer_id}
+    assert bob.peers() == {alice.peer_id}
+    assert await alice.connect(bob.listen_addrs[0]) == bob.peer_id  # idempotent
+    await alice.disconnect(bob.peer_id)
+    await next_event(alice, PeerDisconnected, bob.peer_id)
+    await next_event(bob, PeerDisconnected, alice.peer_id)
+    assert alice.peers() == frozenset() == bob.peers()
+
+
+async def test_stopping_a_peer_disconnects_it(make: Factory) -> None:
+    alice, bob = await make("alice"), await make("bob")
+    await connected(alice, bob)
+    bob.stop()
+    await next_event(alice, PeerDisconnected, bob.peer_id)
+    with pytest.raises(TransportClosed):
+        await bob.publish(TOPIC, b"x")
+
+
+async def test_dialling_nobody_fails_cleanly(make: Factory) -> None:
+    alice, bob = await make("alice"), await make("bob", start=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bob.run)
+        addr = bob.listen_addrs[0]
+        bob.stop()
+    # bob.run has returned: nothing listens on addr any more
+    with pytest.raises(PeerUnreachable):
+        await alice.connect(addr)
+    with pytest.raises(PeerUnreachable):
+        await alice.connect("/p2p/not-a-peer-id")
+    with pytest.raises(PeerUnreachable):
+        await alice.connect(alice.listen_addrs[0])
+
+
+async def test_bootstrap_peer_is_redialled_after_a_drop(make: Factory) -> None:
+    alice = await make("alice")
+    bob = await make("bob", bootstrap=(alice.listen_addrs[0],))
+    await next_event(bob, PeerConnected, alice.peer_id)
+    await alice.disconnect(bob.peer_id)
+    await next_event(bob, PeerDisconnected, alice.peer_id)
+    await next_event(bob, PeerConnected, alice.peer_id)
+    assert alice.peer_id in bob.peers()
+
+
+# -- gossip ----------------------------------------------------------------------------
+
+
+async def test_gossip_is_relayed_along_a_line(make: Factory) -> None:
+    alice, carol, bob = await make("alice"), await make("carol"), await make("bob")
+    await connected(carol, alice)
+    await connected(bob, carol)
+    await meshed(alice, carol, bob)
+    await alice.publish(TOPIC, b"commit 1")
+    for receiver in (carol, bob):
+        event = await next_event(receiver, GossipReceived)
+        assert event == GossipReceived(TOPIC, alice.peer_id, b"commit 1")
+    assert alice.statistics().gossip_received == 0  # own publishes are not echoed
+
+
+async def test_gossip_over_the_cap_is_refused_not_dropped(make: Factory) -> None:
+    alice, bob = await make("alice", max_gossip=1000), await make("bob")
+    await connected(alice, bob)
+    await meshed(alice, bob)
+    with pytest.raises(PayloadTooLarge):
+        await alice.publish(TOPIC, b"x" * 1001)
+    await alice.publish(TOPIC, b"x" * 1000)
+    assert (await next_event(bob, GossipReceived)).data == b"x" * 1000
+
+
+async def test_a_burst_of_announcements_all_arrive(make: Factory) -> None:
+    alice, bob = await make("alice"), await make("bob")
+    await connected(alice, bob)
+    await meshed(alice, bob)
+    sent = [f"announce {i}".encode() for i in range(30)]
+    for data in sent:
+        await alice.publish(TOPIC, data)
+    got = [(await next_event(bob, GossipReceived)).data for _ in sent]
+    assert sorted(got) == sorted(sent)
+
+
+# -- request / response ----------------------------------------------------------------
+
+
+async def echo(peer: str, payload: bytes) -> bytes:
+    return peer.encode() + b":" + payload
+
+
+async def test_request_response_round_trip(make: Factory) -> None:
+    alice, bob = await make("alice"), await make("bob")
+    bob.set_request_handler(echo)
+    await connected(alice, bob)
+    reply = await alice.request(bob.peer_id, b"have?", max_response=1000)
+    assert reply == alice.peer_id.encode() + b":have?"
+    assert await alice.request(bob.peer_id, b"", max_response=1000) == alice.peer_id.encode() + b":"
+    assert alice.statistics().requests_sent == 2
+    assert bob.statistics().requests_served == 2
+
+
+async def test_request_refusals_are_typed(make: Factory) -> None:
+    alice, bob = await make("alice"), await make("bob")
+    await connected(alice, bob)
+    with pytest.raises(RemoteRefused, match="no request handler"):
+        await alice.request(bob.peer_id, b"x", max_response=100)
+
+    async def picky(peer: str, payload: bytes) -> bytes:
+        if payload == b"bug":
+            raise KeyError("oops")
+        if payload == b"big":
+            return b"y" * 101
+        raise NodeError("unknown record")
+
+    bob.set_request_handler(picky)
+    with pytest.raises(RemoteRefused, match="unknown record"):
+        await alice.request(bob.peer_id, b"x", max_response=100)
+    with pytest.raises(RemoteRefused, match="internal error"):
+        await alice.request(bob.peer_id, b"bug", max_response=100)
+    with pytest.raises(RemoteRefused, match="101 bytes"):
+        await alice.request(bob.peer_id, b"big", max_response=100)
+    assert bob.statistics().handler_errors == 1
+    assert alice.peer_id in bob.peers()  # refusals are not garbage
+
+
+async def test_request_limits_and_deadlines(make: Factory) -> None:
+    alice = await make("alice", max_request=100, request_timeout=0.5)
+    bob = await make("bob")
+    with pytest.raises(PeerUnreachable):
+        await alice.request(bob.peer_id, b"x", max_response=10)
+    await connected(alice, bob)
+    with pytest.raises(PayloadTooLarge):
+        await alice.request(bob.peer_id, b"x" * 101, max_response=10)
+
+    async def stuck(peer: str, payload: bytes) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    bob.set_request_handler(stuck)
+    with pytest.raises(PeerTimeout):
+        await alice.request(bob.peer_id, b"x", max_response=10)
+
+
+# -- blobs -----------------------------------------------------------------------------
+
+
+def blob_file(tmp_path: Path, data: bytes) -> tuple[Path, bytes]:
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    return path, hashlib.sha256(data).digest()
+
+
+async def test_fetch_blob_streams_and_verifies(make: Factory, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 4099  # about 1 MiB, not a multiple of the chunk size
+    path, sha = blob_file(tmp_path, data)
+    alice, bob = await make("alice", chunk_size=64 * 1024), await make("bob", chunk_size=50_000)
+    bob.set_blob_provider(lambda want: path if want == sha else None)
+    await connected(alice, bob)
+    sink = io.BytesIO()
+    await alice.fetch_blob(bob.peer_id, sha, size=len(data), sink=sink)
+    assert sink.getvalue() == data
+    with pytest.raises(BlobNotFound):
+        await alice.fetch_blob(bob.peer_id, b"\0" * 32, size=1, sink=io.BytesIO())
+    with pytest.raises(BlobNotFound):  # we announce a size the holder does not have
+        await alice.fetch_blob(bob.peer_id, sha, size=len(data) + 1, sink=io.BytesIO())
+    stats = bob.statistics()
+    assert (stats.blobs_served, stats.blob_bytes_served) == (1, len(data))
+    assert alice.statistics().blob_bytes_fetched == len(data)
+
+
+async def test_blob_with_the_wrong_hash_is_garbage(make: Factory, tmp_path: Path) -> None:
+    path, _ = blob_file(tmp_path, b"not what was announced")
+    claimed = hashlib.sha256(b"what was announced").digest()
+    alice, mallory = await make("alice"), await make("mallory")
+    mallory.set_blob_provider(lambda want: path)
+    await connected(alice, mallory)
+    with pytest.raises(BlobMismatch, match="hashes to"):
+        await alice.fetch_blob(mallory.peer_id, claimed, size=path.stat().st_size, sink=io.BytesIO())
+    await next_event(alice, PeerDisconnected, mallory.peer_id)
+    assert alice.statistics().garbage_by_peer == {mallory.peer_id: 1}
+
+
+async def test_blob_longer_than_announced_is_cut_off(make: Factory) -> None:
+    alice, mallory = await make("alice"), await make("mallory")
+
+    async def overflow(peer: str, protocol: str, stream: wire.ByteStream) -> None:
+        await wire.read_blob_request(stream, WAIT)
+        await wire.send_blob_head(stream, 10)
+        await stream.write(b"z" * 1000)  # 990 bytes more than announced
+        await stream.close_write()
+
+    mallory._serve_stream = overflow  # type: ignore[method-assign]
+    await connected(alice, mallory)
+    sink = io.BytesIO()
+    with pytest.raises(BlobMismatch, match="more than the announced"):
+        await alice.fetch_blob(mallory.peer_id, b"\1" * 32, size=10, sink=sink)
+    assert len(sink.getvalue()) == 10  # never read past the announced size
+    await next_event(alice, PeerDisconnected, mallory.peer_id)
+    assert alice.statistics().remote_errors == 1
+
+
+async def test_blob_serving_is_rate_limited_per_peer(make: Factory, tmp_path: Path) -> None:
+    path, sha = blob_file(tmp_path, b"adapter")
+    alice, bob = await make("alice"), await make("bob", serve_rate=0.001, serve_burst=2)
+    bob.set_blob_provider(lambda want: path)
+    await connected(alice, bob)
+    for _ in range(2):
+        await alice.fetch_blob(bob.peer_id, sha, size=7, sink=io.BytesIO())
+    with pytest.raises(RateLimited):
+        await alice.fetch_blob(bob.peer_id, sha, size=7, sink=io.BytesIO())
+    assert bob.statistics().rate_limited == 1
+    assert alice.peer_id in bob.peers()
+
+
+# -- garbage from peers ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        pytest.param(struct.pack(">II", 100, 1 << 30), id="oversized-frame"),
+        pytest.param(struct.pack(">II", 100, 50) + b"short", id="truncated-frame"),
+        pytest.param(b"\x01\x02", id="truncated-header"),
+    ],
+)
+async def test_garbage_requests_disconnect_the_sender(make: Factory, garbage: bytes) -> None:
+    alice, mallory, bob = await make("alice"), await make("mallory"), await make("bob")
+    alice.set_request_handler(echo)
+    await connected(mallory, alice)
+    stream = await mallory._open_stream(alice.peer_id, wire.REQUEST_PROTOCOL)
+    await stream.write(garbage)
+    await stream.close_write()
+    await next_event(alice, PeerDisconnected, mallory.peer_id)
+    assert alice.statistics().garbage_by_peer == {mallory.peer_id: 1}
+    await connected(bob, alice)  # alice is still up and serving
+    assert await bob.request(alice.peer_id, b"ok", max_response=200) == bob.peer_id.encode() + b":ok"
+
+
+async def test_an_oversized_response_is_garbage(make: Factory) -> None:
+    alice, mallory = await make("alice"), await make("mallory")
+
+    async def flood(peer: str, protocol: str, stream: wire.ByteStream) -> None:
+        await wire.read_request(stream, 1000, WAIT)
+        await wire.send_response(stream, wire.OK, b"w" * 5000)
+
+    mallory._serve_stream = flood  # type: ignore[method-assign]
+    await connected(alice, mallory)
+    with pytest.raises(RemoteProtocolError, match="exceeds"):
+        await alice.request(mallory.peer_id, b"x", max_response=100)
+    await next_event(alice, PeerDisconnected, mallory.peer_id)
+    assert alice.statistics().garbage_by_peer == {mallory.peer_id: 1}
