@@ -19,11 +19,12 @@ from pathlib import Path
 from crypto.errors import BlobMismatch, SchemaError
 from crypto.records import BLOB_KINDS, BlobRef, Commit, Genesis, Record, decode_record
 from crypto.roster import Roster
+from merge.lora import load_adapter_bytes
+from node.netspec import base_fingerprint, merge_spec
 
 COMMIT_FILE = "commit.cbor"
 GENESIS_FILE = "genesis.cbor"
 BLOB_DIR = "blobs"
-DEFAULT_MAX_BLOB_BYTES = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,19 @@ def blob_ref(data: bytes) -> BlobRef:
 
 
 def max_blob_bytes(genesis: Genesis) -> int:
-    limits = genesis.spec.get("limits", {})
-    return int(limits.get("max_blob_bytes", DEFAULT_MAX_BLOB_BYTES))
+    return merge_spec(genesis).limits.max_blob_bytes
+
+
+def check_adapter(commit: Commit, config_json: bytes, weights: bytes, genesis: Genesis) -> None:
+    """The merge engine's validation of the adapter blobs: base, shapes, finiteness, bounds
+    (raises a ``merge.errors.AdapterError`` naming the adapter and tensor)."""
+    load_adapter_bytes(
+        config_json,
+        weights,
+        base=base_fingerprint(genesis),
+        limits=merge_spec(genesis).limits,
+        name=f"{commit.task}@{commit.id.hex()[:12]}",
+    )
 
 
 def write_bundle(out: Path, commit: Commit, blobs: Mapping[str, bytes], genesis: Genesis) -> Bundle:
@@ -88,6 +100,9 @@ def verify_bundle(path: Path, genesis: Genesis, records: Iterable[Record] = ()) 
     limit = max_blob_bytes(genesis)
     for kind in BLOB_KINDS:
         _verify_blob(bundle.blob_path(kind), kind, record.blobs[kind], limit)
+    check_adapter(
+        record, bundle.blob_bytes("adapter_config"), bundle.blob_bytes("adapter_model"), genesis
+    )
     return bundle
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -35,7 +36,7 @@ def make_adapter(tmp_path: Path) -> Callable[..., Path]:
     """Save a real PEFT LoRA adapter with seeded non-zero weights; returns its directory."""
     from peft import LoraConfig, get_peft_model
 
-    def make(name: str = "adapter", seed: int = 1, rank: int = 2) -> Path:
+    def make(name: str = "adapter", seed: int = 1, rank: int = 2, base: str = "ab" * 32) -> Path:
         model = get_peft_model(
             TinyBase(), LoraConfig(r=rank, lora_alpha=rank, target_modules=["q", "v"])
         )
@@ -46,6 +47,9 @@ def make_adapter(tmp_path: Path) -> Callable[..., Path]:
                     param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
         out = tmp_path / name
         model.save_pretrained(str(out))
+        # Name the base model the way medforge's trainer does, so the merge engine can check it.
+        weights = out / "adapter_model.safetensors"
+        save_file(load_file(str(weights)), str(weights), metadata={"base": base})
         return out
 
     return make

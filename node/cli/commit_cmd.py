@@ -8,10 +8,11 @@ from pathlib import Path
 
 from crypto.items import item_zero
 from crypto.records import Commit, Genesis, Record, decode_record
-from node.bundle import blob_ref, read_bundle_genesis, verify_bundle, write_bundle
+from node.bundle import blob_ref, check_adapter, read_bundle_genesis, verify_bundle, write_bundle
 from node.cli import UserError
 from node.cli.output import add_home, add_json, emit
 from node.home import Home
+from node.netspec import base_fingerprint
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_MODEL = "adapter_model.safetensors"
@@ -89,13 +90,15 @@ def run_commit(args: argparse.Namespace) -> int:
         seq=home.next_seq(),
         task=args.task,
         classes=classes,
-        base=str(genesis.spec.get("base", "unknown")),
+        base=base_fingerprint(genesis),
         blobs={kind: blob_ref(data) for kind, data in blobs.items()},
         parent=parent,
         coeffs=(float(args.coeffs[0]), float(args.coeffs[1])),
         objective={},
         supersedes=bytes.fromhex(args.supersedes) if args.supersedes else None,
     )
+    # Peers will run exactly this check: refuse to sign what they would refuse to merge.
+    check_adapter(commit, blobs["adapter_config"], blobs["adapter_model"], genesis)
     write_bundle(args.out, commit, blobs, genesis)
     data = {"commit": commit.id.hex(), "seq": commit.seq, "bundle": str(args.out)}
     emit(args, data, f"commit {commit.id.hex()} (seq {commit.seq}) written to {args.out}")

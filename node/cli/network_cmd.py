@@ -11,9 +11,11 @@ from typing import Any
 from crypto.identity import PublicKey
 from crypto.records import Genesis, Member, Revocation, RosterUpdate, decode_record
 from crypto.roster import Roster
+from merge.spec import MergeSpec
 from node.cli import UserError
 from node.cli.output import add_home, add_json, emit
 from node.home import Home
+from node.netspec import make_spec
 
 MODES = ("fusion", "mixture", "stack")
 
@@ -35,7 +37,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     create.add_argument("--threshold", type=int, default=1, help="k of n for roster changes")
     create.add_argument("--mode", choices=MODES, default="stack", help="merge method")
     create.add_argument("--base", required=True, help="base model fingerprint (hex)")
-    create.add_argument("--spec", type=Path, help="JSON file with search settings and limits")
+    create.add_argument(
+        "--backend",
+        choices=("text", "clip"),
+        default="text",
+        help="how members load the base model",
+    )
+    create.add_argument("--model", default="", help="base model path or id (informational)")
+    create.add_argument(
+        "--spec", type=Path, help="JSON file merged over the spec (e.g. search settings, limits)"
+    )
     create.add_argument("--out", type=Path, help="also write the genesis here")
     add_json(create)
     create.set_defaults(func=run_create)
@@ -111,25 +122,15 @@ def _key(text: str) -> PublicKey:
         raise UserError(f"{text!r} is not a hex public key") from None
 
 
-def default_spec(mode: str, base: str) -> dict[str, Any]:
-    """The merge spec a genesis carries (see merge.spec for the meaning of each field)."""
-    try:
-        from merge.spec import MergeSpec
-
-        spec: dict[str, Any] = MergeSpec(mode=mode, base=base).to_dict()  # type: ignore[call-arg]
-        return spec
-    except (ImportError, TypeError):
-        return {"mode": mode, "base": base}
-
-
 def run_create(args: argparse.Namespace) -> int:
     home = Home(Path(args.home))
     me = Member(home.config().name, home.identity().public)
     members = {m.key: m for m in map(parse_member, args.member)}
     members.setdefault(me.key, me)
-    spec = default_spec(args.mode, args.base)
+    spec = make_spec(args.mode, args.base, backend=args.backend, model=args.model)
     if args.spec:
         spec.update(json.loads(args.spec.read_text()))
+        MergeSpec.from_dict(spec["merge"])  # refuse a malformed spec before anyone signs it
     if not 1 <= args.threshold <= len(members):
         raise UserError(f"threshold must be between 1 and {len(members)}")
     genesis = Genesis(

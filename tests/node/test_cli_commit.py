@@ -303,3 +303,112 @@ def test_init_refuses_to_overwrite(network: Path, capsys: pytest.CaptureFixture[
     code, out = run(capsys, "init", "--home", str(network / "alice"), "--name", "again")
     assert code == 2
     assert "refusing to overwrite" in out
+
+
+def _signed_bundle_with(network: Path, name: str, weights: bytes) -> Path:
+    """What a careless or malicious member could sign by bypassing `medforge commit`."""
+    from crypto.records import Commit
+    from node.bundle import blob_ref, write_bundle
+
+    source = network / "bundle"
+    home = Home(network / "alice")
+    genesis = home.genesis()
+    blobs = {
+        "adapter_config": _blob(source, "adapter_config").read_bytes(),
+        "adapter_model": weights,
+        "distilled": _blob(source, "distilled").read_bytes(),
+    }
+    commit = Commit.create(
+        home.identity(),
+        network=genesis.network_id,
+        seq=home.next_seq(),
+        task="breast",
+        classes=("benign", "malignant"),
+        base=BASE,
+        blobs={k: blob_ref(v) for k, v in blobs.items()},
+        parent=b"\0" * 32,
+        coeffs=(1.0, 0.5),
+        objective={},
+    )
+    return write_bundle(network / name, commit, blobs, genesis).path
+
+
+def _safetensors(tensors: dict[str, torch.Tensor], base: str = BASE) -> bytes:
+    from safetensors.torch import save
+
+    return save(tensors, metadata={"base": base})
+
+
+def _weights(bundle: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(_blob(bundle, "adapter_model").read_bytes())
+
+
+def test_a_safetensors_header_claiming_1e15_bytes_is_refused(
+    bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import struct
+
+    header = json.dumps(
+        {
+            "x.lora_A.weight": {
+                "dtype": "F32",
+                "shape": [10**7, 10**8],
+                "data_offsets": [0, 4 * 10**15],
+            }
+        }
+    ).encode()
+    absurd = struct.pack("<Q", len(header)) + header + b"\0" * 16
+    code, out = verify(capsys, _signed_bundle_with(bundle.parent, "absurd", absurd))
+    assert code == 2
+    assert "AdapterFormatError" in out or "LimitError" in out
+
+
+def test_non_finite_adapter_weights_are_refused(
+    bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tensors = _weights(bundle)
+    name = sorted(tensors)[0]
+    tensors[name][0, 0] = float("nan")
+    code, out = verify(capsys, _signed_bundle_with(bundle.parent, "nan", _safetensors(tensors)))
+    assert code == 2
+    assert "NonFiniteError" in out
+    assert "tensor 'q.lora_A.weight'" in out
+
+
+def test_an_adapter_for_another_base_is_refused(
+    bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = _safetensors(_weights(bundle), base="cd" * 32)
+    code, out = verify(capsys, _signed_bundle_with(bundle.parent, "other-base", other))
+    assert code == 2
+    assert "BaseMismatchError" in out
+
+
+def test_commit_refuses_to_sign_a_bad_adapter(
+    network: Path, make_adapter: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    adapter = make_adapter("wrong-base", base="cd" * 32)
+    code, out = run(
+        capsys,
+        "commit",
+        "--home",
+        str(network / "alice"),
+        "--adapter",
+        str(adapter),
+        "--distilled",
+        str(adapter / "adapter_model.safetensors"),
+        "--classes",
+        "a,b",
+        "--task",
+        "t",
+        "--coeffs",
+        "1",
+        "1",
+        "--out",
+        str(network / "never"),
+    )
+    assert code == 2
+    assert "BaseMismatchError" in out
+    assert not (network / "never").exists()
