@@ -68,7 +68,7 @@ def create_host(seed: bytes, listen_addrs: list[multiaddr.Multiaddr]) -> IHost:
     return new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
-        muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         listen_addrs=listen_addrs,
         connection_config=ConnectionConfig(max_connections_per_peer=1),
     )
@@ -93,8 +93,10 @@ class _Stream:
             await self._stream.write(data)
 
     async def close_write(self) -> None:
+        # NetStream has close_write (a Yamux FIN, read side stays open); INetStream
+        # does not declare it.
         with _mapped(ConnectionLost, "close_write"):
-            await self._stream.close_write()
+            await self._stream.close_write()  # type: ignore[attr-defined]
 
     async def close(self) -> None:
         with _mapped(ConnectionLost, "close"):

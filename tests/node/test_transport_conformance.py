@@ -38,8 +38,8 @@ from node.transport import (
     Transport,
     TransportConfig,
     peer_id_from_seed,
+    wire,
 )
-from node.transport import wire
 
 WAIT = 10.0  # generous bound on any single wait; the happy path takes milliseconds
 TOPIC = "medforge/test/announce"
@@ -287,7 +287,9 @@ async def test_blob_with_the_wrong_hash_is_garbage(make: Factory, tmp_path: Path
     mallory.set_blob_provider(lambda want: path)
     await connected(alice, mallory)
     with pytest.raises(BlobMismatch, match="hashes to"):
-        await alice.fetch_blob(mallory.peer_id, claimed, size=path.stat().st_size, sink=io.BytesIO())
+        await alice.fetch_blob(
+            mallory.peer_id, claimed, size=path.stat().st_size, sink=io.BytesIO()
+        )
     await next_event(alice, PeerDisconnected, mallory.peer_id)
     assert alice.statistics().garbage_by_peer == {mallory.peer_id: 1}
 
@@ -345,7 +347,9 @@ async def test_garbage_requests_disconnect_the_sender(make: Factory, garbage: by
     await next_event(alice, PeerDisconnected, mallory.peer_id)
     assert alice.statistics().garbage_by_peer == {mallory.peer_id: 1}
     await connected(bob, alice)  # alice is still up and serving
-    assert await bob.request(alice.peer_id, b"ok", max_response=200) == bob.peer_id.encode() + b":ok"
+    assert (
+        await bob.request(alice.peer_id, b"ok", max_response=200) == bob.peer_id.encode() + b":ok"
+    )
 
 
 async def test_an_oversized_response_is_garbage(make: Factory) -> None:
