@@ -412,3 +412,40 @@ def test_commit_refuses_to_sign_a_bad_adapter(
     assert code == 2
     assert "BaseMismatchError" in out
     assert not (network / "never").exists()
+
+
+def test_offline_merge_digest_is_reproducible_and_order_sensitive(
+    bundle: Path,
+    network: Path,
+    make_adapter: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out = run(
+        capsys,
+        "commit",
+        "--home",
+        str(network / "bob"),
+        "--adapter",
+        str(make_adapter("bob-plugin", seed=7, rank=3)),
+        "--distilled",
+        str(network / "distilled.safetensors"),
+        "--task",
+        "lung",
+        "--coeffs",
+        "0.75",
+        "0.5",
+        "--out",
+        str(network / "bob-bundle"),
+    )
+    assert code == 0, out
+
+    def merge(*bundles: Path) -> str:
+        code, out = run(
+            capsys, "merge", *map(str, bundles), "--home", str(network / "alice"), "--json"
+        )
+        assert code == 0, out
+        return str(json.loads(out)["digest"])
+
+    first = merge(bundle, network / "bob-bundle")
+    assert merge(bundle, network / "bob-bundle") == first
+    assert merge(network / "bob-bundle", bundle) != first
