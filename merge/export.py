@@ -1,0 +1,105 @@
+"""Export a fusion/stack composite as a standard PEFT adapter directory.
+
+The composite's ``B`` already carries every scale, so the export sets ``lora_alpha = r`` for
+every module (PEFT's scale ``alpha / r`` is then exactly 1.0) and writes the factors as is.
+Ranks that differ per module go into ``rank_pattern``/``alpha_pattern`` keyed by the module's
+full path, regex-escaped, which ``merge.lora`` reads back exactly as PEFT does.
+
+``cap_rank`` shrinks a module's rank without ever forming ``ΔW``: with ``B = Q_b R_b`` and
+``Aᵀ = Q_a R_a`` (thin QR), ``ΔW = Q_b (R_b R_aᵀ) Q_aᵀ``; the SVD of the small ``r×r`` core
+gives the best rank-k approximation of the exact sum (Eckart–Young), in
+O((out + in)·r² + r³) instead of a dense SVD's O(out·in·min(out, in)).
+Exports are for people and tools, not for digests: they use BLAS and float64 freely.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import save as st_save
+
+from merge.errors import ModeError
+from merge.fold import Composite
+from merge.lora import CONFIG_NAME, PEFT_PREFIX, WEIGHTS_NAME, LoraModule
+
+
+def export_peft(
+    c: Composite, out_dir: Path, *, base: str | None = None, max_rank: int | None = None
+) -> Path:
+    """Write ``adapter_config.json`` + ``adapter_model.safetensors`` for ``c`` into
+    ``out_dir`` (created; existing files are replaced). ``max_rank`` caps each module's rank
+    with ``cap_rank``. ``base`` is recorded as ``base_model_name_or_path`` and as the
+    safetensors metadata ``"base"``."""
+    config, weights = peft_files(c, base=base, max_rank=max_rank)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / CONFIG_NAME).write_bytes(config)
+    (out_dir / WEIGHTS_NAME).write_bytes(weights)
+    return out_dir
+
+
+def peft_files(
+    c: Composite, *, base: str | None = None, max_rank: int | None = None
+) -> tuple[bytes, bytes]:
+    """The two files' bytes (config JSON, safetensors), deterministic for a given input."""
+    if c.mode == "mixture":
+        raise ModeError("a mixture is several models; export its members one by one")
+    if not c.modules:
+        raise ModeError("an empty composite has nothing to export")
+    modules = cap_rank(c.modules, max_rank) if max_rank is not None else dict(c.modules)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, m in modules.items():
+        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = m.A.contiguous()
+        tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = m.B.contiguous()
+    metadata = {"format": "pt", **({"base": base} if base is not None else {})}
+    config = json.dumps(_config(modules, base), indent=2, sort_keys=True).encode()
+    return config, st_save(tensors, metadata=metadata)
+
+
+def _config(modules: Mapping[str, LoraModule], base: str | None) -> dict[str, object]:
+    ranks = {name: m.rank for name, m in modules.items()}
+    # The most common rank (ties: the smallest) is the default; the rest are patterns.
+    r = min(Counter(ranks.values()).items(), key=lambda kv: (-kv[1], kv[0]))[0]
+    pattern = {re.escape(name): rank for name, rank in ranks.items() if rank != r}
+    return {
+        "peft_type": "LORA",
+        "base_model_name_or_path": base,
+        "r": r,
+        "lora_alpha": r,
+        "rank_pattern": pattern,
+        "alpha_pattern": dict(pattern),
+        "target_modules": sorted(modules),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "task_type": None,
+    }
+
+
+def cap_rank(modules: Mapping[str, LoraModule], max_rank: int) -> dict[str, LoraModule]:
+    """Every module with rank > ``max_rank`` replaced by its best rank-``max_rank``
+    approximation (QR + small SVD); the others are returned unchanged."""
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    return {
+        name: _truncate(m, max_rank) if m.rank > max_rank else m
+        for name, m in sorted(modules.items())
+    }
+
+
+def _truncate(m: LoraModule, k: int) -> LoraModule:
+    q_b, r_b = torch.linalg.qr(m.B.double())  # B  = Q_b R_b
+    q_a, r_a = torch.linalg.qr(m.A.double().T)  # Aᵀ = Q_a R_a
+    u, s, vh = torch.linalg.svd(r_b @ r_a.T, full_matrices=False)
+    k = min(k, int(s.numel()))
+    root = s[:k].sqrt()  # split the singular values evenly between the two factors
+    b = (q_b @ u[:, :k]) * root
+    a = (root[:, None] * vh[:k]) @ q_a.T
+    return LoraModule(A=a.float().contiguous(), B=b.float().contiguous())
