@@ -1,0 +1,87 @@
+"""The merge spec (carried by genesis) and the offline merge entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from merge_fixtures import make_peft_adapter
+
+from merge.digest import composite_digest
+from merge.errors import BaseMismatchError, SpecError
+from merge.fold import fold
+from merge.lora import load_adapter
+from merge.offline import merge_paths
+from merge.spec import Limits, MergeSpec, SearchSettings
+
+
+def test_defaults_are_the_papers_search_settings() -> None:
+    s = MergeSpec().search
+    assert (s.budget, s.init, s.bound, s.l1) == (40, 0.5, 1.5, 0.05)
+
+
+def test_round_trip_through_plain_json_values() -> None:
+    spec = MergeSpec(mode="stack", search=SearchSettings(seed=3, objective="paper"),
+                     limits=Limits(max_rank=32))
+    data = json.loads(json.dumps(spec.to_dict()))
+    assert MergeSpec.from_dict(data) == spec
+    assert MergeSpec.from_dict(data).to_dict() == spec.to_dict()
+
+
+def _with(path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    data = MergeSpec().to_dict()
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    if value is KeyError:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(("path", "value"), [
+    (("mode",), "average"),
+    (("mode",), 3),
+    (("search", "budget"), 0),
+    (("search", "budget"), 40.0),
+    (("search", "budget"), True),
+    (("search", "init"), 2.0),
+    (("search", "bound"), float("inf")),
+    (("search", "objective"), "ce"),
+    (("search", "seed"), -1),
+    (("search", "extra"), 1),
+    (("search", "l1"), KeyError),
+    (("limits", "max_norm"), float("nan")),
+    (("limits", "max_rank"), 0),
+    (("limits",), [1, 2]),
+])
+def test_from_dict_refuses_what_to_dict_never_writes(path: tuple[str, ...], value: Any) -> None:
+    with pytest.raises(SpecError):
+        MergeSpec.from_dict(_with(path, value))
+
+
+def test_ints_are_accepted_for_floats() -> None:
+    assert MergeSpec.from_dict(_with(("search", "bound"), 2)).search.bound == 2.0
+
+
+def test_merge_paths_folds_validated_adapters(tmp_path: Path) -> None:
+    paths = [make_peft_adapter(tmp_path / n, s, r=s + 1) for n, s in (("a", 1), ("b", 2))]
+    coeffs = [(1.0, 1.0), (0.7, 0.4)]
+    spec = MergeSpec(mode="stack")
+    got = merge_paths(spec, list(zip(paths, coeffs, strict=True)))
+    adapters = [load_adapter(p, base=None, limits=spec.limits) for p in paths]
+    assert composite_digest(got) == composite_digest(fold("stack", zip(adapters, coeffs,
+                                                                         strict=True)))
+
+
+def test_merge_paths_refuses_mixed_bases(tmp_path: Path) -> None:
+    a = make_peft_adapter(tmp_path / "a", 1)
+    b = make_peft_adapter(tmp_path / "b", 2)
+    cfg = json.loads((b / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "another-base"
+    (b / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BaseMismatchError, match="another-base"):
+        merge_paths(MergeSpec(), [(a, (1.0, 1.0)), (b, (1.0, 1.0))])
