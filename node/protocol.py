@@ -1,0 +1,749 @@
+"""The sans-IO replication core: events in, actions out, ``now`` passed in.
+
+The trio service and the simulator both drive this one class, ``Core``: they call
+``core.handle(event, now)`` and carry out the actions it returns, in order. Nothing here does
+I/O, reads a clock, or draws an unseeded random number; the core imports ``crypto`` and the pure
+``node.order`` / ``node.summary`` / ``node.messages`` only.
+
+Events (frozen dataclasses)::
+
+    PeerConnected(peer)             a connection is up; the core starts anti-entropy with it
+    PeerDisconnected(peer)          it is gone; fetches from it move to other holders
+    MessageReceived(peer, data)     bytes of one ``node.messages`` message from that peer
+    BlobReceived(peer, sha256, result)  the answer to a FetchBlob: VERIFIED (stored, hash
+                                    checked, content valid per the shell's validation hook),
+                                    UNAVAILABLE (refused / timed out), CORRUPT (wrong bytes:
+                                    the peer's fault), INVALID (right bytes, content refused)
+    LocalRecord(data, blobs_held, restored)  a record made here (own commit, a rebase, the CLI)
+                                    or loaded from the store at start
+    Timer()                         the time asked for by the last SetTimer has come
+    MergeDone(item, digest)         the shell folded the order named ``item`` into ``digest``
+
+Actions (frozen dataclasses)::
+
+    Send(peer, data)                one message to one peer
+    Broadcast(data)                 the same message to every connected peer (not a flood)
+    FetchBlob(peer, sha256, size, kind)  pull a blob over the request/response stream; answer
+                                    with BlobReceived (the shell times out slow peers itself or
+                                    lets the core's deadline do it)
+    StoreRecord(id, data)           persist a record that is valid and complete (``id`` is the
+                                    content id: sha256 of ``data``)
+    Merge(order)                    fold ``order.commits`` and answer MergeDone(order.head, ...)
+    SetTimer(at)                    deliver Timer() at or after ``at``; replaces any earlier one
+    Disconnect(peer, reason)        the peer broke the protocol; close it
+    Rebase(commit_id, parent)       an own commit is an orphan: re-search it against ``parent``
+                                    (the tip) and answer with LocalRecord of a commit that
+                                    ``supersedes`` it
+    Rejected(record_id, reason)     a local record was refused (invalid or a stale rebase)
+
+Rules:
+
+- The replicated state is a grow-only set of signed records; the **set** is the content ids
+  (sha256 of the bytes) of the records held *complete*: valid, and every blob verified.
+  Records whose blobs are missing are *pending*: they are not in the set root, not relayed
+  and not in the order. The order is ``node.order`` over the complete commits and the roster.
+- A record is relayed (``recs``) once, when it becomes complete, to every peer not known to
+  hold it. Whoever sends us a record holds it complete, so it is a holder of its blobs.
+- Each blob is fetched once, from one holder at a time; on failure or after the deadline the
+  next holder is tried; every sync interval failed holders are tried again.
+- Anti-entropy (``node.summary``) on connect and every ``sync_interval``: a summary to every
+  peer; a peer whose root differs answers with its ids in the differing buckets; we push what
+  it lacks. The summary carries the composite digest: ``convergence()`` reads them back.
+- Garbage from a peer (a malformed message, a record that does not verify, a corrupt or
+  invalid blob) is counted, remembered in ``errors`` and answered with ``Disconnect``; it never
+  raises out of ``handle``. Records by keys the roster has never named are ignored without
+  blame (a roster update we do not hold yet may name them), so anti-entropy brings them back.
+- Own orphans are rebased after ``rebase_delay`` scaled by a jitter taken from the commit id
+  (so concurrent orphans do not re-collide), once per commit; a local commit that supersedes a
+  commit that is no longer an orphan, or does not extend the tip, is refused as stale.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeAlias
+
+from crypto.errors import CryptoError
+from crypto.identity import PublicKey
+from crypto.records import Commit, Genesis, Record, Revocation, RosterUpdate, decode_record
+from crypto.roster import Roster
+from node import messages
+from node.messages import Ids, MalformedMessage, Records, Summary
+from node.order import Entry, Order, OrderBook, root_item
+from node.summary import IdSet
+from node.summary import Summary as SetSummary
+
+# --- events -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerConnected:
+    peer: str
+
+
+@dataclass(frozen=True)
+class PeerDisconnected:
+    peer: str
+
+
+@dataclass(frozen=True)
+class MessageReceived:
+    peer: str
+    data: bytes
+
+
+class BlobResult(enum.Enum):
+    VERIFIED = "verified"
+    UNAVAILABLE = "unavailable"
+    CORRUPT = "corrupt"
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class BlobReceived:
+    peer: str
+    sha256: bytes
+    result: BlobResult
+
+
+@dataclass(frozen=True)
+class LocalRecord:
+    data: bytes
+    blobs_held: bool = True
+    restored: bool = False
+
+
+@dataclass(frozen=True)
+class Timer:
+    pass
+
+
+@dataclass(frozen=True)
+class MergeDone:
+    item: bytes
+    digest: str
+
+
+Event: TypeAlias = (
+    PeerConnected
+    | PeerDisconnected
+    | MessageReceived
+    | BlobReceived
+    | LocalRecord
+    | Timer
+    | MergeDone
+)
+
+# --- actions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    peer: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class FetchBlob:
+    peer: str
+    sha256: bytes
+    size: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class StoreRecord:
+    id: bytes
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Merge:
+    order: Order
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    at: float
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    peer: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Rebase:
+    commit_id: bytes
+    parent: bytes
+
+
+@dataclass(frozen=True)
+class Rejected:
+    record_id: bytes
+    reason: str
+
+
+Action: TypeAlias = (
+    Send | Broadcast | FetchBlob | StoreRecord | Merge | SetTimer | Disconnect | Rebase | Rejected
+)
+
+# --- configuration and reports ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    sync_interval: float = 30.0
+    fetch_timeout: float = 20.0  # plus size / fetch_rate
+    fetch_rate: float = 256 * 1024.0  # bytes/s below which a transfer counts as stalled
+    rebase_delay: float = 5.0
+    rebase_retry: float = 300.0
+    max_blob_bytes: int | None = None  # None: the genesis spec's limit (or 512 MiB)
+    errors_kept: int = 32
+
+
+@dataclass(frozen=True)
+class PeerReport:
+    """What a peer last told us about itself (its summary)."""
+
+    root: bytes
+    count: int
+    head: bytes
+    digest: str | None
+    at: float
+
+
+@dataclass(frozen=True)
+class Convergence:
+    peers: int
+    reporting: int
+    same_set: int
+    same_composite: int
+
+
+@dataclass(frozen=True)
+class Statistics:
+    complete: int
+    pending: int
+    rejected: int
+    ignored: int
+    duplicates: int
+    garbage: int
+    blobs: int
+    fetching: int
+    peers: int
+
+
+@dataclass
+class _Held:
+    record: Record
+    data: bytes
+    missing: set[bytes]
+
+
+@dataclass
+class _Peer:
+    has: set[bytes] = field(default_factory=set)
+    report: PeerReport | None = None
+
+
+_DEFAULT_MAX_BLOB = 512 * 1024 * 1024
+
+
+def _spec_limit(genesis: Genesis) -> int:
+    limits = genesis.spec.get("merge", {}).get("limits", {})
+    value = limits.get("max_blob_bytes", _DEFAULT_MAX_BLOB) if isinstance(limits, dict) else None
+    return value if isinstance(value, int) else _DEFAULT_MAX_BLOB
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+class Core:
+    """The replication state of one node and every decision about it (see the module doc)."""
+
+    def __init__(
+        self,
+        genesis: Genesis,
+        *,
+        me: PublicKey | None = None,
+        config: Config | None = None,
+        blobs: Iterable[bytes] = (),
+        decode_message: Callable[[bytes], messages.Message] = messages.decode,
+        decode: Callable[[bytes], Record] | None = None,
+    ) -> None:
+        self.genesis = genesis
+        self.network = genesis.network_id
+        self.config = config or Config()
+        self._me = me.raw if me is not None else None
+        self._max_blob = self.config.max_blob_bytes or _spec_limit(genesis)
+        self._base = genesis.spec.get("base")
+        # Decoding is a pure function of the bytes: the simulator shares a memo across nodes.
+        self._decode_message = decode_message
+        self._decode = decode or partial(decode_record, network=self.network)
+        self._held: dict[bytes, _Held] = {}
+        self._set = IdSet()
+        self._rejected: set[bytes] = set()
+        self._bad_blobs: set[bytes] = set()
+        self._blobs: set[bytes] = set(blobs)
+        self._waiting: dict[bytes, list[bytes]] = {}
+        self._blob_meta: dict[bytes, tuple[int, str]] = {}
+        self._holders: dict[bytes, dict[str, None]] = {}
+        self._tried: dict[bytes, set[str]] = {}
+        self._fetching: dict[bytes, tuple[str, float]] = {}
+        self._peers: dict[str, _Peer] = {}
+        self._known_keys = {m.key.raw for m in genesis.members}
+        self._roster_inputs: dict[bytes, RosterUpdate | Revocation] = {}
+        self._roster = Roster.from_genesis(genesis)
+        self._commits: dict[bytes, tuple[Entry, Commit]] = {}
+        self._root = root_item(self.network)
+        self._book = OrderBook(self._root)
+        self._merged_head = self._root
+        self._digest: tuple[bytes, str] | None = None
+        self._rebase_due: dict[bytes, float] = {}
+        self._rebase_asked: dict[bytes, float] = {}
+        self._next_sync: float | None = None
+        self._timer_at: float | None = None
+        self._errors: deque[tuple[float, str, str]] = deque(maxlen=self.config.errors_kept)
+        self._counts = {"ignored": 0, "duplicates": 0, "garbage": 0}
+        self._summary_cache: tuple[tuple[bytes, bytes, str | None], bytes] | None = None
+        self._now = 0.0
+        self._out: list[Action] = []
+
+    # --- the one entry point ---
+
+    def handle(self, event: Event, now: float) -> list[Action]:
+        """Apply one event at time ``now``; return what the shell must do, in order."""
+        self._now = now
+        if self._next_sync is None:
+            self._next_sync = now + self.config.sync_interval
+            self._wake(self._next_sync)
+        match event:
+            case MessageReceived(peer, data):
+                self._on_message(peer, data)
+            case BlobReceived(peer, sha, result):
+                self._on_blob(peer, sha, result)
+            case PeerConnected(peer):
+                self._on_connect(peer)
+            case PeerDisconnected(peer):
+                self._drop_peer(peer)
+            case LocalRecord(data, blobs_held, restored):
+                self._on_record(data, None, blobs_held=blobs_held, restored=restored)
+            case Timer():
+                self._on_timer()
+            case MergeDone(item, digest):
+                if item == self._book.order.head:
+                    self._digest = (item, digest)
+        self._after()
+        out, self._out = self._out, []
+        return out
+
+    # --- queries ---
+
+    @property
+    def root(self) -> bytes:
+        """The set root over the content ids of the complete records."""
+        return self._set.root
+
+    @property
+    def order(self) -> Order:
+        return self._book.order
+
+    @property
+    def tip(self) -> bytes:
+        """The item a new local commit names as parent (searched against ``order.main``)."""
+        return self._book.order.tip
+
+    @property
+    def digest(self) -> str | None:
+        """The composite digest of the current order, once the shell has reported it."""
+        if self._digest is not None and self._digest[0] == self._book.order.head:
+            return self._digest[1]
+        return None
+
+    @property
+    def errors(self) -> tuple[tuple[float, str, str], ...]:
+        """The last peer errors: (time, peer, reason)."""
+        return tuple(self._errors)
+
+    def commit(self, commit_id: bytes) -> Commit | None:
+        held = self._commits.get(commit_id)
+        return held[1] if held is not None else None
+
+    def records(self) -> Iterator[bytes]:
+        """The bytes of every complete record, by content id."""
+        return (self._held[cid].data for cid in self._set)
+
+    def pending_blobs(self) -> dict[bytes, tuple[int, str]]:
+        """Blobs that pending records wait for: sha256 -> (size, kind)."""
+        return {sha: self._blob_meta[sha] for sha in self._waiting}
+
+    def peers(self) -> dict[str, PeerReport | None]:
+        return {peer: p.report for peer, p in self._peers.items()}
+
+    def convergence(self) -> Convergence:
+        reports = [p.report for p in self._peers.values() if p.report is not None]
+        same_set = [r for r in reports if r.root == self.root]
+        digest = self.digest
+        same = [r for r in same_set if r.head == self.order.head and r.digest == digest]
+        return Convergence(len(self._peers), len(reports), len(same_set), len(same))
+
+    def statistics(self) -> Statistics:
+        return Statistics(
+            complete=len(self._set),
+            pending=len(self._held) - len(self._set),
+            rejected=len(self._rejected),
+            ignored=self._counts["ignored"],
+            duplicates=self._counts["duplicates"],
+            garbage=self._counts["garbage"],
+            blobs=len(self._blobs),
+            fetching=len(self._fetching),
+            peers=len(self._peers),
+        )
+
+    def __repr__(self) -> str:
+        stats = self.statistics()
+        return (
+            f"<Core records={stats.complete} pending={stats.pending} peers={stats.peers} "
+            f"order={len(self.order.commits)} head={self.order.head.hex()[:12]}>"
+        )
+
+    # --- peers and messages ---
+
+    def _on_connect(self, peer: str) -> None:
+        self._peers.setdefault(peer, _Peer())
+        self._out.append(Send(peer, self._summary_bytes()))
+
+    def _drop_peer(self, peer: str) -> None:
+        if self._peers.pop(peer, None) is None:
+            return
+        for sha in [s for s, (p, _) in self._fetching.items() if p == peer]:
+            del self._fetching[sha]
+            self._fetch(sha)
+
+    def _garbage(self, peer: str, reason: str) -> None:
+        self._counts["garbage"] += 1
+        self._errors.append((self._now, peer, reason))
+        if peer in self._peers:
+            self._out.append(Disconnect(peer, reason))
+            self._drop_peer(peer)
+
+    def _on_message(self, peer: str, data: bytes) -> None:
+        self._peers.setdefault(peer, _Peer())
+        try:
+            message = self._decode_message(data)
+        except MalformedMessage as exc:
+            self._garbage(peer, str(exc))
+            return
+        if isinstance(message, Summary):
+            self._on_summary(peer, message)
+        elif isinstance(message, Ids):
+            self._on_ids(peer, message)
+        else:
+            for record in message.records:
+                if peer not in self._peers:  # disconnected for garbage mid-message
+                    return
+                self._on_record(record, peer)
+
+    def _summary_bytes(self) -> bytes:
+        key = (self._set.root, self.order.head, self.digest)
+        if self._summary_cache is None or self._summary_cache[0] != key:
+            s = self._set.summary()
+            message = Summary(s.root, s.count, s.bits, s.fingerprints, key[1], key[2])
+            self._summary_cache = (key, messages.encode(message))
+        return self._summary_cache[1]
+
+    def _on_summary(self, peer: str, message: Summary) -> None:
+        self._peers[peer].report = PeerReport(
+            message.root, message.count, message.head, message.digest, self._now
+        )
+        if message.root == self._set.root:
+            return
+        theirs = SetSummary(message.root, message.count, message.bits, message.fingerprints)
+        buckets = self._set.summary(message.bits).differing(theirs)
+        if buckets:
+            ids = self._set.in_buckets(buckets, message.bits)
+            for data in messages.chunked_ids(message.bits, buckets, ids):
+                self._out.append(Send(peer, data))
+
+    def _on_ids(self, peer: str, message: Ids) -> None:
+        known = self._peers[peer].has
+        known.update(message.ids)
+        if not message.buckets:
+            return
+        theirs = set(message.ids)
+        push = [c for c in self._set.in_buckets(message.buckets, message.bits) if c not in theirs]
+        self._push(peer, push)
+
+    def _push(self, peer: str, cids: list[bytes]) -> None:
+        if not cids:
+            return
+        self._peers[peer].has.update(cids)
+        for data in messages.chunked_records([self._held[c].data for c in cids]):
+            self._out.append(Send(peer, data))
+
+    # --- records ---
+
+    def _on_record(
+        self, data: bytes, peer: str | None, *, blobs_held: bool = False, restored: bool = False
+    ) -> None:
+        cid = _sha256(data)
+        if peer is not None:
+            self._peers[peer].has.add(cid)
+        held = self._held.get(cid)
+        if held is not None or cid in self._rejected:
+            self._counts["duplicates"] += 1
+            if held is not None and held.missing and peer is not None:
+                self._add_holder(held, peer)
+            return
+        try:
+            record = self._decode(data)
+        except CryptoError as exc:
+            self._refuse(cid, peer, f"record does not verify: {exc}", blame=True)
+            return
+        problem, blame = self._check(record, local=peer is None and not restored)
+        if problem:
+            self._refuse(cid, peer, problem, blame=blame)
+            return
+        self._admit(cid, data, record, peer, blobs_held=blobs_held)
+
+    def _check(self, record: Record, *, local: bool) -> tuple[str, bool]:
+        """Why ``record`` is not taken ('' if it is), and whether the sender is to blame."""
+        if isinstance(record, Genesis):
+            return "a genesis is not replicated", False
+        if isinstance(record, Commit):
+            return self._check_commit(record, local=local)
+        if not {k.raw for k in record.signers()} & self._known_keys:
+            return "no signer the roster has ever named", False
+        return "", False
+
+    def _check_commit(self, commit: Commit, *, local: bool) -> tuple[str, bool]:
+        if commit.author.raw not in self._known_keys:
+            return "author the roster has never named", False
+        if self._base is not None and commit.base != self._base:
+            return "commit is for another base model", True
+        if any(ref.size > self._max_blob for ref in commit.blobs.values()):
+            return f"a blob exceeds the limit of {self._max_blob} bytes", True
+        if any(ref.sha256 in self._bad_blobs for ref in commit.blobs.values()):
+            return "a blob failed validation", True
+        if local and commit.supersedes is not None and not self._fresh_rebase(commit):
+            return "stale rebase: its target is no longer an orphan or the tip moved", False
+        return "", False
+
+    def _fresh_rebase(self, commit: Commit) -> bool:
+        order, target = self._book.order, commit.supersedes
+        assert target is not None
+        self._rebase_asked.pop(target, None)  # answered
+        orphan = target in order.orphans
+        if orphan and commit.parent != order.tip:
+            self._schedule_rebase(target)  # the tip moved while the author searched: again
+        return orphan and commit.parent == order.tip
+
+    def _refuse(self, cid: bytes, peer: str | None, reason: str, *, blame: bool) -> None:
+        if peer is None:
+            self._out.append(Rejected(cid, reason))
+        elif blame:
+            self._rejected.add(cid)
+            self._garbage(peer, reason)
+        else:
+            self._counts["ignored"] += 1
+
+    def _admit(
+        self, cid: bytes, data: bytes, record: Record, peer: str | None, *, blobs_held: bool
+    ) -> None:
+        missing: set[bytes] = set()
+        if isinstance(record, Commit):
+            for kind, ref in record.blobs.items():
+                self._blob_meta.setdefault(ref.sha256, (ref.size, kind))
+                missing.add(ref.sha256)
+            if peer is None and blobs_held:
+                self._blobs |= missing
+            missing -= self._blobs
+        held = _Held(record, data, missing)
+        self._held[cid] = held
+        if not missing:
+            self._complete(cid, held)
+            return
+        for sha in sorted(missing):
+            self._waiting.setdefault(sha, []).append(cid)
+        if peer is not None:
+            self._add_holder(held, peer)
+
+    def _add_holder(self, held: _Held, peer: str) -> None:
+        for sha in sorted(held.missing):
+            self._holders.setdefault(sha, {})[peer] = None
+            self._fetch(sha)
+
+    def _complete(self, cid: bytes, held: _Held) -> None:
+        self._set.add(cid)
+        self._out.append(StoreRecord(cid, held.data))
+        relay = messages.encode(Records((held.data,)))
+        for peer, p in self._peers.items():
+            if cid not in p.has:
+                p.has.add(cid)
+                self._out.append(Send(peer, relay))
+        record = held.record
+        if isinstance(record, Commit):
+            entry = Entry.of(record)
+            self._commits[entry.id] = (entry, record)
+            self._count_commit(entry, record)
+        elif isinstance(record, RosterUpdate | Revocation):
+            self._roster_changed(record)
+
+    def _count_commit(self, entry: Entry, commit: Commit) -> None:
+        if not self._roster.may_author(commit.author, commit.seq):
+            return
+        self._book.add(entry)
+        roster = self._roster
+        # is_revoked re-encodes the commit for its id: ask only when anything is revoked.
+        if (roster.revoked_by_quorum or roster.revoked_by_key) and roster.is_revoked(commit):
+            self._book.set_revoked(self._book.revoked | {entry.id})
+
+    def _roster_changed(self, record: RosterUpdate | Revocation) -> None:
+        previous = self._roster_inputs.get(record.id)
+        combined: Any = record if previous is None else previous.combined(record)
+        self._roster_inputs[record.id] = combined
+        if isinstance(record, RosterUpdate):
+            self._known_keys.add(record.key.raw)
+            if record.new_key is not None:
+                self._known_keys.add(record.new_key.raw)
+        self._roster = Roster.from_records(self.genesis, self._roster_inputs.values())
+        allowed = [
+            (e, c) for e, c in self._commits.values() if self._roster.may_author(c.author, c.seq)
+        ]
+        revoked = frozenset(e.id for e, c in allowed if self._roster.is_revoked(c))
+        self._book = OrderBook(self._root, {e.id: e for e, _ in allowed}, revoked)
+
+    # --- blobs ---
+
+    def _fetch(self, sha: bytes) -> None:
+        if sha in self._fetching or sha not in self._waiting:
+            return
+        tried = self._tried.get(sha, set())
+        for peer in self._holders.get(sha, {}):
+            if peer in self._peers and peer not in tried:
+                size, kind = self._blob_meta[sha]
+                deadline = self._now + self.config.fetch_timeout + size / self.config.fetch_rate
+                self._fetching[sha] = (peer, deadline)
+                self._wake(deadline)
+                self._out.append(FetchBlob(peer, sha, size, kind))
+                return
+
+    def _on_blob(self, peer: str, sha: bytes, result: BlobResult) -> None:
+        current = self._fetching.get(sha)
+        if current is not None and current[0] == peer:
+            del self._fetching[sha]
+        elif result is not BlobResult.VERIFIED or sha not in self._waiting:
+            return  # a late answer to a fetch we gave up on
+        if result is BlobResult.VERIFIED:
+            self._blob_verified(sha)
+        elif result is BlobResult.INVALID:
+            self._blob_invalid(sha)
+            self._garbage(peer, f"served blob {sha.hex()[:12]} that fails validation")
+        else:
+            self._tried.setdefault(sha, set()).add(peer)
+            if result is BlobResult.CORRUPT:
+                self._garbage(peer, f"served corrupt bytes for blob {sha.hex()[:12]}")
+            self._fetch(sha)
+
+    def _blob_verified(self, sha: bytes) -> None:
+        self._blobs.add(sha)
+        self._holders.pop(sha, None)
+        self._tried.pop(sha, None)
+        for cid in self._waiting.pop(sha, []):
+            held = self._held[cid]
+            held.missing.discard(sha)
+            if not held.missing:
+                self._complete(cid, held)
+
+    def _blob_invalid(self, sha: bytes) -> None:
+        """The blob's content is refused for good: so is every record that needs it."""
+        self._bad_blobs.add(sha)
+        self._holders.pop(sha, None)
+        for cid in self._waiting.pop(sha, []):
+            held = self._held.pop(cid)
+            self._rejected.add(cid)
+            for other in held.missing - {sha}:
+                waiting = self._waiting.get(other, [])
+                if cid in waiting:
+                    waiting.remove(cid)
+                if not waiting:
+                    self._waiting.pop(other, None)
+
+    # --- time ---
+
+    def _on_timer(self) -> None:
+        now = self._now
+        self._timer_at = None  # fired: the next SetTimer must be sent even for the same time
+        if self._next_sync is not None and now >= self._next_sync:
+            self._next_sync = now + self.config.sync_interval
+            self._sync()
+        for sha in [s for s, (_, deadline) in self._fetching.items() if deadline <= now]:
+            peer, _ = self._fetching.pop(sha)
+            self._tried.setdefault(sha, set()).add(peer)
+            self._fetch(sha)
+        for cid in [c for c, at in self._rebase_due.items() if at <= now]:
+            del self._rebase_due[cid]
+            self._rebase(cid)
+        for cid in [c for c, at in self._rebase_asked.items() if at <= now]:
+            del self._rebase_asked[cid]  # never answered: schedule again
+            self._schedule_rebase(cid)
+        self._rearm()
+
+    def _sync(self) -> None:
+        if self._peers:
+            self._out.append(Broadcast(self._summary_bytes()))
+        self._tried.clear()  # a holder that failed once (loss, restart) gets another chance
+        for sha in list(self._waiting):
+            self._fetch(sha)
+
+    def _after(self) -> None:
+        order = self._book.order
+        if order.head != self._merged_head:
+            self._merged_head = order.head
+            self._out.append(Merge(order))
+            for cid in order.orphans:
+                self._schedule_rebase(cid)
+
+    def _schedule_rebase(self, cid: bytes) -> None:
+        entry = self._commits[cid][0]
+        if entry.author != self._me or cid in self._rebase_due or cid in self._rebase_asked:
+            return
+        jitter = int.from_bytes(cid[:2], "big") / 65536
+        self._rebase_due[cid] = self._now + self.config.rebase_delay * (1 + jitter)
+        self._wake(self._rebase_due[cid])
+
+    def _rebase(self, cid: bytes) -> None:
+        order = self._book.order
+        if cid in order.orphans:
+            self._rebase_asked[cid] = self._now + self.config.rebase_retry
+            self._wake(self._rebase_asked[cid])
+            self._out.append(Rebase(cid, order.tip))
+
+    def _wake(self, at: float) -> None:
+        """Make sure a Timer comes by ``at``. The timer only ever moves earlier between two
+        firings (a deadline that went away just costs one idle Timer), so adding a deadline
+        is O(1) and nothing is recomputed per event."""
+        if self._timer_at is None or at < self._timer_at:
+            self._timer_at = at
+            self._out.append(SetTimer(at))
+
+    def _rearm(self) -> None:
+        times = [t for t in (self._next_sync,) if t is not None]
+        times += [deadline for _, deadline in self._fetching.values()]
+        times += self._rebase_due.values()
+        times += self._rebase_asked.values()
+        if times:
+            self._wake(min(times))

@@ -1,0 +1,350 @@
+"""Many ``node.protocol.Core`` instances on a seeded virtual network with a virtual clock.
+
+Rules:
+
+- One event queue ordered by (virtual time, insertion number); one ``random.Random(seed)``
+  drawn from in event order; no wall clock and no iteration over hash-ordered sets, so the same
+  scenario and seed replay the same trace, byte for byte.
+- Each simulated node is the real core plus a thin shell (this module) that carries out its
+  actions: ``Send``/``Broadcast`` go over links with a latency, a bandwidth (a link direction
+  sends one thing at a time, so big transfers queue small messages behind them, like one TCP
+  connection) and a loss rate; ``FetchBlob`` sends a request and, if the holder serves, the
+  blob's size over the reverse direction; ``Merge`` folds with ``merge/`` through the shared
+  memo in ``World``; ``Rebase`` answers after ``search_time`` with a superseding commit that
+  carries the same adapter and the simulator's fixed coefficients.
+- A connection has an epoch: anything in flight when a link goes down (partition, churn,
+  ``Disconnect``) is dropped, and a link that comes back starts a new connection, so the cores
+  see ``PeerDisconnected`` / ``PeerConnected`` and run anti-entropy again. A ``Disconnect``
+  bans the link for the rest of the run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from typing import Any
+
+from crypto.identity import Identity
+from node.protocol import (
+    BlobReceived,
+    BlobResult,
+    Broadcast,
+    Config,
+    Core,
+    Disconnect,
+    Event,
+    FetchBlob,
+    LocalRecord,
+    Merge,
+    MergeDone,
+    MessageReceived,
+    PeerConnected,
+    PeerDisconnected,
+    Rebase,
+    Rejected,
+    Send,
+    SetTimer,
+    StoreRecord,
+    Timer,
+)
+from node.sim import topology
+from node.sim.scenario import Scenario
+from node.sim.world import World, identity
+
+Edge = tuple[int, int]
+_REQUEST_BYTES = 80
+
+
+class SimNode:
+    """One simulated node: the real core, the blobs its shell holds, and its counters."""
+
+    def __init__(self, index: int, core: Core, role: str, ident: Identity | None) -> None:
+        self.index = index
+        self.name = f"n{index:04d}"
+        self.core = core
+        self.role = role
+        self.identity = ident
+        self.online = True
+        self.blobs: set[bytes] = set()
+        self.seq = 0
+        self.timer_gen = 0
+        self.sent = 0
+        self.received = 0
+        self.payload = 0
+        self.duplicate = 0
+        self.payload_blobs = 0  # bytes of distinct blobs received
+        self.dups: dict[bytes, int] = {}  # blob -> bytes received again after holding it
+        self.digest: str | None = None
+        self.changed_at = 0.0
+
+    @property
+    def honest(self) -> bool:
+        return self.role in ("honest", "author")
+
+
+class Simulation:
+    def __init__(self, scenario: Scenario, seed: int) -> None:
+        self.s = scenario
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self._queue: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self._counter = 0
+        self.latency = topology.build(scenario, self.rng)
+        self.adj = topology.neighbours(scenario.nodes, self.latency)
+        self.roles = self._assign_roles()
+        members = [identity(seed, i) for i, r in enumerate(self.roles) if _is_member(r)]
+        self.world = World(seed, members, scenario.mode, scenario.blob_sizes())
+        self.nodes = [self._make_node(i) for i in range(scenario.nodes)]
+        self.by_name = {n.name: n for n in self.nodes}
+        self._up: dict[Edge, int] = {}
+        self._epochs = 0
+        self._busy: dict[tuple[int, int], float] = {}
+        self._banned: set[Edge] = set()
+        self.side: set[int] | None = None
+        self.samples: list[tuple[float, int]] = []
+        self.completed: dict[bytes, list[float]] = {}  # commit id -> completion times
+        self.rejected = 0
+        self.disconnects: list[tuple[float, str, str, str]] = []
+        self.authored: dict[bytes, int] = {}  # commit id -> adapter seed
+
+    # --- set-up ---
+
+    def _assign_roles(self) -> list[str]:
+        order = list(range(self.s.nodes))
+        self.rng.shuffle(order)
+        roles = ["honest"] * self.s.nodes
+        for i in order[: self.s.authors]:
+            roles[i] = "author"
+        rest = iter(order[self.s.authors :])
+        for kind, count in sorted(self.s.adversaries.items()):
+            for _ in range(count):
+                roles[next(rest)] = kind
+        return roles
+
+    def _make_node(self, i: int) -> SimNode:
+        role = self.roles[i]
+        ident = identity(self.seed, i) if _is_member(role) or role == "forged" else None
+        config = Config(
+            sync_interval=self.s.sync_interval,
+            fetch_timeout=self.s.fetch_timeout,
+            rebase_delay=self.s.rebase_delay,
+        )
+        core = Core(
+            self.world.genesis,
+            me=ident.public if ident else None,
+            config=config,
+            decode_message=self.world.decode_message,
+            decode=self.world.decode_record,
+        )
+        return SimNode(i, core, role, ident)
+
+    # --- the event loop ---
+
+    def at(self, time: float, fn: Callable[..., None], *args: Any) -> None:
+        self._counter += 1
+        heapq.heappush(self._queue, (time, self._counter, fn, args))
+
+    def run(self) -> None:
+        from node.sim import adversaries, schedule
+
+        schedule.plan(self)
+        adversaries.plan(self)
+        while self._queue and self._queue[0][0] <= self.s.duration:
+            time, _, fn, args = heapq.heappop(self._queue)
+            self.now = time
+            fn(*args)
+        self.now = self.s.duration
+
+    def deliver(self, node: SimNode, event: Event) -> None:
+        self.apply(node, node.core.handle(event, self.now))
+
+    def apply(self, node: SimNode, actions: list[Any]) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                self.transmit(node.index, self.by_name[action.peer].index, action.data)
+            elif kind is Broadcast:
+                for v in self.adj[node.index]:
+                    self.transmit(node.index, v, action.data)
+            elif kind is FetchBlob:
+                self._fetch(node, self.by_name[action.peer], action)
+            elif kind is SetTimer:
+                node.timer_gen += 1
+                self.at(max(action.at, self.now), self._timer, node, node.timer_gen)
+            elif kind is Merge:
+                self._merge(node, action)
+            else:
+                self._rare(node, action)
+
+    def _rare(self, node: SimNode, action: Any) -> None:
+        if isinstance(action, StoreRecord):
+            commit_id = self.world.content.get(action.id)
+            if commit_id is not None and node.honest:
+                self.completed.setdefault(commit_id, []).append(self.now)
+        elif isinstance(action, Disconnect):
+            peer = self.by_name[action.peer]
+            self.disconnects.append((self.now, node.name, peer.name, action.reason))
+            edge = _edge(node.index, peer.index)
+            self._banned.add(edge)
+            self.link_down(edge)
+        elif isinstance(action, Rebase):
+            self.at(self.now + self.s.search_time, self._rebase, node, action)
+        elif isinstance(action, Rejected):
+            self.rejected += 1
+
+    def _timer(self, node: SimNode, generation: int) -> None:
+        if generation == node.timer_gen:
+            self.deliver(node, Timer())
+
+    def _merge(self, node: SimNode, action: Merge) -> None:
+        digest = self.world.digest(action.order)
+        if digest != node.digest:
+            node.digest, node.changed_at = digest, self.now
+        self.deliver(node, MergeDone(action.order.head, digest))
+
+    # --- links ---
+
+    def may_link(self, edge: Edge) -> bool:
+        a, b = edge
+        if edge in self._banned or not (self.nodes[a].online and self.nodes[b].online):
+            return False
+        return self.side is None or ((a in self.side) == (b in self.side))
+
+    def link_up(self, edge: Edge) -> None:
+        if edge in self._up or not self.may_link(edge):
+            return
+        self._epochs += 1
+        self._up[edge] = self._epochs
+        a, b = self.nodes[edge[0]], self.nodes[edge[1]]
+        self.deliver(a, PeerConnected(b.name))
+        self.deliver(b, PeerConnected(a.name))
+
+    def link_down(self, edge: Edge) -> None:
+        if self._up.pop(edge, None) is None:
+            return
+        a, b = self.nodes[edge[0]], self.nodes[edge[1]]
+        self.deliver(a, PeerDisconnected(b.name))
+        self.deliver(b, PeerDisconnected(a.name))
+
+    def relink(self) -> None:
+        for edge in self.latency:
+            if self.may_link(edge):
+                self.link_up(edge)
+            else:
+                self.link_down(edge)
+
+    def _send_time(self, src: int, dst: int, size: int, start: float) -> float:
+        """When ``size`` bytes sent from ``src`` at ``start`` arrive at ``dst``."""
+        depart = max(start, self._busy.get((src, dst), 0.0))
+        done = depart + size / self.s.bandwidth
+        self._busy[(src, dst)] = done
+        return done + self.latency[_edge(src, dst)]
+
+    def _lost(self) -> bool:
+        return self.s.loss > 0 and self.rng.random() < self.s.loss
+
+    def transmit(self, src: int, dst: int, data: bytes) -> None:
+        epoch = self._up.get(_edge(src, dst))
+        if epoch is None:
+            return
+        arrive = self._send_time(src, dst, len(data), self.now)
+        self.nodes[src].sent += len(data)
+        if not self._lost():
+            self.at(arrive, self._arrive, src, dst, data, epoch)
+
+    def _arrive(self, src: int, dst: int, data: bytes, epoch: int) -> None:
+        if self._up.get(_edge(src, dst)) != epoch:
+            return
+        node = self.nodes[dst]
+        node.received += len(data)
+        self.deliver(node, MessageReceived(self.nodes[src].name, data))
+
+    # --- blobs ---
+
+    def _fetch(self, node: SimNode, holder: SimNode, action: FetchBlob) -> None:
+        edge = _edge(node.index, holder.index)
+        epoch = self._up.get(edge)
+        if epoch is None:
+            return
+        node.sent += _REQUEST_BYTES
+        asked = self._send_time(node.index, holder.index, _REQUEST_BYTES, self.now)
+        if self._lost() or holder.role == "withhold":
+            return  # no answer: the core's deadline moves on to another holder
+        if action.sha256 not in holder.blobs:
+            back = asked + self.latency[edge]
+            self.at(back, self._blob, node, holder, action.sha256, 0, BlobResult.UNAVAILABLE, epoch)
+            return
+        arrive = self._send_time(holder.index, node.index, action.size, asked)
+        holder.sent += action.size
+        if not self._lost():
+            blob = self.world.blobs[action.sha256]
+            result = BlobResult.VERIFIED if blob.valid else BlobResult.INVALID
+            self.at(arrive, self._blob, node, holder, action.sha256, action.size, result, epoch)
+
+    def _blob(
+        self,
+        node: SimNode,
+        holder: SimNode,
+        sha: bytes,
+        size: int,
+        result: BlobResult,
+        epoch: int,
+    ) -> None:
+        if self._up.get(_edge(node.index, holder.index)) != epoch:
+            return
+        node.received += size
+        node.payload += size
+        if sha in node.blobs:
+            node.duplicate += size
+            node.dups[sha] = node.dups.get(sha, 0) + size
+        elif result is BlobResult.VERIFIED:
+            node.blobs.add(sha)
+            node.payload_blobs += size
+        self.deliver(node, BlobReceived(holder.name, sha, result))
+
+    # --- authors ---
+
+    def publish(
+        self,
+        node: SimNode,
+        k: int,
+        *,
+        supersedes: bytes | None = None,
+        adapter_seed: int | None = None,
+        parent: bytes | None = None,
+    ) -> bytes:
+        """``node`` signs a commit onto its tip (its own adapter ``k``) and hands it to its core."""
+        assert node.identity is not None
+        seed = adapter_seed if adapter_seed is not None else self.seed * 1_000_003 + k
+        commit = self.world.make_commit(
+            node.identity,
+            node.seq,
+            parent if parent is not None else node.core.tip,
+            f"task-{k}",
+            adapter_seed=seed,
+            supersedes=supersedes,
+            now=self.now,
+        )
+        node.seq += 1
+        self.authored[commit.id] = seed
+        node.blobs.update(ref.sha256 for ref in commit.blobs.values())
+        self.deliver(node, LocalRecord(commit.encode()))
+        return commit.id
+
+    def _rebase(self, node: SimNode, action: Rebase) -> None:
+        seed = self.authored[action.commit_id]
+        self.publish(node, 0, supersedes=action.commit_id, adapter_seed=seed, parent=action.parent)
+
+    def sample(self) -> None:
+        digests = {n.digest for n in self.nodes if n.honest and n.online}
+        self.samples.append((self.now, len(digests)))
+
+
+def _edge(a: int, b: int) -> Edge:
+    return (a, b) if a < b else (b, a)
+
+
+def _is_member(role: str) -> bool:
+    return role in ("author", "equivocate", "invalid", "oversized")
