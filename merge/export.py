@@ -83,13 +83,17 @@ def _config(modules: Mapping[str, LoraModule], base: str | None) -> dict[str, ob
     }
 
 
-def cap_rank(modules: Mapping[str, LoraModule], max_rank: int) -> dict[str, LoraModule]:
+def cap_rank(
+    modules: Mapping[str, LoraModule], max_rank: int, *, recompress: bool = False
+) -> dict[str, LoraModule]:
     """Every module with rank > ``max_rank`` replaced by its best rank-``max_rank``
-    approximation (QR + small SVD); the others are returned unchanged."""
+    approximation (QR + small SVD); the others are returned unchanged unless ``recompress``,
+    which puts every module through QR + SVD (orthogonal factors, singular values split
+    evenly), dropping nothing a module's rank allows."""
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
     return {
-        name: _truncate(m, max_rank) if m.rank > max_rank else m
+        name: _truncate(m, max_rank) if recompress or m.rank > max_rank else m
         for name, m in sorted(modules.items())
     }
 

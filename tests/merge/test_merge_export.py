@@ -82,6 +82,10 @@ def test_rank_capped_export_is_the_optimal_truncation_of_the_exact_sum(
     exact = delta_weights(c.modules)
     lossless = cap_rank(c.modules, 12)  # a cap above every rank changes nothing
     assert all(lossless[n] is c.modules[n] for n in c.modules)
+    for name, m in cap_rank(c.modules, 12, recompress=True).items():
+        assert m.rank == min(c.modules[name].rank, *c.modules[name].shape)  # head: out=5 < 6
+        rel = (m.B @ m.A - exact[name]).norm() / exact[name].norm()
+        assert float(rel) < 1e-5
     capped = cap_rank(c.modules, 2)
     for name, dw in delta_weights(capped).items():
         assert capped[name].rank == 2
