@@ -32,6 +32,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import nevergrad as ng
 import numpy as np
@@ -44,6 +45,17 @@ from merge.lora import LoraAdapter
 from merge.spec import SearchSettings
 
 _EPS = 1e-12
+
+
+class TaskData(Protocol):
+    """What the search reads from a task's distilled set (``merge.distill.Distilled`` fits)."""
+
+    @property
+    def inputs(self) -> torch.Tensor: ...
+    @property
+    def labels(self) -> torch.Tensor: ...
+    @property
+    def classes(self) -> tuple[str, ...]: ...
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,7 +79,7 @@ def search_coeffs(
     encoder: DualEncoder,
     head: Composite,
     adapter: LoraAdapter,
-    data: Sequence[DistilledSet],
+    data: Sequence[TaskData],
     settings: SearchSettings | None = None,
 ) -> SearchResult:
     """Coefficients ``(w1, w2)`` for ``apply(head, adapter, ·)``; seeded, budgeted.
@@ -137,7 +149,7 @@ def _softmax_all(
 class _Pooled:
     """The pooled distilled data with each task's frozen class features computed once."""
 
-    def __init__(self, encoder: DualEncoder, data: Sequence[DistilledSet], objective: str):
+    def __init__(self, encoder: DualEncoder, data: Sequence[TaskData], objective: str):
         if not data:
             raise ValueError("the search needs distilled data of at least one task")
         self.tasks = [(d.inputs, encoder.encode_classes(d.classes)) for d in data]
