@@ -4,7 +4,10 @@ Determinism rules, each one load-bearing (every node must compute identical byte
 
 - coefficients arrive as python floats (float64) and are cast once to 0-dim float32 tensors;
 - every update is ``torch.mul`` then ``torch.add``: two correctly rounded IEEE operations per
-  element. Never ``add(..., alpha=w)``, ``addcmul`` or ``lerp``, which may fuse into an FMA;
+  element. Never ``add(..., alpha=w)``, ``addcmul`` or ``lerp``: torch's CPU add kernel is
+  ``fmadd(other, alpha, self)``, which rounds ``w·x + y`` once where another build or the
+  scalar tail loop rounds twice. With the default ``alpha=1`` the product is exact, so both
+  paths give the correctly rounded sum;
 - no matmul or reduction anywhere on this path (``delta_weights`` is for evaluation only);
 - modules are visited in sorted order and stored sorted; nothing reads a global RNG.
 
