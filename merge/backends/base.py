@@ -90,7 +90,8 @@ class DualEncoder(Protocol):
 
 def unit(x: torch.Tensor) -> torch.Tensor:
     """Rows scaled to unit L2 norm (eps keeps an all-zero row finite)."""
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    out: torch.Tensor = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return out
 
 
 def cosine_logits(features: torch.Tensor, classes: torch.Tensor, scale: float) -> torch.Tensor:
