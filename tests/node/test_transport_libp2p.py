@@ -1,0 +1,115 @@
+"""What only the libp2p backend has: Noise pinning, libp2p's peer ids, restart, the DHT.
+Everything shared with the in-memory twin is in test_transport_conformance.py."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import multiaddr
+import pytest
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+from node.errors import PeerUnreachable
+from node.transport import PeerConnected, PeerDisconnected, Transport, TransportConfig
+from node.transport.libp2p import Libp2pTransport
+
+WAIT = 10.0
+LOOPBACK = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+
+
+def seed_of(name: str) -> bytes:
+    return hashlib.sha256(name.encode()).digest()
+
+
+async def next_event(t: Transport, kind: type[Any]) -> Any:
+    with trio.fail_after(WAIT):
+        async for event in t.events:
+            if isinstance(event, kind):
+                return event
+    raise AssertionError("event channel closed")
+
+
+@pytest.fixture
+async def alice() -> AsyncIterator[Libp2pTransport]:
+    transport = Libp2pTransport(seed_of("alice"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+        yield transport
+        transport.stop()
+
+
+async def run_plaintext_host(stop: trio.Event, *, task_status: Any) -> None:
+    """mallory's host speaks only /plaintext/2.0.0; closed gracefully like ours."""
+    key_pair = create_new_key_pair(seed_of("mallory"))
+    host: IHost = new_host(
+        key_pair=key_pair,
+        sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(key_pair)},
+        muxer_opt={YAMUX_PROTOCOL_ID: Yamux},  # type: ignore[dict-item]
+        listen_addrs=LOOPBACK,
+        connection_config=ConnectionConfig(max_connections_per_peer=1),
+    )
+    async with host.run(listen_addrs=LOOPBACK):
+        task_status.started(host)
+        await stop.wait()
+        await host.close()
+
+
+async def test_peer_id_is_libp2ps_own(alice: Libp2pTransport) -> None:
+    key_pair = create_new_key_pair(seed_of("alice"))
+    assert alice.peer_id == str(ID.from_pubkey(key_pair.public_key))
+    assert alice.peer_id == str(alice.host.get_id())
+
+
+async def test_a_plaintext_peer_is_refused_both_ways(alice: Libp2pTransport) -> None:
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        mallory: IHost = await nursery.start(run_plaintext_host, stop)
+        with trio.fail_after(WAIT), pytest.raises(Exception):  # noqa: B017, PT011
+            # whatever libp2p raises: the point is that no connection comes up
+            await mallory.connect(info_from_p2p_addr(multiaddr.Multiaddr(alice.listen_addrs[0])))
+        mallory_addr = f"{mallory.get_addrs()[0]}"
+        with trio.fail_after(WAIT), pytest.raises(PeerUnreachable):
+            await alice.connect(mallory_addr)
+        assert alice.peers() == frozenset()
+        assert not mallory.get_network().get_connections()
+        stop.set()
+
+
+async def test_a_restarted_node_keeps_its_identity(alice: Libp2pTransport) -> None:
+    expected = str(ID.from_pubkey(create_new_key_pair(seed_of("bob")).public_key))
+    for _ in range(2):
+        bob = Libp2pTransport(seed_of("bob"))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bob.run)
+            assert await bob.connect(alice.listen_addrs[0]) == alice.peer_id
+            assert (await next_event(alice, PeerConnected)).peer == bob.peer_id == expected
+            bob.stop()
+        assert (await next_event(alice, PeerDisconnected)).peer == expected
+
+
+async def test_the_optional_dht_starts_and_stops_cleanly() -> None:
+    config = TransportConfig(enable_dht=True)
+    a, b = Libp2pTransport(seed_of("a"), config), Libp2pTransport(seed_of("b"), config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        await b.connect(a.listen_addrs[0])
+        assert (await next_event(a, PeerConnected)).peer == b.peer_id
+        a.stop()
+        b.stop()
+
+
+def test_libp2p_logs_propagate_to_the_app() -> None:
+    assert logging.getLogger("libp2p").propagate
