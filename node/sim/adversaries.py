@@ -82,8 +82,8 @@ def _equivocate(sim: Simulation, node: SimNode, k: int) -> None:
         for side in (0, 1)
     ]
     node.seq += 1
+    sim.world.twins[twins[0].id], sim.world.twins[twins[1].id] = twins[1].id, twins[0].id
     for twin in twins:
-        sim.world.bad.add(twin.id)
         node.blobs.update(ref.sha256 for ref in twin.blobs.values())
     half = len(sim.adj[node.index]) // 2
     _send_to(sim, node, _records(twins[0]), sim.adj[node.index][:half])

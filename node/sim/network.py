@@ -334,7 +334,9 @@ class Simulation:
         return commit.id
 
     def _rebase(self, node: SimNode, action: Rebase) -> None:
-        seed = self.authored[action.commit_id]
+        seed = self.authored.get(action.commit_id)
+        if seed is None:  # an adversary's own commit: cheaters do not re-search
+            return
         self.publish(node, 0, supersedes=action.commit_id, adapter_seed=seed, parent=action.parent)
 
     def sample(self) -> None:

@@ -120,11 +120,20 @@ def _payload(sim: Simulation, honest: list[SimNode]) -> dict[str, Any]:
     }
 
 
+def bad_in_order(sim: Simulation, node: SimNode) -> int:
+    """Adversarial commits in ``node``'s order: forged, invalid or oversized ones, and twins
+    of an equivocation whose other twin the node holds."""
+    order = set(node.core.order.commits)
+    twins = sim.world.twins
+    exposed = {c for c in order & twins.keys() if node.core.commit(twins[c]) is not None}
+    return len(order & sim.world.bad) + len(exposed)
+
+
 def _adversaries(sim: Simulation, honest: list[SimNode]) -> dict[str, Any]:
-    bad = sim.world.bad
     honest_names = {n.name for n in honest}
     return {
-        "bad_in_honest_orders": sum(len(bad & set(n.core.order.commits)) for n in honest),
+        "bad_in_honest_orders": sum(bad_in_order(sim, n) for n in honest),
+        "equivocations_seen": sum(len(n.core.order.flagged) > 0 for n in honest),
         "garbage_seen": sum(n.core.statistics().garbage for n in honest),
         "disconnects": len(sim.disconnects),
         "honest_disconnects": [

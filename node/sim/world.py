@@ -78,6 +78,9 @@ class World:
         self.content: dict[bytes, bytes] = {}  # content id -> commit id
         self.published: dict[bytes, float] = {}  # commit id -> time
         self.bad: set[bytes] = set()  # commit ids an adversary made: never in an honest order
+        # equivocation: id -> its twin. A twin is bad only where its twin is known too: one
+        # whose twin never reached a node is, for that node, an ordinary commit.
+        self.twins: dict[bytes, bytes] = {}
         self._records: dict[bytes, Record] = {}
         self._messages: dict[bytes, messages.Message] = {}
         self._folds: dict[bytes, tuple[Composite, str]] = {}

@@ -1,0 +1,419 @@
+"""The replication core driven by hand and by Hypothesis-chosen schedules: cores joined by a fake
+network whose deliveries (order, duplication, loss-free partitions that heal) the test picks."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crypto.identity import Identity
+from crypto.records import BLOB_KINDS, BlobRef, Commit, Genesis, Member
+from node import messages
+from node.order import Entry, forge_order, root_item
+from node.protocol import (
+    Action,
+    BlobReceived,
+    BlobResult,
+    Broadcast,
+    Config,
+    Core,
+    Disconnect,
+    Event,
+    FetchBlob,
+    LocalRecord,
+    Merge,
+    MergeDone,
+    MessageReceived,
+    PeerConnected,
+    PeerDisconnected,
+    Rebase,
+    Rejected,
+    Send,
+    SetTimer,
+    StoreRecord,
+    Timer,
+)
+
+ALICE, BOB, CAROL, MALLORY = (Identity.from_seed(bytes([n]) * 32) for n in (1, 2, 3, 66))
+GENESIS = Genesis(
+    name="net",
+    members=tuple(
+        Member(n, i.public) for n, i in (("alice", ALICE), ("bob", BOB), ("carol", CAROL))
+    ),
+    threshold=1,
+    spec={"mode": "fusion", "base": "ab" * 32},
+    nonce="test",
+)
+ROOT = root_item(GENESIS.network_id)
+CONFIG = Config(sync_interval=10.0, fetch_timeout=5.0, rebase_delay=1.0)
+
+
+def blob(label: str, size: int = 100) -> BlobRef:
+    return BlobRef(hashlib.sha256(label.encode()).digest(), size)
+
+
+def commit(author: Identity, seq: int, parent: bytes = ROOT, **kw: object) -> Commit:
+    fields: dict[str, object] = dict(
+        network=GENESIS.network_id,
+        seq=seq,
+        task=f"t{seq}",
+        classes=("a", "b"),
+        base="ab" * 32,
+        blobs={
+            k: blob(f"{author.public.hex()}/{seq}/{k}/{kw.get('task', '')}") for k in BLOB_KINDS
+        },
+        parent=parent,
+        coeffs=(1.0, 0.5),
+        objective={},
+    )
+    fields.update(kw)
+    return Commit.create(author, **fields)
+
+
+@dataclass
+class Node:
+    name: str
+    core: Core
+    identity: Identity | None
+    blobs: set[bytes] = field(default_factory=set)
+    disconnected: list[tuple[str, str]] = field(default_factory=list)
+    digest: str | None = None
+    timer: float | None = None
+    seq: int = 100
+
+
+class Net:
+    """Cores on a fake network: `pool` holds deliveries until the test picks one."""
+
+    def __init__(self, identities: list[Identity | None]) -> None:
+        self.now = 0.0
+        self.nodes = {
+            f"p{k}": Node(f"p{k}", Core(GENESIS, me=i.public if i else None, config=CONFIG), i)
+            for k, i in enumerate(identities)
+        }
+        self.links: set[frozenset[str]] = set()
+        self.pool: list[tuple[str, str, Event]] = []  # (to, from, event)
+        self.invalid: set[bytes] = set()
+        self.withhold: set[str] = set()
+        self.actions: list[tuple[str, Action]] = []
+
+    def handle(self, name: str, event: Event) -> None:
+        node = self.nodes[name]
+        for action in node.core.handle(event, self.now):
+            self.actions.append((name, action))
+            self._do(node, action)
+
+    def _do(self, node: Node, action: Action) -> None:
+        if isinstance(action, Send):
+            self.pool.append((action.peer, node.name, MessageReceived(node.name, action.data)))
+        elif isinstance(action, Broadcast):
+            for peer in self.peers(node.name):
+                self.pool.append((peer, node.name, MessageReceived(node.name, action.data)))
+        elif isinstance(action, FetchBlob):
+            self._serve(node, action)
+        elif isinstance(action, Merge):
+            node.digest = action.order.head.hex()  # the fold is a function of the order
+            self.handle(node.name, MergeDone(action.order.head, node.digest))
+        elif isinstance(action, SetTimer):
+            node.timer = action.at
+        elif isinstance(action, Disconnect):
+            node.disconnected.append((action.peer, action.reason))
+            self.unlink(node.name, action.peer)
+        elif isinstance(action, Rebase):
+            self.rebase(node, action)
+
+    def _serve(self, node: Node, action: FetchBlob) -> None:
+        holder = self.nodes[action.peer]
+        if action.peer in self.withhold:
+            return
+        if action.sha256 not in holder.blobs:
+            result = BlobResult.UNAVAILABLE
+        elif action.sha256 in self.invalid:
+            result = BlobResult.INVALID
+        else:
+            result = BlobResult.VERIFIED
+            node.blobs.add(action.sha256)
+        self.pool.append((node.name, action.peer, BlobReceived(action.peer, action.sha256, result)))
+
+    def rebase(self, node: Node, action: Rebase) -> None:
+        assert node.identity is not None
+        old = node.core.commit(action.commit_id)
+        assert old is not None
+        new = commit(
+            node.identity,
+            node.seq,
+            action.parent,
+            supersedes=action.commit_id,
+            blobs=old.blobs,
+            task=old.task,
+        )
+        node.seq += 1
+        self.handle(node.name, LocalRecord(new.encode()))
+
+    def publish(self, name: str, c: Commit) -> None:
+        self.nodes[name].blobs.update(ref.sha256 for ref in c.blobs.values())
+        self.handle(name, LocalRecord(c.encode()))
+
+    def peers(self, name: str) -> list[str]:
+        return sorted(p for link in self.links if name in link for p in link if p != name)
+
+    def link(self, a: str, b: str) -> None:
+        if frozenset((a, b)) not in self.links:
+            self.links.add(frozenset((a, b)))
+            self.handle(a, PeerConnected(b))
+            self.handle(b, PeerConnected(a))
+
+    def unlink(self, a: str, b: str) -> None:
+        if frozenset((a, b)) in self.links:
+            self.links.discard(frozenset((a, b)))
+            self.pool = [d for d in self.pool if {d[0], d[1]} != {a, b}]
+            self.handle(a, PeerDisconnected(b))
+            self.handle(b, PeerDisconnected(a))
+
+    def deliver(self, index: int, *, keep: bool = False) -> None:
+        to, sender, event = self.pool[index] if keep else self.pool.pop(index)
+        if frozenset((to, sender)) in self.links:
+            self.handle(to, event)
+
+    def drain(self) -> None:
+        while self.pool:
+            self.deliver(0)
+
+    def settle(self, rounds: int = 12) -> None:
+        """Deliver everything, then let timers (anti-entropy, deadlines, rebases) run."""
+        for _ in range(rounds):
+            self.drain()
+            self.now += CONFIG.sync_interval
+            for name, node in self.nodes.items():
+                if node.timer is not None and node.timer <= self.now:
+                    node.timer = None
+                    self.handle(name, Timer())
+        self.drain()
+
+    def sent(self, kind: type) -> list[tuple[str, Action]]:
+        return [(n, a) for n, a in self.actions if isinstance(a, kind)]
+
+
+def pair() -> Net:
+    net = Net([ALICE, BOB])
+    net.link("p0", "p1")
+    net.drain()
+    return net
+
+
+# --- by hand -----------------------------------------------------------------------------
+
+
+def test_a_commit_reaches_the_peer_with_its_blobs_pulled_once() -> None:
+    net = pair()
+    c = commit(ALICE, 0)
+    net.publish("p0", c)
+    net.drain()
+    alice, bob = net.nodes["p0"].core, net.nodes["p1"].core
+    assert bob.order.commits == (c.id,)
+    assert bob.root == alice.root
+    assert bob.digest == alice.digest == bob.order.head.hex()
+    fetched = [a.sha256 for n, a in net.sent(FetchBlob) if n == "p1"]
+    assert sorted(fetched) == sorted(ref.sha256 for ref in c.blobs.values())
+    assert any(isinstance(a, StoreRecord) for n, a in net.actions if n == "p1")
+
+
+def test_a_pending_record_does_not_count_until_its_blobs_are_verified() -> None:
+    net = pair()
+    c = commit(ALICE, 0)
+    net.publish("p0", c)
+    while not net.sent(FetchBlob):
+        net.deliver(0)
+    bob = net.nodes["p1"].core
+    assert bob.order.commits == ()
+    assert len(bob.pending_blobs()) == 3
+    assert bob.statistics().pending == 1
+    net.drain()
+    assert bob.order.commits == (c.id,)
+    assert bob.pending_blobs() == {}
+
+
+def test_a_blob_announced_by_many_is_fetched_from_one() -> None:
+    net = Net([ALICE, None, None, None])
+    for peer in ("p1", "p2", "p3"):
+        net.link("p0", peer)
+        net.link(peer, "p3") if peer != "p3" else None
+    c = commit(ALICE, 0)
+    net.publish("p0", c)
+    net.settle()
+    for name in ("p1", "p2", "p3"):
+        fetched = [a.sha256 for n, a in net.sent(FetchBlob) if n == name]
+        assert len(fetched) == len(set(fetched)) == 3
+        assert net.nodes[name].core.order.commits == (c.id,)
+
+
+def test_garbage_is_counted_and_answered_with_disconnect() -> None:
+    net = pair()
+    for data in (b"", b"\xff\x00garbage", messages.encode(messages.Records((b"junk",)))):
+        net.link("p0", "p1")
+        net.handle("p1", MessageReceived("p0", data))
+        assert net.nodes["p1"].disconnected[-1][0] == "p0"
+    stats = net.nodes["p1"].core.statistics()
+    assert stats.garbage == 3
+    assert len(net.nodes["p1"].core.errors) == 3
+
+
+def test_a_forged_signature_disconnects_and_changes_nothing() -> None:
+    net = pair()
+    real = commit(ALICE, 0)
+    from dataclasses import replace
+
+    from crypto.records import Signature
+
+    forged = replace(real, sigs=(Signature(ALICE.public, MALLORY.sign(real.signing_bytes())),))
+    before = net.nodes["p1"].core.order
+    net.handle("p1", MessageReceived("p0", messages.encode(messages.Records((forged.encode(),)))))
+    assert net.nodes["p1"].disconnected
+    assert net.nodes["p1"].core.order == before
+
+
+def test_an_unknown_author_is_ignored_without_blame() -> None:
+    net = pair()
+    outsider = commit(MALLORY, 0)
+    net.handle("p1", MessageReceived("p0", messages.encode(messages.Records((outsider.encode(),)))))
+    assert not net.nodes["p1"].disconnected
+    assert net.nodes["p1"].core.statistics().ignored == 1
+
+
+def test_an_invalid_blob_rejects_its_commit_for_good() -> None:
+    net = pair()
+    c = commit(ALICE, 0)
+    net.invalid.add(c.blobs["adapter_model"].sha256)
+    net.publish("p0", c)
+    net.drain()
+    bob = net.nodes["p1"]
+    assert bob.core.order.commits == ()
+    assert bob.core.statistics().rejected == 1
+    assert bob.disconnected
+
+
+def test_a_withholding_peer_times_out_and_another_holder_serves() -> None:
+    net = Net([ALICE, None, None])
+    net.link("p0", "p1")
+    net.link("p0", "p2")
+    net.link("p1", "p2")
+    net.withhold.add("p1")
+    c = commit(ALICE, 0)
+    net.publish("p0", c)
+    net.settle()
+    for name in ("p1", "p2"):
+        assert net.nodes[name].core.order.commits == (c.id,)
+
+
+def test_a_node_offline_for_long_catches_up_in_one_exchange() -> None:
+    net = Net([ALICE, BOB])
+    history = []
+    parent = ROOT
+    for seq in range(40):
+        c = commit(ALICE, seq, parent)
+        net.publish("p0", c)
+        parent = Entry.of(c).item
+        history.append(c)
+    net.actions.clear()
+    net.nodes["p1"].blobs.update(net.nodes["p0"].blobs)  # blobs are not the point here
+    net.link("p0", "p1")
+    net.drain()
+    bob = net.nodes["p1"].core
+    assert bob.root == net.nodes["p0"].core.root
+    assert bob.order.commits == tuple(c.id for c in history)
+    sends = [a for n, a in net.sent(Send) if n == "p0"]
+    assert len(sends) <= 3  # summary, then one batch of records
+
+
+def test_peers_report_convergence_through_summaries() -> None:
+    net = pair()
+    net.publish("p0", commit(ALICE, 0))
+    net.settle(rounds=2)
+    for name in ("p0", "p1"):
+        conv = net.nodes[name].core.convergence()
+        assert (conv.peers, conv.same_set, conv.same_composite) == (1, 1, 1)
+
+
+def test_concurrent_commits_orphan_one_and_its_author_rebases() -> None:
+    net = Net([ALICE, BOB])
+    a, b = commit(ALICE, 0), commit(BOB, 0)
+    net.publish("p0", a)
+    net.publish("p1", b)
+    net.link("p0", "p1")
+    net.settle()
+    loser = max(a, b, key=lambda c: c.id)
+    rebases = net.sent(Rebase)
+    assert [r.commit_id for _, r in rebases] == [loser.id]
+    alice, bob = net.nodes["p0"].core, net.nodes["p1"].core
+    assert alice.order == bob.order
+    assert alice.order.orphans == ()
+    assert loser.id in alice.order.superseded
+    assert len(alice.order.commits) == 2
+
+
+def test_a_stale_rebase_is_refused() -> None:
+    net = Net([ALICE])
+    a = commit(ALICE, 0)
+    net.publish("p0", a)
+    stale = commit(ALICE, 1, ROOT, supersedes=a.id, task="again")  # a is on the main chain
+    net.publish("p0", stale)
+    refused = net.sent(Rejected)
+    assert refused
+    assert "stale" in refused[-1][1].reason
+    assert net.nodes["p0"].core.order.commits == (a.id,)
+
+
+def test_order_equals_the_pure_function_of_the_records() -> None:
+    net = Net([ALICE, BOB, CAROL])
+    net.link("p0", "p1")
+    net.link("p1", "p2")
+    for k, (name, who) in enumerate((("p0", ALICE), ("p1", BOB), ("p2", CAROL))):
+        net.publish(name, commit(who, k))
+    net.settle()
+    core = net.nodes["p2"].core
+    from crypto.records import decode_record
+
+    records = [decode_record(r) for r in core.records()]
+    assert core.order == forge_order(GENESIS, records)
+
+
+# --- any schedule ------------------------------------------------------------------------
+
+AUTHORS = [("p0", ALICE), ("p1", BOB), ("p2", CAROL)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 10**6)), min_size=1, max_size=120))
+def test_every_schedule_converges_to_one_set_and_one_composite(
+    steps: list[tuple[int, int]],
+) -> None:
+    """Steps: 0-5 deliver a pending event (6: and keep a duplicate), 7 publish, 8 toggle a
+    partition, 9 let time pass. Then the partition heals and everything settles."""
+    net = Net([ALICE, BOB, CAROL, None, None])
+    for a, b in (("p0", "p3"), ("p1", "p3"), ("p2", "p4"), ("p3", "p4"), ("p0", "p1")):
+        net.link(a, b)
+    seqs = {name: 0 for name, _ in AUTHORS}
+    split = False
+    for op, arg in steps:
+        if op <= 6 and net.pool:
+            net.deliver(arg % len(net.pool), keep=op == 6)
+        elif op == 7:
+            name, who = AUTHORS[arg % 3]
+            net.publish(name, commit(who, seqs[name], net.nodes[name].core.tip))
+            seqs[name] += 1
+        elif op == 8:
+            split = not split
+            (net.unlink if split else net.link)("p3", "p4")
+        elif op == 9:
+            net.settle(rounds=1)
+    net.link("p3", "p4")
+    net.settle(rounds=20)
+    cores = [n.core for n in net.nodes.values()]
+    assert len({c.root for c in cores}) == 1
+    assert len({c.order for c in cores}) == 1
+    assert len({c.digest for c in cores}) == 1
+    assert cores[0].order.orphans == ()
+    assert not any(n.disconnected for n in net.nodes.values())
