@@ -35,7 +35,8 @@ def test_blobs_are_content_addressed(store: Store, tmp_path: Path) -> None:
     path = store.put_blob(DATA, SHA)
     assert path == tmp_path / "store" / "blobs" / SHA.hex()[:2] / SHA.hex()[2:]
     assert path.read_bytes() == DATA
-    assert store.has_blob(SHA) and store.blob_path(SHA) == path
+    assert store.has_blob(SHA)
+    assert store.blob_path(SHA) == path
     assert store.blob_size(SHA) == len(DATA)
     assert store.put_blob(DATA, SHA) == path  # idempotent
     assert store.blobs() == [(SHA, len(DATA))]
@@ -90,14 +91,16 @@ def test_everything_survives_a_reopen(tmp_path: Path) -> None:
         store.upsert_peer("12D3KooWpeer", ["/ip4/127.0.0.1/tcp/4001"], last_seen=3.0)
         store.set_state("composite_digest", b"\xab" * 32)
     with Store.open(tmp_path) as store:
-        assert store.recovery.dropped == [] and store.recovery.adopted_blobs == []
+        assert store.recovery.dropped == []
+        assert store.recovery.adopted_blobs == []
         assert store.has_blob(SHA)
         assert store.get_record(b"r" * 32) is not None
         verification = store.verification(b"r" * 32)
         assert verification is not None
         assert (verification.ok, verification.reason) == (False, "bad signature")
         [peer] = store.peers()
-        assert peer.addrs == ("/ip4/127.0.0.1/tcp/4001",) and peer.last_seen == 3.0
+        assert peer.addrs == ("/ip4/127.0.0.1/tcp/4001",)
+        assert peer.last_seen == 3.0
         assert store.get_state("composite_digest") == b"\xab" * 32
         assert store.get_state("missing") is None
 

@@ -46,7 +46,8 @@ def run_and_kill(home: Path, start: int, acks: int) -> list[int]:
     """Start a writer at index ``start``, SIGKILL it right after its ``acks``-th ack."""
     cmd = [sys.executable, "-c", WRITER, str(home), str(start)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
     acked: list[int] = []
     try:
         while len(acked) < acks:
@@ -85,5 +86,6 @@ def test_sigkill_never_loses_an_acknowledged_write(tmp_path: Path) -> None:
         start = max(got) + 1  # the killed, unacknowledged write is redone: idempotent
         check_store(tmp_path, acked)
     with Store.open(tmp_path) as store:
-        assert store.recovery.dropped == [] and store.recovery.temp_files_removed == 0
+        assert store.recovery.dropped == []
+        assert store.recovery.temp_files_removed == 0
         assert store.statistics().records >= len(acked)

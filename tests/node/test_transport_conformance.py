@@ -19,6 +19,7 @@ import trio
 from node.errors import (
     BlobMismatch,
     BlobNotFound,
+    ConnectionLost,
     NodeError,
     PayloadTooLarge,
     PeerTimeout,
@@ -365,3 +366,19 @@ async def test_an_oversized_response_is_garbage(make: Factory) -> None:
         await alice.request(mallory.peer_id, b"x", max_response=100)
     await next_event(alice, PeerDisconnected, mallory.peer_id)
     assert alice.statistics().garbage_by_peer == {mallory.peer_id: 1}
+
+
+async def test_a_silent_client_is_timed_out_not_banned(make: Factory) -> None:
+    alice, mallory = await make("alice", idle_timeout=0.2), await make("mallory")
+    alice.set_request_handler(echo)
+    await connected(mallory, alice)
+    stream = await mallory._open_stream(alice.peer_id, wire.REQUEST_PROTOCOL)
+    await stream.write(b"\0\0")  # half a header, then silence
+    with trio.fail_after(WAIT):
+        try:
+            assert await stream.read(10) == b""  # alice gave up on the stream...
+        except ConnectionLost:
+            pass  # ...by resetting it (libp2p) or closing it: either way, not hanging
+    await stream.reset()
+    assert alice.statistics().remote_errors == 0  # slowness is not garbage
+    assert mallory.peer_id in alice.peers()
