@@ -2,13 +2,15 @@
 """Benchmark the merge engine against PEFT ``add_weighted_adapter`` on the same adapters.
 
 Part 1 (one Linear of hidden size d, n adapters of rank r, uniform weights 1/n):
-time per merge, peak RSS growth, and relative error of the merged ΔW against the exact
-Σ w·ΔW (float64), for PEFT ``linear``/``cat``/``svd`` and our fusion/stack/stack+rank cap.
+time per merge (the merge alone: building the dense ΔW to measure the error is not timed,
+for either side), peak RSS growth during the merge, and relative error of the merged ΔW
+against the exact Σ w·ΔW (float64), for PEFT ``linear``/``cat``/``svd`` (svd_rank = the
+cap, ``svd_full_matrices=False``) and our fusion / stack / stack + QR-SVD rank cap.
 Part 2: time to apply one commit to a CLIP ViT-B/16-sized LoRA (q/v of 12 layers, 768, r=16,
 ~0.59 M parameters) for each mode, and the digest.
 
-    .venv/bin/python scripts/bench_merge.py            # d=4096, n=16, r=16 (a few minutes)
-    .venv/bin/python scripts/bench_merge.py --quick    # seconds
+    .venv/bin/python scripts/bench_merge.py          # d=4096 n=16 r=16, ~5 min (dense SVDs)
+    .venv/bin/python scripts/bench_merge.py --quick  # seconds
 
 Writes bench-results/bench_merge-<tag>.json. One torch thread (the machine is shared).
 """
@@ -105,15 +107,14 @@ def bench_peft(model: Any, n: int, kind: str, exact: torch.Tensor, repeat: int,
     names, weights = [f"a{i}" for i in range(n)], [1.0 / n] * n
     layer = model.base_model.model.proj
 
-    def merge() -> torch.Tensor:
+    def merge() -> None:
         if "merged" in layer.lora_A:
             model.delete_adapter("merged")
         model.add_weighted_adapter(names, weights, "merged", combination_type=kind,
                                    svd_rank=svd_rank, svd_full_matrices=False, svd_clamp=None)
-        dw: torch.Tensor = layer.get_delta_weight("merged").detach()
-        return dw
 
-    (dw, seconds), mib = peak_rss_growth(lambda: timed(merge, repeat))
+    (_, seconds), mib = peak_rss_growth(lambda: timed(merge, repeat))
+    dw = layer.get_delta_weight("merged").detach()  # dense ΔW for the error only, not timed
     model.delete_adapter("merged")
     return {"method": f"peft-{kind}" + (f"-r{svd_rank}" if svd_rank else ""),
             "seconds": seconds, "peak_mib": mib, "rel_err": rel_err(dw, exact)}
@@ -123,13 +124,13 @@ def bench_ours(adapters: list[LoraAdapter], mode: str, exact: torch.Tensor, repe
                cap: int | None = None) -> dict[str, Any]:
     w = 1.0 / len(adapters)
 
-    def merge() -> torch.Tensor:
+    def merge() -> dict[str, LoraModule]:
         c = fold(mode, [(a, (1.0, w)) for a in adapters])  # ΔW = Σ w·ΔW_i (stack: exactly)
         # recompress: run QR + small SVD even where the cap drops nothing (the honest cost).
-        modules = cap_rank(c.modules, cap, recompress=True) if cap is not None else c.modules
-        return delta_weights({"proj": modules["proj"]})["proj"]  # not timed separately
+        return cap_rank(c.modules, cap, recompress=True) if cap is not None else dict(c.modules)
 
-    (dw, seconds), mib = peak_rss_growth(lambda: timed(merge, repeat))
+    (modules, seconds), mib = peak_rss_growth(lambda: timed(merge, repeat))
+    dw = delta_weights({"proj": modules["proj"]})["proj"]  # dense ΔW for the error only
     return {"method": f"ours-{mode}" + (f"-cap{cap}" if cap else ""),
             "seconds": seconds, "peak_mib": mib, "rel_err": rel_err(dw, exact)}
 
