@@ -1,0 +1,148 @@
+"""`medforge node run`, `medforge status`, `medforge log`, `medforge export`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from node.cli.output import add_home, add_json, emit
+from node.control import call
+from node.home import Home
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    node = sub.add_parser("node", help="run this institution's node")
+    cmds = node.add_subparsers(dest="node_command", required=True)
+    run = cmds.add_parser("run", help="run the node in the foreground (SIGTERM/Ctrl-C stops it)")
+    add_home(run)
+    run.add_argument("--log-json", action="store_true", help="log as JSON lines")
+    run.add_argument(
+        "--sync-interval", type=float, default=30.0, help="seconds between anti-entropy rounds"
+    )
+    run.set_defaults(func=run_node)
+
+    stop = cmds.add_parser("stop", help="ask the running node to stop")
+    add_home(stop)
+    stop.set_defaults(func=lambda a: _call(a, "stop") and 0)
+
+    status = sub.add_parser("status", help="peers, records, composite digest, convergence")
+    add_home(status)
+    add_json(status)
+    status.set_defaults(func=run_status)
+
+    log = sub.add_parser("log", help="the forge items v1..vN: author, task, coefficients")
+    add_home(log)
+    add_json(log)
+    log.set_defaults(func=run_log)
+
+    export = sub.add_parser("export", help="write the current composite (PEFT dir or mixture)")
+    add_home(export)
+    export.add_argument("--out", type=Path, required=True)
+    add_json(export)
+    export.set_defaults(func=run_export)
+
+
+def _call(args: argparse.Namespace, op: str, **params: Any) -> Any:
+    return call(Home(Path(args.home)).control_path, op, **params)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "ts": round(record.created, 3),
+                "level": record.levelname,
+                "logger": record.name,
+                "msg": record.getMessage(),
+            }
+        )
+
+
+def _setup_logging(as_json: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _JsonFormatter()
+        if as_json
+        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("libp2p", "multiaddr", "async_service"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def run_node(args: argparse.Namespace) -> int:
+    import trio
+
+    from node.protocol import Config
+    from node.service import NodeService
+
+    _setup_logging(args.log_json)
+    service = NodeService(
+        Home(Path(args.home)).require(), core_config=Config(sync_interval=args.sync_interval)
+    )
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(service.run)
+            print(json.dumps({"event": "ready", "listen": list(service.listen_addrs)}), flush=True)
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    service.stop()
+                    break
+
+    trio.run(main)
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    s = _call(args, "status")
+    peers = (
+        ", ".join(f"{p['name']}{'' if p['same_composite'] else ' (differs)'}" for p in s["peers"])
+        or "none"
+    )
+    lines = [
+        f"{s['name']}  ({s['peer_id']})  network {s['network']}  up {s['uptime_s']} s",
+        f"peers       {s['peers_connected']} connected, {s['peers_known']} known: {peers}",
+        f"records     {s['records']} held, {s['pending_records']} pending, "
+        f"{s['rejected_records']} rejected; blobs {s['blobs']}, missing {s['missing_blobs']}",
+        f"forge item  v{s['forge_item']}  head {s['head'][:16]}  orphans {s['orphans']}",
+        f"composite   {s['composite_digest'] or '(merging)'}",
+        f"converged   with {s['converged_with']}/{s['peers_connected']} peers",
+        f"set root    {s['set_root'][:32]}",
+    ]
+    if s["last_errors"]:
+        lines.append("last errors " + "; ".join(s["last_errors"]))
+    emit(args, s, "\n".join(lines))
+    return 0
+
+
+def run_log(args: argparse.Namespace) -> int:
+    entries = _call(args, "log")
+    lines = ["v0  (base model)"]
+    for e in entries:
+        w1, w2 = e["coeffs"]
+        tag = "  orphan" if e["orphan"] else ""
+        lines.append(
+            f"v{e['item']:<3} {e['author']:<16} task {e['task']:<20} "
+            f"w=({w1:+.4f}, {w2:+.4f}) commit {e['commit'][:12]}{tag}"
+        )
+    emit(args, {"items": entries}, "\n".join(lines))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    result = _call(args, "export", out=str(args.out.resolve()))
+    emit(
+        args,
+        result,
+        f"forge item v{result['forge_item']} ({result['mode']}, digest "
+        f"{result['digest'][:16]}) written to {result['out']}",
+    )
+    return 0

@@ -1,0 +1,398 @@
+"""The long-lived node: a trio shell that pumps transport <-> core <-> store <-> composer.
+
+One task owns the core: every event (a peer's message, a finished blob fetch, a timer, a
+finished merge, a local commit) goes through ``_events`` and is handled in arrival order, and
+the actions it returns are carried out by small tasks (one outbox per peer keeps each peer's
+messages in order). The fold runs in a worker thread, one at a time, always on the latest
+order. Nothing here decides anything the core decides.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from crypto.records import Commit, Record, decode_record
+from node import protocol as p
+from node.composer import Composer
+from node.errors import NodeError, StoreError, TransportError
+from node.home import Home
+from node.netspec import base_fingerprint, merge_spec
+from node.store import Store
+from node.transport import PeerId, Transport, TransportConfig
+from node.transport.types import GossipReceived, PeerConnected, PeerDisconnected
+from node.validate import InvalidBlob, check_blob
+
+log = logging.getLogger("node.service")
+MAX_MESSAGE = 16 * 1024 * 1024  # a batch of records; the core splits bigger batches
+
+
+@dataclass
+class _Waiter:
+    """A control request waiting for a local record to be accepted or rejected."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    error: str | None = None
+
+
+class NodeService:
+    """One institution's node. ``await nursery.start(service.run)``; ``service.stop()``."""
+
+    def __init__(
+        self,
+        home: Home,
+        *,
+        transport: Transport | None = None,
+        core_config: p.Config | None = None,
+        transport_config: TransportConfig | None = None,
+    ) -> None:
+        self.home = home
+        self.identity = home.identity()
+        self.config = home.config()
+        self.genesis = home.genesis()
+        self.store = Store.open(home.path)  # flock: a second node on this home fails here
+        self.core = p.Core(
+            self.genesis,
+            me=self.identity.public,
+            config=core_config,
+            blobs=[sha for sha, _ in self.store.blobs()],
+        )
+        self.transport = transport or self._libp2p(transport_config)
+        self.composer = Composer(
+            merge_spec(self.genesis), base_fingerprint(self.genesis), self._read_blob
+        )
+        self.started_at = time.time()
+        self.names = {m.key.peer_id(): m.name for m in self.genesis.members}
+        self._events_tx, self._events_rx = trio.open_memory_channel[p.Event](math.inf)
+        self._outboxes: dict[PeerId, trio.MemorySendChannel[bytes]] = {}
+        self._merge_wanted: p.Merge | None = None
+        self._merge_kick = trio.Event()
+        self._timer_at = math.inf
+        self._timer_moved = trio.Event()
+        self._waiters: dict[bytes, _Waiter] = {}
+        self._stop = trio.Event()
+        self._changed = trio.Event()
+        self._blob_files: dict[bytes, Path] = {}
+        self._nursery: trio.Nursery | None = None
+        self.errors: list[tuple[float, str]] = []
+
+    def _libp2p(self, config: TransportConfig | None) -> Transport:
+        from node.transport.libp2p import Libp2pTransport
+
+        config = config or TransportConfig(
+            listen_addrs=(self.config.listen,), bootstrap=tuple(self.config.bootstrap)
+        )
+        return Libp2pTransport(self.identity.private_bytes(), config)
+
+    def __repr__(self) -> str:
+        return f"<NodeService {self.config.name} {self.core!r}>"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.transport.set_request_handler(self._on_request)
+                self.transport.set_blob_provider(self.store.blob_path)
+                transport_done = trio.Event()
+                await nursery.start(self._run_transport, transport_done)
+                self._restore()
+                for task in (
+                    self._core_loop,
+                    self._transport_events,
+                    self._timer_loop,
+                    self._merge_loop,
+                ):
+                    nursery.start_soon(task)
+                from node import control
+
+                await nursery.start(control.serve, self.home.control_path, self._control)
+                task_status.started()
+                log.info("node %s up: %s", self.config.name, ", ".join(self.listen_addrs))
+                await self._stop.wait()
+                # Graceful: the transport closes its connections before anything is cancelled
+                # (py-libp2p leaks sockets when cancelled mid-close).
+                self.transport.stop()
+                await transport_done.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.store.close()
+
+    async def _run_transport(
+        self, done: trio.Event, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            await self.transport.run(task_status=task_status)
+        finally:
+            done.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def listen_addrs(self) -> tuple[str, ...]:
+        return self.transport.listen_addrs
+
+    def _restore(self) -> None:
+        """Replay the store into the core: records were valid and complete when stored."""
+        for stored in self.store.records():
+            self._events_tx.send_nowait(p.LocalRecord(stored.data, restored=True))
+
+    # -- the core ----------------------------------------------------------------------
+
+    async def _core_loop(self) -> None:
+        async for event in self._events_rx:
+            for action in self.core.handle(event, trio.current_time()):
+                self._carry_out(action)
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_until(self, predicate: Callable[[NodeService], bool]) -> None:
+        """Return once ``predicate(self)`` holds; re-checked after every core event."""
+        while not predicate(self):
+            await self._changed.wait()
+
+    async def connect(self, addr: str) -> None:
+        await self.transport.connect(addr)
+
+    def post(self, event: p.Event) -> None:
+        self._events_tx.send_nowait(event)
+
+    def _carry_out(self, action: p.Action) -> None:
+        assert self._nursery is not None
+        match action:
+            case p.Send(peer, data):
+                self._outbox(peer).send_nowait(data)
+            case p.Broadcast(data):
+                for peer in self.transport.peers():
+                    self._outbox(peer).send_nowait(data)
+            case p.FetchBlob(peer, sha, size, kind):
+                self._nursery.start_soon(self._fetch, peer, sha, size, kind)
+            case p.StoreRecord(record_id, data):
+                self._store_record(record_id, data)
+            case p.Merge():
+                self._merge_wanted = action
+                self._merge_kick.set()
+            case p.SetTimer(at):
+                self._timer_at = at
+                self._timer_moved.set()
+            case p.Disconnect(peer, reason):
+                self._error(f"disconnecting {self._name(peer)}: {reason}")
+                self._nursery.start_soon(self.transport.disconnect, peer)
+            case p.Rebase(commit_id, parent):
+                self._nursery.start_soon(self._rebase, commit_id, parent)
+            case p.Rejected(record_id, reason):
+                self._error(f"local record {record_id.hex()[:12]} rejected: {reason}")
+                self._finish_waiter(record_id, reason)
+
+    def _store_record(self, record_id: bytes, data: bytes) -> None:
+        record = decode_record(data)
+        try:
+            self.store.put_record(record_id, record.KIND, data)
+        except StoreError as exc:
+            self._error(f"could not store {record_id.hex()[:12]}: {exc}")
+        if isinstance(record, Commit):
+            self._finish_waiter(record.id, None)
+
+    def _finish_waiter(self, record_id: bytes, error: str | None) -> None:
+        waiter = self._waiters.pop(record_id, None)
+        if waiter is not None:
+            waiter.error = error
+            waiter.done.set()
+
+    def _error(self, message: str) -> None:
+        log.warning("%s", message)
+        self.errors = [*self.errors[-31:], (time.time(), message)]
+
+    def _name(self, peer: PeerId) -> str:
+        return self.names.get(peer, peer[-8:])
+
+    # -- network -----------------------------------------------------------------------
+
+    async def _transport_events(self) -> None:
+        async for event in self.transport.events:
+            match event:
+                case PeerConnected(peer):
+                    self.store.upsert_peer(peer, ())
+                    self.post(p.PeerConnected(peer))
+                case PeerDisconnected(peer):
+                    outbox = self._outboxes.pop(peer, None)
+                    if outbox is not None:
+                        outbox.close()
+                    self.post(p.PeerDisconnected(peer))
+                case GossipReceived():
+                    pass  # all replication traffic is direct; gossip is unused by the core
+
+    async def _on_request(self, peer: PeerId, payload: bytes) -> bytes:
+        self.post(p.MessageReceived(peer, payload))
+        return b""
+
+    def _outbox(self, peer: PeerId) -> trio.MemorySendChannel[bytes]:
+        outbox = self._outboxes.get(peer)
+        if outbox is None:
+            assert self._nursery is not None
+            outbox, inbox = trio.open_memory_channel[bytes](math.inf)
+            self._outboxes[peer] = outbox
+            self._nursery.start_soon(self._send_loop, peer, inbox)
+        return outbox
+
+    async def _send_loop(self, peer: PeerId, inbox: trio.MemoryReceiveChannel[bytes]) -> None:
+        async for data in inbox:
+            try:
+                await self.transport.request(peer, data, max_response=16)
+            except TransportError as exc:
+                log.info("send to %s failed: %s", self._name(peer), exc)
+
+    async def _fetch(self, peer: PeerId, sha: bytes, size: int, kind: str) -> None:
+        result = p.BlobResult.UNAVAILABLE
+        try:
+            with self.store.blob_writer(sha, size) as writer:
+                await self.transport.fetch_blob(peer, sha, size=size, sink=writer)
+                path = writer.commit()
+            result = p.BlobResult.VERIFIED
+            data = await trio.to_thread.run_sync(path.read_bytes)
+            await trio.to_thread.run_sync(check_blob, kind, data, merge_spec(self.genesis).limits)
+        except InvalidBlob as exc:
+            self._error(f"blob {sha.hex()[:12]} from {self._name(peer)} is invalid: {exc}")
+            result = p.BlobResult.INVALID
+        except (StoreError, TransportError) as exc:
+            from node.errors import RemoteProtocolError
+
+            corrupt = isinstance(exc, RemoteProtocolError) or "hash" in str(exc)
+            result = p.BlobResult.CORRUPT if corrupt else p.BlobResult.UNAVAILABLE
+            log.info("fetch of %s from %s failed: %s", sha.hex()[:12], self._name(peer), exc)
+        self.post(p.BlobReceived(peer, sha, result))
+
+    # -- timers and merging ------------------------------------------------------------
+
+    async def _timer_loop(self) -> None:
+        while True:
+            self._timer_moved = trio.Event()
+            with trio.move_on_at(self._timer_at):
+                await self._timer_moved.wait()
+                continue
+            self._timer_at = math.inf
+            self.post(p.Timer())
+
+    async def _merge_loop(self) -> None:
+        while True:
+            await self._merge_kick.wait()
+            self._merge_kick = trio.Event()
+            wanted = self._merge_wanted
+            if wanted is None:
+                continue
+            commits = [self.core.commit(cid) for cid in wanted.order.commits]
+            ready = [c for c in commits if c is not None]
+            self._blob_files.update(self._paths_of(ready))  # SQLite stays on this thread
+            digest = await trio.to_thread.run_sync(self.composer.update, ready)
+            self.post(p.MergeDone(wanted.order.head, digest))
+            log.info(
+                "forge item v%d %s digest %s", len(ready), wanted.order.head.hex()[:12], digest[:16]
+            )
+
+    def _paths_of(self, commits: list[Commit]) -> dict[bytes, Path]:
+        return {ref.sha256: self.blob_path(ref.sha256) for c in commits for ref in c.blobs.values()}
+
+    def _read_blob(self, sha: bytes) -> bytes:
+        """Runs in the merge thread: reads files whose paths the trio thread looked up."""
+        return self._blob_files[sha].read_bytes()
+
+    # -- local records -------------------------------------------------------------------
+
+    async def publish(self, record: Record, blobs: dict[bytes, Path] | None = None) -> None:
+        """Store ``blobs`` (sha -> file) and hand ``record`` to the core; for a commit, wait
+        until the core stored or rejected it."""
+        for sha, path in (blobs or {}).items():
+            # SQLite objects stay on the trio thread; a local file copy is quick enough.
+            self.store.put_blob(path, sha)
+        waiter = _Waiter()
+        if isinstance(record, Commit):
+            self._waiters[record.id] = waiter
+        else:
+            waiter.done.set()
+        self.post(p.LocalRecord(record.encode()))
+        with trio.fail_after(60):
+            await waiter.done.wait()
+        if waiter.error is not None:
+            raise NodeError(waiter.error)
+
+    async def _rebase(self, commit_id: bytes, parent: bytes) -> None:
+        old = self.core.commit(commit_id)
+        if old is None:
+            return
+        try:
+            head, head_commits = self.head_at(parent)
+            paths = self._paths_of([*head_commits, old])
+            new = await trio.to_thread.run_sync(
+                self._research, old, parent, head, head_commits, paths.__getitem__
+            )
+            await self.publish(new)
+            log.info(
+                "rebased orphan %s onto %s as %s",
+                commit_id.hex()[:12],
+                parent.hex()[:12],
+                new.id.hex()[:12],
+            )
+        except Exception as exc:  # noqa: BLE001 - a failed rebase leaves the orphan in place
+            self._error(f"rebase of {commit_id.hex()[:12]} failed: {exc}")
+
+    def _research(
+        self,
+        old: Commit,
+        parent: bytes,
+        head: Composer,
+        head_commits: list[Commit],
+        blob_path: Callable[[bytes], Path],
+    ) -> Commit:
+        """Re-search ``old``'s plugin against ``parent`` and sign a commit superseding it
+        (runs in a worker thread: touches no SQLite and no core state)."""
+        from merge.distill import load_distilled
+        from node import author
+
+        adapter = head.adapter(old)
+        own = load_distilled(blob_path(old.blobs["distilled"].sha256))
+        result = author.search(self.genesis, head, head_commits, adapter, own, blob_path)
+        return author.sign_commit(
+            self.identity,
+            self.genesis,
+            seq=self.home.next_seq(),
+            task=old.task,
+            classes=old.classes,
+            blobs=dict(old.blobs),
+            parent=parent,
+            result=result,
+            supersedes=old.id,
+        )
+
+    def head_at(self, parent: bytes) -> tuple[Composer, list[Commit]]:
+        """The composite of the main chain up to forge item ``parent`` and its commits."""
+        order = self.core.order
+        k = order.items.index(parent) if parent in order.items else order.main_length
+        commits = [c for c in map(self.core.commit, order.commits[:k]) if c is not None]
+        self._blob_files.update(self._paths_of(commits))
+        composer = Composer(
+            merge_spec(self.genesis), base_fingerprint(self.genesis), self._read_blob
+        )
+        composer.update(commits)
+        return composer, commits
+
+    def blob_path(self, sha: bytes) -> Path:
+        path = self.store.blob_path(sha)
+        if path is None:
+            raise StoreError(f"blob {sha.hex()[:12]} is not in the store")
+        return path
+
+    # -- control -------------------------------------------------------------------------
+
+    async def _control(self, request: dict[str, Any]) -> Any:
+        from node.status import handle
+
+        return await handle(self, request)

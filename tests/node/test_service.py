@@ -1,0 +1,139 @@
+"""Real nodes (store on disk, real PEFT adapters, the real core) over both transports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+import torch
+import trio
+from safetensors.torch import save_file
+
+from crypto.records import Commit, Genesis, Member
+from node.bundle import blob_ref
+from node.cli.commit_cmd import commit_blobs
+from node.control import call
+from node.home import Home
+from node.netspec import make_spec
+from node.protocol import Config
+from node.service import NodeService
+from node.transport import MemoryNetwork, MemoryTransport, Transport, TransportConfig
+
+BASE = "ab" * 32
+FAST = TransportConfig(request_timeout=10, idle_timeout=5, backoff_min=0.05, backoff_max=0.5)
+
+
+def _homes(tmp_path: Path, names: list[str], mode: str = "stack") -> list[Home]:
+    homes = [Home.init(tmp_path / name, name) for name in names]
+    genesis = Genesis(
+        name="test-net",
+        members=tuple(Member(h.config().name, h.identity().public) for h in homes),
+        threshold=1, spec=make_spec(mode, BASE), nonce="t",
+    )
+    for home in homes:
+        home.join(genesis)
+    return homes
+
+
+def _commit(home: Home, adapter: Path, distilled: Path, parent: bytes,
+            coeffs: tuple[float, float]) -> tuple[Commit, dict[bytes, Path]]:
+    blobs = commit_blobs(adapter, distilled)
+    genesis = home.genesis()
+    commit = Commit.create(
+        home.identity(), network=genesis.network_id, seq=home.next_seq(),
+        task=f"task-{home.config().name}", classes=("a", "b"), base=BASE,
+        blobs={k: blob_ref(v) for k, v in blobs.items()}, parent=parent, coeffs=coeffs,
+        objective={},
+    )
+    paths = {
+        commit.blobs["adapter_config"].sha256: adapter / "adapter_config.json",
+        commit.blobs["adapter_model"].sha256: adapter / "adapter_model.safetensors",
+        commit.blobs["distilled"].sha256: distilled,
+    }
+    return commit, paths
+
+
+@pytest.fixture
+def distilled(tmp_path: Path) -> Path:
+    path = tmp_path / "distilled.safetensors"
+    save_file({"inputs": torch.zeros(2, 8), "labels": torch.tensor([0, 1])}, str(path),
+              metadata={"classes": json.dumps(["a", "b"])})
+    return path
+
+
+def _memory(network: MemoryNetwork) -> Callable[[Home], Transport]:
+    return lambda home: MemoryTransport(network, home.identity().private_bytes(), FAST)
+
+
+def _libp2p(home: Home) -> Transport:
+    from node.transport.libp2p import Libp2pTransport
+
+    return Libp2pTransport(home.identity().private_bytes(), FAST)
+
+
+@pytest.fixture(params=["memory", "libp2p"])
+async def cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, nursery: trio.Nursery
+) -> AsyncIterator[list[NodeService]]:
+    make = _memory(MemoryNetwork()) if request.param == "memory" else _libp2p
+    homes = _homes(tmp_path, ["alice", "bob", "carol"])
+    nodes = [NodeService(h, transport=make(h), core_config=Config(sync_interval=1.0))
+             for h in homes]
+    for node in nodes:
+        await nursery.start(node.run)
+    # A line: alice - bob - carol. carol only hears alice's commit through bob.
+    await nodes[1].connect(nodes[0].listen_addrs[0])
+    await nodes[2].connect(nodes[1].listen_addrs[0])
+    yield nodes
+    for node in nodes:
+        node.stop()
+
+
+def _same_composite(nodes: list[NodeService], forge_item: int) -> Callable[[NodeService], bool]:
+    def done(node: NodeService) -> bool:
+        return (len(node.core.order.commits) == forge_item and node.core.digest is not None
+                and node.core.convergence().same_composite == len(node.transport.peers()))
+    return done
+
+
+async def test_commits_from_two_institutions_reach_every_node(
+    cluster: list[NodeService], make_adapter: Callable[..., Path], distilled: Path
+) -> None:
+    alice, bob, carol = cluster
+    first, blobs = _commit(alice.home, make_adapter("a", seed=1), distilled,
+                           alice.core.tip, (1.0, 1.0))
+    await alice.publish(first, blobs)
+    with trio.fail_after(30):
+        await bob.wait_until(lambda n: n.core.order.commits == (first.id,))
+    second, blobs = _commit(bob.home, make_adapter("b", seed=2, rank=3), distilled,
+                            bob.core.tip, (0.5, 0.75))
+    await bob.publish(second, blobs)
+    with trio.fail_after(30):
+        for node in cluster:
+            await node.wait_until(_same_composite(cluster, 2))
+    digests = {node.core.digest for node in cluster}
+    assert len(digests) == 1
+    assert {node.core.root for node in cluster} == {alice.core.root}
+    assert alice.core.order.commits == (first.id, second.id)
+    # The composite is folded from blobs each node fetched and stored itself.
+    for node in cluster:
+        assert node.store.has_blob(second.blobs["adapter_model"].sha256)
+
+
+async def test_status_and_log_over_the_control_socket(
+    cluster: list[NodeService], make_adapter: Callable[..., Path], distilled: Path
+) -> None:
+    alice = cluster[0]
+    commit, blobs = _commit(alice.home, make_adapter("a"), distilled, alice.core.tip, (1.0, 1.0))
+    await alice.publish(commit, blobs)
+    with trio.fail_after(30):
+        await alice.wait_until(lambda n: n.core.digest is not None and n.core.order.commits != ())
+    path = alice.home.control_path
+    status = await trio.to_thread.run_sync(lambda: call(path, "status"))
+    assert status["forge_item"] == 1
+    assert status["composite_digest"] == alice.core.digest
+    log = await trio.to_thread.run_sync(lambda: call(path, "log"))
+    assert [(e["author"], e["task"], e["coeffs"]) for e in log] == [
+        ("alice", "task-alice", [1.0, 1.0])]
