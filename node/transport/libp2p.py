@@ -172,6 +172,8 @@ class Libp2pTransport(Transport):
                     self._running = True
                     for addr in self.config.bootstrap:
                         nursery.start_soon(self._keep_connected, addr)
+                    # the peerstore grows without bound unless something evicts from it
+                    nursery.start_soon(self.host.get_peerstore().start_cleanup_task, 300)
                     task_status.started()
                     await self._stopping.wait()
                     self._running = False

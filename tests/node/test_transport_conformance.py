@@ -173,6 +173,21 @@ async def test_gossip_is_relayed_along_a_line(make: Factory) -> None:
     assert alice.statistics().gossip_received == 0  # own publishes are not echoed
 
 
+async def test_gossip_is_delivered_once_around_a_triangle(make: Factory) -> None:
+    alice, bob, carol = await make("alice"), await make("bob"), await make("carol")
+    await connected(alice, bob)
+    await connected(bob, carol)
+    await connected(carol, alice)
+    await meshed(alice, bob, carol, alice)
+    await alice.publish(TOPIC, b"once")
+    await alice.publish(TOPIC, b"marker")
+    for receiver in (bob, carol):
+        got = [(await next_event(receiver, GossipReceived)).data for _ in range(2)]
+        assert sorted(got) == [b"marker", b"once"]  # no copy came the long way round
+    await alice.publish(TOPIC, b"after")
+    assert (await next_event(carol, GossipReceived)).data == b"after"
+
+
 async def test_gossip_over_the_cap_is_refused_not_dropped(make: Factory) -> None:
     alice, bob = await make("alice", max_gossip=1000), await make("bob")
     await connected(alice, bob)
