@@ -66,6 +66,7 @@ class Transport(ABC):
         self._buckets: dict[PeerId, TokenBucket] = {}
         self._counts: Counter[str] = Counter()
         self._garbage: Counter[PeerId] = Counter()
+        self._inbound: Counter[PeerId] = Counter()  # streams being served, per peer
         self._running = False
 
     def __repr__(self) -> str:
@@ -213,6 +214,19 @@ class Transport(ABC):
 
     async def _serve_stream(self, peer: PeerId, protocol: str, stream: wire.ByteStream) -> None:
         """Answer one inbound stream. Never raises for anything the peer did."""
+        if self._inbound[peer] >= self.config.max_inbound_streams_per_peer:
+            self._counts["streams_refused"] += 1  # one peer must not tie up every task
+            await stream.reset()
+            return
+        self._inbound[peer] += 1
+        try:
+            await self._answer(peer, protocol, stream)
+        finally:
+            self._inbound[peer] -= 1
+            if not self._inbound[peer]:
+                del self._inbound[peer]
+
+    async def _answer(self, peer: PeerId, protocol: str, stream: wire.ByteStream) -> None:
         try:
             if protocol == wire.REQUEST_PROTOCOL:
                 await self._serve_request(peer, stream)
@@ -310,6 +324,7 @@ _COUNTERS = (
     "blob_bytes_fetched",
     "blob_bytes_served",
     "rate_limited",
+    "streams_refused",
     "handler_errors",
     "remote_errors",
 )

@@ -238,7 +238,9 @@ class Libp2pTransport(Transport):
     async def _open_stream(self, peer: PeerId, protocol: str) -> _Stream:
         if peer not in self._peers:
             raise PeerUnreachable(f"not connected to {peer}")
-        with _mapped(PeerUnreachable, f"open {protocol} to {peer}"):
+        # Connected, yet the stream failed: the peer reset it during negotiation (too many
+        # open streams, protocol unsupported) - the same ConnectionLost the twin raises.
+        with _mapped(ConnectionLost, f"open {protocol} to {peer}"):
             stream = await self.host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
         return _Stream(stream)
 

@@ -62,6 +62,7 @@ class TransportConfig:
     chunk_size: int = 256 * 1024
     serve_rate: float = 2.0  # blob fetches a peer may start per second (token bucket)
     serve_burst: int = 16
+    max_inbound_streams_per_peer: int = 16  # concurrent requests/fetches we serve a peer
     gossip_rate_per_topic: float = 1000.0  # gossipsub's default of 10/s drops bursts
     backoff_min: float = 0.5  # bootstrap redial backoff
     backoff_max: float = 30.0
@@ -85,6 +86,7 @@ class TransportStatistics:
     blob_bytes_fetched: int
     blob_bytes_served: int
     rate_limited: int
+    streams_refused: int  # inbound streams reset because the peer had too many open
     handler_errors: int
     remote_errors: int  # protocol violations by peers (each one disconnects the peer)
     garbage_by_peer: Mapping[PeerId, int] = field(default_factory=dict)

@@ -6,6 +6,7 @@ to wait for a condition: every wait is on an event, bounded by ``trio.fail_after
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import struct
@@ -397,3 +398,32 @@ async def test_a_silent_client_is_timed_out_not_banned(make: Factory) -> None:
     await stream.reset()
     assert alice.statistics().remote_errors == 0  # slowness is not garbage
     assert mallory.peer_id in alice.peers()
+
+
+async def test_too_many_concurrent_streams_are_refused(make: Factory) -> None:
+    alice, bob = await make("alice", max_inbound_streams_per_peer=2), await make("bob")
+    release, both_in = trio.Event(), trio.Event()
+    entered = 0
+
+    async def slow(peer: str, payload: bytes) -> bytes:
+        nonlocal entered
+        entered += 1
+        if entered == 2:
+            both_in.set()
+        await release.wait()
+        return payload
+
+    alice.set_request_handler(slow)
+    await connected(bob, alice)
+    request = functools.partial(bob.request, alice.peer_id, max_response=10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(request, b"1")
+        nursery.start_soon(request, b"2")
+        with trio.fail_after(WAIT):
+            await both_in.wait()
+        with pytest.raises(ConnectionLost):
+            await request(b"3")
+        release.set()
+    assert alice.statistics().streams_refused == 1
+    assert bob.statistics().remote_errors == 0  # a refusal, not garbage
+    assert await request(b"4") == b"4"  # the slots are free again
