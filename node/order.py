@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from crypto.records import Commit, Genesis, Record
 from crypto.roster import Roster
@@ -63,6 +63,11 @@ class Entry:
     seq: int
     parent: bytes
     supersedes: bytes | None = None
+    item: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # The item this commit creates on top of its parent (asked for on every step).
+        object.__setattr__(self, "item", chain_item(self.parent, self.id))
 
     @classmethod
     def of(cls, commit: Commit) -> Entry:
@@ -76,11 +81,6 @@ class Entry:
             _ENTRIES.pop(next(iter(_ENTRIES)))
         _ENTRIES[id(commit)] = (commit, entry)
         return entry
-
-    @property
-    def item(self) -> bytes:
-        """The item this commit creates on top of its parent."""
-        return chain_item(self.parent, self.id)
 
 
 @dataclass(frozen=True)
@@ -281,4 +281,4 @@ class OrderBook:
         main = order.main + (entry.id,)
         commits = main + order.orphans
         items = order.items[: order.main_length + 1] + _items(entry.item, order.orphans)
-        return replace(order, commits=commits, items=items, main_length=len(main))
+        return Order(commits, items, len(main), order.superseded, order.excluded, order.flagged)

@@ -307,10 +307,11 @@ class Core:
         self._known_keys = {m.key.raw for m in genesis.members}
         self._roster_inputs: dict[bytes, RosterUpdate | Revocation] = {}
         self._roster = Roster.from_genesis(genesis)
+        self._genesis_members: frozenset[bytes] | None = frozenset(self._known_keys)
         self._commits: dict[bytes, tuple[Entry, Commit]] = {}
         self._root = root_item(self.network)
         self._book = OrderBook(self._root)
-        self._merged_head = self._root
+        self._merged = self._book.order  # the last order handed to the shell to fold
         self._digest: tuple[bytes, str] | None = None
         self._rebase_due: dict[bytes, float] = {}
         self._rebase_asked: dict[bytes, float] = {}
@@ -321,6 +322,17 @@ class Core:
         self._summary_cache: tuple[tuple[bytes, bytes, str | None], bytes] | None = None
         self._now = 0.0
         self._out: list[Action] = []
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            MessageReceived: lambda e: self._on_message(e.peer, e.data),
+            BlobReceived: lambda e: self._on_blob(e.peer, e.sha256, e.result),
+            PeerConnected: lambda e: self._on_connect(e.peer),
+            PeerDisconnected: lambda e: self._drop_peer(e.peer),
+            LocalRecord: lambda e: self._on_record(
+                e.data, None, blobs_held=e.blobs_held, restored=e.restored
+            ),
+            Timer: lambda e: self._on_timer(),
+            MergeDone: self._on_merged,
+        }
 
     # --- the one entry point ---
 
@@ -330,25 +342,15 @@ class Core:
         if self._next_sync is None:
             self._next_sync = now + self.config.sync_interval
             self._wake(self._next_sync)
-        match event:
-            case MessageReceived(peer, data):
-                self._on_message(peer, data)
-            case BlobReceived(peer, sha, result):
-                self._on_blob(peer, sha, result)
-            case PeerConnected(peer):
-                self._on_connect(peer)
-            case PeerDisconnected(peer):
-                self._drop_peer(peer)
-            case LocalRecord(data, blobs_held, restored):
-                self._on_record(data, None, blobs_held=blobs_held, restored=restored)
-            case Timer():
-                self._on_timer()
-            case MergeDone(item, digest):
-                if item == self._book.order.head:
-                    self._digest = (item, digest)
+        # One dict lookup per event: this runs for every message on every simulated node.
+        self._handlers[type(event)](event)
         self._after()
         out, self._out = self._out, []
         return out
+
+    def _on_merged(self, event: MergeDone) -> None:
+        if event.item == self._book.order.head:
+            self._digest = (event.item, event.digest)
 
     # --- queries ---
 
@@ -397,7 +399,7 @@ class Core:
         reports = [p.report for p in self._peers.values() if p.report is not None]
         same_set = [r for r in reports if r.root == self.root]
         digest = self.digest
-        same = [r for r in same_set if r.head == self.order.head and r.digest == digest]
+        same = [r for r in same_set if digest is not None and r.digest == digest]
         return Convergence(len(self._peers), len(reports), len(same_set), len(same))
 
     def statistics(self) -> Statistics:
@@ -602,8 +604,13 @@ class Core:
         elif isinstance(record, RosterUpdate | Revocation):
             self._roster_changed(record)
 
+    def _may_author(self, commit: Commit) -> bool:
+        if self._genesis_members is not None:  # no roster change yet: membership is all
+            return commit.author.raw in self._genesis_members
+        return self._roster.may_author(commit.author, commit.seq)
+
     def _count_commit(self, entry: Entry, commit: Commit) -> None:
-        if not self._roster.may_author(commit.author, commit.seq):
+        if not self._may_author(commit):
             return
         self._book.add(entry)
         roster = self._roster
@@ -620,9 +627,8 @@ class Core:
             if record.new_key is not None:
                 self._known_keys.add(record.new_key.raw)
         self._roster = Roster.from_records(self.genesis, self._roster_inputs.values())
-        allowed = [
-            (e, c) for e, c in self._commits.values() if self._roster.may_author(c.author, c.seq)
-        ]
+        self._genesis_members = None
+        allowed = [(e, c) for e, c in self._commits.values() if self._may_author(c)]
         revoked = frozenset(e.id for e, c in allowed if self._roster.is_revoked(c))
         self._book = OrderBook(self._root, {e.id: e for e, _ in allowed}, revoked)
 
@@ -711,8 +717,8 @@ class Core:
 
     def _after(self) -> None:
         order = self._book.order
-        if order.head != self._merged_head:
-            self._merged_head = order.head
+        if order is not self._merged and order.head != self._merged.head:
+            self._merged = order
             self._out.append(Merge(order))
             for cid in order.orphans:
                 self._schedule_rebase(cid)

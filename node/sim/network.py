@@ -98,7 +98,10 @@ class Simulation:
         self.world = World(seed, members, scenario.mode, scenario.blob_sizes())
         self.nodes = [self._make_node(i) for i in range(scenario.nodes)]
         self.by_name = {n.name: n for n in self.nodes}
-        self._up: dict[Edge, int] = {}
+        # connection epochs and latencies by directed pair (both directions stored): the hot
+        # paths look a pair up without normalising it
+        self._up: dict[tuple[int, int], int] = {}
+        self._lat = {**self.latency, **{(b, a): t for (a, b), t in self.latency.items()}}
         self._epochs = 0
         self._busy: dict[tuple[int, int], float] = {}
         self._banned: set[Edge] = set()
@@ -216,7 +219,7 @@ class Simulation:
         if edge in self._up or not self.may_link(edge):
             return
         self._epochs += 1
-        self._up[edge] = self._epochs
+        self._up[edge] = self._up[(edge[1], edge[0])] = self._epochs
         a, b = self.nodes[edge[0]], self.nodes[edge[1]]
         self.deliver(a, PeerConnected(b.name))
         self.deliver(b, PeerConnected(a.name))
@@ -224,6 +227,7 @@ class Simulation:
     def link_down(self, edge: Edge) -> None:
         if self._up.pop(edge, None) is None:
             return
+        del self._up[(edge[1], edge[0])]
         a, b = self.nodes[edge[0]], self.nodes[edge[1]]
         self.deliver(a, PeerDisconnected(b.name))
         self.deliver(b, PeerDisconnected(a.name))
@@ -240,13 +244,13 @@ class Simulation:
         depart = max(start, self._busy.get((src, dst), 0.0))
         done = depart + size / self.s.bandwidth
         self._busy[(src, dst)] = done
-        return done + self.latency[_edge(src, dst)]
+        return done + self._lat[(src, dst)]
 
     def _lost(self) -> bool:
         return self.s.loss > 0 and self.rng.random() < self.s.loss
 
     def transmit(self, src: int, dst: int, data: bytes) -> None:
-        epoch = self._up.get(_edge(src, dst))
+        epoch = self._up.get((src, dst))
         if epoch is None:
             return
         arrive = self._send_time(src, dst, len(data), self.now)
@@ -255,7 +259,7 @@ class Simulation:
             self.at(arrive, self._arrive, src, dst, data, epoch)
 
     def _arrive(self, src: int, dst: int, data: bytes, epoch: int) -> None:
-        if self._up.get(_edge(src, dst)) != epoch:
+        if self._up.get((src, dst)) != epoch:
             return
         node = self.nodes[dst]
         node.received += len(data)
@@ -264,7 +268,7 @@ class Simulation:
     # --- blobs ---
 
     def _fetch(self, node: SimNode, holder: SimNode, action: FetchBlob) -> None:
-        edge = _edge(node.index, holder.index)
+        edge = (node.index, holder.index)
         epoch = self._up.get(edge)
         if epoch is None:
             return
@@ -273,7 +277,7 @@ class Simulation:
         if self._lost() or holder.role == "withhold":
             return  # no answer: the core's deadline moves on to another holder
         if action.sha256 not in holder.blobs:
-            back = asked + self.latency[edge]
+            back = asked + self._lat[edge]
             self.at(back, self._blob, node, holder, action.sha256, 0, BlobResult.UNAVAILABLE, epoch)
             return
         arrive = self._send_time(holder.index, node.index, action.size, asked)
@@ -292,7 +296,7 @@ class Simulation:
         result: BlobResult,
         epoch: int,
     ) -> None:
-        if self._up.get(_edge(node.index, holder.index)) != epoch:
+        if self._up.get((node.index, holder.index)) != epoch:
             return
         node.received += size
         node.payload += size

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import defaultdict, deque
+from collections.abc import Iterable
 from pathlib import Path
 
 from node.sim.scenario import Scenario, ScenarioError, parse_latency
@@ -108,15 +109,15 @@ def _from_file(path: Path, s: Scenario, rng: random.Random) -> dict[Edge, float]
     return dict(sorted(edges.items()))
 
 
-def neighbours(n: int, edges: object) -> list[list[int]]:
+def neighbours(n: int, edges: Iterable[Edge]) -> list[list[int]]:
     adj: list[list[int]] = [[] for _ in range(n)]
-    for a, b in sorted(edges):  # type: ignore[call-overload]
+    for a, b in sorted(edges):
         adj[a].append(b)
         adj[b].append(a)
     return adj
 
 
-def connected(n: int, edges: object) -> bool:
+def connected(n: int, edges: Iterable[Edge]) -> bool:
     return len(hops_from(0, neighbours(n, edges))) == n
 
 

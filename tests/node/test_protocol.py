@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crypto import canonical
 from crypto.identity import Identity
 from crypto.records import BLOB_KINDS, BlobRef, Commit, Genesis, Member
 from node import messages
@@ -385,7 +386,7 @@ def test_order_equals_the_pure_function_of_the_records() -> None:
 AUTHORS = [("p0", ALICE), ("p1", BOB), ("p2", CAROL)]
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 10**6)), min_size=1, max_size=120))
 def test_every_schedule_converges_to_one_set_and_one_composite(
     steps: list[tuple[int, int]],
@@ -417,3 +418,46 @@ def test_every_schedule_converges_to_one_set_and_one_composite(
     assert len({c.digest for c in cores}) == 1
     assert cores[0].order.orphans == ()
     assert not any(n.disconnected for n in net.nodes.values())
+
+
+cbor_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63)
+    | st.binary(max_size=40)
+    | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.binary(max_size=300)
+    | cbor_values.map(canonical.encode)
+    | st.sampled_from(["sum", "ids", "recs"]).flatmap(
+        lambda t: st.dictionaries(
+            st.sampled_from(["root", "n", "bits", "fp", "head", "digest", "b", "ids", "recs"]),
+            cbor_values,
+            max_size=6,
+        ).map(lambda d: canonical.encode({**d, "t": t, "v": 1}))
+    )
+)
+def test_garbage_never_raises_out_of_the_core(data: bytes) -> None:
+    core = Core(GENESIS, config=CONFIG)
+    core.handle(PeerConnected("mallory"), 0.0)
+    actions = core.handle(MessageReceived("mallory", data), 1.0)
+    try:
+        messages.decode(data)
+    except messages.MalformedMessage:
+        assert Disconnect("mallory", core.errors[-1][2]) in actions
+    assert core.order.commits == ()
+
+
+def test_records_messages_are_canonical_cbor() -> None:
+    for recs in [(b"x",), (b"a" * 30, b"b" * 300, b"c" * 70000)]:
+        data = messages.encode(messages.Records(recs))
+        assert data == canonical.encode({"t": "recs", "v": 1, "recs": list(recs)})
+        assert messages.decode(data) == messages.Records(recs)
