@@ -136,6 +136,8 @@ class Transport(ABC):
         Bounded by ``config.request_timeout`` (``PeerTimeout``); wrap in
         ``trio.fail_after`` for a shorter deadline."""
         self._check_running()
+        if max_response < 0:
+            raise ValueError("max_response must be non-negative")
         if len(payload) > self.config.max_request:
             raise PayloadTooLarge(f"request of {len(payload)} bytes > {self.config.max_request}")
         idle = self.config.idle_timeout

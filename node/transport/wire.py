@@ -97,6 +97,7 @@ async def expect_eof(stream: ByteStream, idle_timeout: float) -> None:
 
 
 async def send_request(stream: ByteStream, payload: bytes, max_response: int) -> None:
+    max_response = min(max_response, 0xFFFF_FFFF)  # the field is u32; more means "any"
     await stream.write(_REQ_HEAD.pack(max_response, len(payload)) + payload)
     await stream.close_write()
 
