@@ -106,7 +106,13 @@ class Simulation:
         self._busy: dict[tuple[int, int], float] = {}
         self._banned: set[Edge] = set()
         self.side: set[int] | None = None
+        # distinct composite digests among online honest nodes, recorded at every change
         self.samples: list[tuple[float, int]] = []
+        self._digests: dict[str, int] = {}
+        empty = self.world.digest(self.nodes[0].core.order)
+        for node in self.nodes:
+            node.digest = empty
+            self._count(node, +1)
         self.completed: dict[bytes, list[float]] = {}  # commit id -> completion times
         self.rejected = 0
         self.disconnects: list[tuple[float, str, str, str]] = []
@@ -204,7 +210,9 @@ class Simulation:
     def _merge(self, node: SimNode, action: Merge) -> None:
         digest = self.world.digest(action.order)
         if digest != node.digest:
+            self._count(node, -1)
             node.digest, node.changed_at = digest, self.now
+            self._count(node, +1)
         self.deliver(node, MergeDone(action.order.head, digest))
 
     # --- links ---
@@ -343,9 +351,23 @@ class Simulation:
             return
         self.publish(node, 0, supersedes=action.commit_id, adapter_seed=seed, parent=action.parent)
 
-    def sample(self) -> None:
-        digests = {n.digest for n in self.nodes if n.honest and n.online}
-        self.samples.append((self.now, len(digests)))
+    def set_online(self, node: SimNode, online: bool) -> None:
+        if online != node.online:
+            self._count(node, -1)
+            node.online = online
+            self._count(node, +1)
+        self.relink()
+
+    def _count(self, node: SimNode, step: int) -> None:
+        if not (node.honest and node.online) or node.digest is None:
+            return
+        count = self._digests.get(node.digest, 0) + step
+        if count:
+            self._digests[node.digest] = count
+        else:
+            del self._digests[node.digest]
+        if not self.samples or self.samples[-1][1] != len(self._digests):
+            self.samples.append((self.now, len(self._digests)))
 
 
 def _edge(a: int, b: int) -> Edge:

@@ -187,7 +187,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     nodes = report["nodes"]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     t, k = zip(*report["samples"], strict=True) if report["samples"] else ((), ())
-    axes[0][0].step(t, k, where="post")
+    axes[0][0].step((*t, report["scenario"]["duration"]), (*k, k[-1] if k else 0), where="post")
     axes[0][0].set(
         title="distinct composite digests (online honest nodes)",
         xlabel="virtual s",

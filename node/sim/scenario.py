@@ -90,7 +90,6 @@ class Scenario:
     sync_interval: float = 30.0
     fetch_timeout: float = 10.0
     rebase_delay: float = 5.0
-    sample_interval: float = 5.0
     partitions: tuple[Partition, ...] = ()
     churn: Churn = field(default_factory=Churn)
     adversaries: dict[str, int] = field(default_factory=dict)

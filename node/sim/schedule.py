@@ -1,5 +1,5 @@
-"""What happens when in a scenario: links at start, commits, partitions, churn, late joiners and
-the sampling of composite digests. Every choice is drawn from the simulation's seeded RNG at
+"""What happens when in a scenario: links at start, commits, partitions, churn and late
+joiners. Every choice is drawn from the simulation's seeded RNG at
 planning time, in a fixed order."""
 
 from __future__ import annotations
@@ -21,10 +21,6 @@ def plan(sim: Simulation) -> None:
     for p in s.partitions:
         sim.at(p.start, _split, sim, p.fraction)
         sim.at(p.end, _heal, sim)
-    t = 0.0
-    while t <= s.duration:
-        sim.at(t, sim.sample)
-        t += s.sample_interval
 
 
 def _commit(sim: Simulation, node: SimNode, k: int) -> None:
@@ -38,16 +34,11 @@ def _plan_churn(sim: Simulation) -> None:
     leaving = plain[: int(churn.fraction * len(plain))]
     late = plain[len(leaving) : len(leaving) + int(churn.late * len(plain))]
     for node in leaving:
-        sim.at(churn.start, _set_online, sim, node, False)
-        sim.at(churn.start + churn.duration, _set_online, sim, node, True)
+        sim.at(churn.start, sim.set_online, node, False)
+        sim.at(churn.start + churn.duration, sim.set_online, node, True)
     for node in late:
-        node.online = False
-        sim.at(churn.late_at, _set_online, sim, node, True)
-
-
-def _set_online(sim: Simulation, node: SimNode, online: bool) -> None:
-    node.online = online
-    sim.relink()
+        sim.at(0.0, sim.set_online, node, False)  # before the links come up at 0.0
+        sim.at(churn.late_at, sim.set_online, node, True)
 
 
 def _split(sim: Simulation, fraction: float) -> None:
