@@ -113,3 +113,25 @@ async def test_the_optional_dht_starts_and_stops_cleanly() -> None:
 
 def test_libp2p_logs_propagate_to_the_app() -> None:
     assert logging.getLogger("libp2p").propagate
+
+
+async def test_raw_tcp_garbage_does_not_hurt_the_node(alice: Libp2pTransport) -> None:
+    """Below our framing: bytes that are not even multistream/Noise."""
+    port = int(multiaddr.Multiaddr(alice.listen_addrs[0]).value_for_protocol("tcp"))
+    for garbage in (b"\x00" * 64, b"GET / HTTP/1.1\r\n\r\n", bytes(range(256)) * 64):
+        with trio.fail_after(WAIT):
+            sock = await trio.open_tcp_stream("127.0.0.1", port)
+            async with sock:
+                await sock.send_all(garbage)
+    async with trio.open_nursery() as nursery:
+        bob = Libp2pTransport(seed_of("bob"))
+        await nursery.start(bob.run)
+
+        async def echo(peer: str, payload: bytes) -> bytes:
+            return payload
+
+        alice.set_request_handler(echo)
+        await bob.connect(alice.listen_addrs[0])
+        with trio.fail_after(WAIT):
+            assert await bob.request(alice.peer_id, b"still up", max_response=100) == b"still up"
+        bob.stop()
