@@ -97,6 +97,11 @@ class Transport(ABC):
         """Close the connection to ``peer`` if there is one."""
 
     @abstractmethod
+    def peer_addrs(self, peer: PeerId) -> tuple[str, ...]:
+        """Addresses we know for ``peer`` (each ending in ``/p2p/<id>``), for persisting
+        and redialling; empty if none are known."""
+
+    @abstractmethod
     async def subscribe(self, topic: str) -> None:
         """Receive (and relay) gossip on ``topic``."""
 

@@ -209,6 +209,14 @@ class Libp2pTransport(Transport):
         self._peer_up(peer)  # the notifee may still be in flight; make connect() final
         return peer
 
+    def peer_addrs(self, peer: PeerId) -> tuple[str, ...]:
+        try:
+            addrs = self.host.get_peerstore().addrs(ID.from_base58(peer))
+        except (BaseLibp2pError, ValueError):
+            return ()  # unknown or expired
+        suffix = f"/p2p/{peer}"
+        return tuple(a if a.endswith(suffix) else a + suffix for a in map(str, addrs))
+
     async def disconnect(self, peer: PeerId) -> None:
         with _mapped(ConnectionLost, f"disconnect {peer}"):
             await self.host.disconnect(ID.from_base58(peer))

@@ -196,6 +196,10 @@ class MemoryTransport(Transport):
         await trio.lowlevel.checkpoint()
         return remote.peer_id
 
+    def peer_addrs(self, peer: PeerId) -> tuple[str, ...]:
+        remote = self._links.get(peer)
+        return remote.listen_addrs if remote is not None else ()
+
     async def disconnect(self, peer: PeerId) -> None:
         self._drop_link(peer)
         await trio.lowlevel.checkpoint()

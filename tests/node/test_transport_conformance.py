@@ -119,6 +119,7 @@ async def test_connect_and_disconnect_are_seen_on_both_sides(make: Factory) -> N
     assert alice.peers() == {bob.peer_id}
     assert bob.peers() == {alice.peer_id}
     assert await alice.connect(bob.listen_addrs[0]) == bob.peer_id  # idempotent
+    assert bob.listen_addrs[0] in alice.peer_addrs(bob.peer_id)
     await alice.disconnect(bob.peer_id)
     await next_event(alice, PeerDisconnected, bob.peer_id)
     await next_event(bob, PeerDisconnected, alice.peer_id)
