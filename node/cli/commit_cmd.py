@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 from crypto.items import item_zero
 from crypto.records import Commit, Genesis, Record, decode_record
+from merge.search import SearchResult
+from node import author
 from node.bundle import blob_ref, check_adapter, read_bundle_genesis, verify_bundle, write_bundle
 from node.cli import UserError
 from node.cli.output import add_home, add_json, emit
+from node.composer import Composer
+from node.control import ControlError, call
 from node.home import Home
-from node.netspec import base_fingerprint
+from node.netspec import base_fingerprint, merge_spec
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_MODEL = "adapter_model.safetensors"
@@ -33,7 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     commit.add_argument(
         "--classes", help="comma-separated class names (default: the distilled file's)"
     )
-    commit.add_argument("--coeffs", type=float, nargs=2, metavar=("W1", "W2"))
+    commit.add_argument(
+        "--coeffs",
+        type=float,
+        nargs=2,
+        metavar=("W1", "W2"),
+        help="skip the search and sign these coefficients",
+    )
     commit.add_argument("--parent", help="forge item (hex) the coefficients were searched against")
     commit.add_argument("--supersedes", help="id (hex) of your orphaned commit this replaces")
     commit.add_argument("--out", type=Path, required=True, help="bundle directory to write")
@@ -76,32 +88,94 @@ def commit_blobs(adapter: Path, distilled: Path) -> dict[str, bytes]:
     }
 
 
+def _head(home: Home) -> dict[str, Any] | None:
+    """The running node's tip and main chain, or None when no node runs on this home."""
+    try:
+        result: dict[str, Any] = call(home.control_path, "head", timeout=30)
+    except ControlError:
+        return None
+    return result
+
+
+def _search(
+    home: Home, genesis: Genesis, head: dict[str, Any] | None, args: argparse.Namespace
+) -> tuple[bytes, SearchResult]:
+    """Coefficients for this plugin against the node's tip (or the empty composite)."""
+    if head is None:
+        commits: list[Commit] = []
+        paths: dict[bytes, Path] = {}
+        tip = item_zero(genesis.network_id)
+    else:
+        commits, paths = _head_commits(head)
+        tip = bytes.fromhex(head["tip"])
+    if args.coeffs is not None:
+        w1, w2 = float(args.coeffs[0]), float(args.coeffs[1])
+        return tip, SearchResult((w1, w2), {})
+    from merge.distill import load_distilled
+    from merge.lora import load_adapter
+    from node import author
+
+    spec = merge_spec(genesis)
+    composer = Composer(spec, base_fingerprint(genesis), lambda sha: paths[sha].read_bytes())
+    composer.update(commits)
+    adapter = load_adapter(args.adapter, base=base_fingerprint(genesis), limits=spec.limits)
+    own = load_distilled(args.distilled)
+    print(
+        f"searching coefficients against forge item v{len(commits)} "
+        f"(budget {spec.search.budget}) ...",
+        file=sys.stderr,
+    )
+    result = author.search(genesis, composer, commits, adapter, own, paths.__getitem__)
+    return tip, result
+
+
+def _head_commits(head: dict[str, Any]) -> tuple[list[Commit], dict[bytes, Path]]:
+    commits, paths = [], {}
+    for entry in head["commits"]:
+        commit = decode_record(bytes.fromhex(entry["record"]))
+        assert isinstance(commit, Commit)
+        commits.append(commit)
+        for kind, path in entry["blobs"].items():
+            paths[commit.blobs[kind].sha256] = Path(path)
+    return commits, paths
+
+
 def run_commit(args: argparse.Namespace) -> int:
     home = Home(Path(args.home))
     genesis = home.genesis()
     classes = tuple(args.classes.split(",")) if args.classes else read_classes(args.distilled)
     blobs = commit_blobs(args.adapter, args.distilled)
-    if args.coeffs is None:
-        raise UserError("no node is running to search against: pass --coeffs W1 W2")
-    parent = bytes.fromhex(args.parent) if args.parent else item_zero(genesis.network_id)
-    commit = Commit.create(
+    head = _head(home)
+    parent, result = _search(home, genesis, head, args)
+    if args.parent:
+        parent = bytes.fromhex(args.parent)
+    commit = author.sign_commit(
         home.identity(),
-        network=genesis.network_id,
+        genesis,
         seq=home.next_seq(),
         task=args.task,
         classes=classes,
-        base=base_fingerprint(genesis),
         blobs={kind: blob_ref(data) for kind, data in blobs.items()},
         parent=parent,
-        coeffs=(float(args.coeffs[0]), float(args.coeffs[1])),
-        objective={},
+        result=result,
         supersedes=bytes.fromhex(args.supersedes) if args.supersedes else None,
     )
     # Peers will run exactly this check: refuse to sign what they would refuse to merge.
     check_adapter(commit, blobs["adapter_config"], blobs["adapter_model"], genesis)
     write_bundle(args.out, commit, blobs, genesis)
-    data = {"commit": commit.id.hex(), "seq": commit.seq, "bundle": str(args.out)}
-    emit(args, data, f"commit {commit.id.hex()} (seq {commit.seq}) written to {args.out}")
+    data: dict[str, Any] = {
+        "commit": commit.id.hex(),
+        "seq": commit.seq,
+        "bundle": str(args.out),
+        "coeffs": list(commit.coeffs),
+        "objective": dict(commit.objective),
+    }
+    human = f"commit {commit.id.hex()} (seq {commit.seq}, w={commit.coeffs}) written to {args.out}"
+    if head is not None:
+        published = call(home.control_path, "publish", bundle=str(args.out.resolve()))
+        data["published"] = published
+        human += f"\npublished: forge item v{published['forge_item']}"
+    emit(args, data, human)
     return 0
 
 
