@@ -18,8 +18,18 @@ import torch
 
 _MAGIC = b"medforge-base-fingerprint/1\n"
 
-# Set by whoever loads the model, not part of what it computes.
-_VOLATILE_CONFIG_KEYS = frozenset({"transformers_version", "_name_or_path", "_commit_hash"})
+# Set by whoever saves or loads the model, not part of what it computes: the path, library
+# version, the class that saved it, and dtype (every tensor's dtype is hashed itself).
+_VOLATILE_CONFIG_KEYS = frozenset(
+    {
+        "transformers_version",
+        "_name_or_path",
+        "_commit_hash",
+        "architectures",
+        "dtype",
+        "torch_dtype",
+    }
+)
 
 
 def canonical_config(config: Mapping[str, Any]) -> bytes:

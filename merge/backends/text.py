@@ -43,6 +43,17 @@ def find_qv_targets(model: nn.Module) -> tuple[str, ...]:
     return ()
 
 
+def _drop_missing_pooler(model: nn.Module, missing: Any, path: str) -> None:
+    """A checkpoint without weights that the class adds anyway (BERT's pooler, which mean
+    pooling never uses) would get *random* ones, and then no two loads share a fingerprint.
+    Drop such a pooler; refuse any other missing weight."""
+    missing = sorted(missing)
+    if missing and all(k.startswith("pooler.") for k in missing) and hasattr(model, "pooler"):
+        setattr(model, "pooler", None)  # noqa: B010 (nn.Module typing forbids None)
+    elif missing:
+        raise UnsupportedBaseError(f"{path}: checkpoint lacks weights {missing[:5]}")
+
+
 class TextBackend:
     """A frozen text encoder seen as a :class:`~merge.backends.base.DualEncoder`."""
 
@@ -85,10 +96,13 @@ class TextBackend:
         if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False):
             raise UnsupportedBaseError(f"{path}: {config.model_type} is not an encoder")
         try:
-            model = AutoModel.from_pretrained(path, dtype=torch.float32)
+            model, info = AutoModel.from_pretrained(
+                path, dtype=torch.float32, output_loading_info=True
+            )
             tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as e:
             raise UnsupportedBaseError(f"{path}: cannot load as a text encoder: {e}") from e
+        _drop_missing_pooler(model, info.get("missing_keys", ()), path)
         return cls(model, tokenizer, name=os.fspath(path), **kwargs)
 
     # --- DualEncoder ---
