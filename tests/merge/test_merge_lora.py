@@ -221,3 +221,12 @@ def test_exact_norm_is_the_correctly_rounded_norm(values: list[float]) -> None:
     t = torch.tensor(values, dtype=torch.float32)
     assert exact_norm(t) == math.sqrt(math.fsum(v * v for v in t.double().tolist()))
     assert exact_norm(t) == pytest.approx(float(torch.linalg.vector_norm(t.double())), rel=1e-12)
+
+
+def test_half_precision_factors_widen_to_float32_exactly() -> None:
+    gen = torch.Generator().manual_seed(5)
+    a, b = torch.randn(2, 12, generator=gen).half(), torch.randn(12, 2, generator=gen).bfloat16()
+    adapter = load_adapter_bytes(*adapter_files(lora_keys("enc.q", a, b)), base=BASE,
+                                 limits=LIMITS)
+    assert torch.equal(adapter.modules["enc.q"].A, a.float())
+    assert torch.equal(adapter.modules["enc.q"].B, b.float())  # alpha / r = 1
