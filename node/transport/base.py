@@ -67,6 +67,7 @@ class Transport(ABC):
         self._counts: Counter[str] = Counter()
         self._garbage: Counter[PeerId] = Counter()
         self._inbound: Counter[PeerId] = Counter()  # streams being served, per peer
+        self._banned: dict[PeerId, float] = {}  # garbage senders -> trio time of release
         self._running = False
 
     def __repr__(self) -> str:
@@ -193,8 +194,17 @@ class Transport(ABC):
         """A peer broke the protocol: count, log, and drop the connection."""
         self._counts["remote_errors"] += 1
         self._garbage[peer] += 1
-        log.warning("disconnecting %s: %s", peer, exc)
+        self._banned[peer] = trio.current_time() + self.config.ban_seconds
+        log.warning("disconnecting and banning %s: %s", peer, exc)
         await self.disconnect(peer)
+
+    def is_banned(self, peer: PeerId) -> bool:
+        """True while ``peer`` is shut out for sending garbage (``config.ban_seconds``)."""
+        until = self._banned.get(peer)
+        if until is not None and trio.current_time() >= until:
+            del self._banned[peer]
+            until = None
+        return until is not None
 
     def _peer_up(self, peer: PeerId) -> None:
         if peer not in self._peers:
@@ -221,6 +231,9 @@ class Transport(ABC):
 
     async def _serve_stream(self, peer: PeerId, protocol: str, stream: wire.ByteStream) -> None:
         """Answer one inbound stream. Never raises for anything the peer did."""
+        if self.is_banned(peer):
+            await stream.reset()
+            return
         if self._inbound[peer] >= self.config.max_inbound_streams_per_peer:
             self._counts["streams_refused"] += 1  # one peer must not tie up every task
             await stream.reset()

@@ -18,7 +18,7 @@ libp2p exceptions are translated to ``node.errors`` only here (``_mapped``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from typing import Any
 
@@ -113,7 +113,12 @@ class _Notifee(INotifee):
         self._transport = transport
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
-        self._transport._peer_up(str(conn.muxed_conn.peer_id))
+        peer = str(conn.muxed_conn.peer_id)
+        if self._transport.is_banned(peer):
+            # Not inline: closing from inside the swarm's notify path would stall it.
+            self._transport._spawn(self._transport.disconnect, peer)
+        else:
+            self._transport._peer_up(peer)
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         peer_id = conn.muxed_conn.peer_id
@@ -194,6 +199,10 @@ class Libp2pTransport(Transport):
     def stop(self) -> None:
         self._stopping.set()
 
+    def _spawn(self, fn: Callable[[PeerId], Awaitable[None]], peer: PeerId) -> None:
+        if self._nursery is not None and self._running:
+            self._nursery.start_soon(fn, peer)
+
     async def connect(self, addr: str) -> PeerId:
         self._check_running()
         with _mapped(PeerUnreachable, f"bad address {addr!r}"):
@@ -201,6 +210,8 @@ class Libp2pTransport(Transport):
         peer = str(info.peer_id)
         if peer == self.peer_id:
             raise PeerUnreachable("cannot dial self")
+        if self.is_banned(peer):
+            raise PeerUnreachable(f"{peer} is banned for sending garbage")
         try:
             with trio.fail_after(self.config.request_timeout), _mapped(PeerUnreachable, addr):
                 await self.host.connect(info)

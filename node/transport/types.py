@@ -63,6 +63,7 @@ class TransportConfig:
     serve_rate: float = 2.0  # blob fetches a peer may start per second (token bucket)
     serve_burst: int = 16
     max_inbound_streams_per_peer: int = 16  # concurrent requests/fetches we serve a peer
+    ban_seconds: float = 300.0  # a peer that sent garbage is refused for this long
     gossip_rate_per_topic: float = 1000.0  # gossipsub's default of 10/s drops bursts
     backoff_min: float = 0.5  # bootstrap redial backoff
     backoff_max: float = 30.0

@@ -6,6 +6,7 @@ to wait for a condition: every wait is on an event, bounded by ``trio.fail_after
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -29,6 +30,7 @@ from node.errors import (
     RemoteProtocolError,
     RemoteRefused,
     TransportClosed,
+    TransportError,
 )
 from node.transport import (
     Event,
@@ -428,3 +430,22 @@ async def test_too_many_concurrent_streams_are_refused(make: Factory) -> None:
     assert alice.statistics().streams_refused == 1
     assert bob.statistics().remote_errors == 0  # a refusal, not garbage
     assert await request(b"4") == b"4"  # the slots are free again
+
+
+async def test_a_garbage_sender_is_shut_out(make: Factory) -> None:
+    alice, mallory = await make("alice", ban_seconds=3600), await make("mallory")
+    alice.set_request_handler(echo)
+    await connected(mallory, alice)
+    stream = await mallory._open_stream(alice.peer_id, wire.REQUEST_PROTOCOL)
+    await stream.write(struct.pack(">II", 100, 1 << 30))
+    await stream.close_write()
+    await next_event(alice, PeerDisconnected, mallory.peer_id)
+    assert alice.is_banned(mallory.peer_id)
+    with pytest.raises(PeerUnreachable):
+        await alice.connect(mallory.listen_addrs[0])
+    with contextlib.suppress(PeerUnreachable):  # libp2p lets the dial through, then drops it
+        await mallory.connect(alice.listen_addrs[0])
+    with trio.fail_after(WAIT), pytest.raises(TransportError):
+        await mallory.request(alice.peer_id, b"let me in", max_response=100)
+    assert mallory.peer_id not in alice.peers()
+    assert alice.statistics().requests_served == 0
