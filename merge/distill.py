@@ -24,12 +24,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm import tqdm
 
 from merge.backends.base import DualEncoder
 from merge.datasets import Records, require_every_class
 from merge.pipeline_errors import DataFormatError, LabelError
+from merge.safetensors_io import write_canonical
 
 DISTILLED_FORMAT = "medforge-distilled/1"
 INPUT_KINDS = ("text-embeds", "pixels")
@@ -246,7 +246,7 @@ def save_distilled(d: Distilled, path: Path) -> None:
         "base": d.base,
     }
     tensors = {"inputs": d.inputs.float().contiguous(), "labels": d.labels.long().contiguous()}
-    save_file(tensors, str(path), metadata=metadata)
+    write_canonical(path, tensors, metadata)
 
 
 def load_distilled(path: Path) -> Distilled:

@@ -27,6 +27,7 @@ from merge.backends.base import DualEncoder, cosine_logits
 from merge.datasets import Records, require_every_class, stratified_split
 from merge.metrics import Metrics, classification_metrics
 from merge.pipeline_errors import DatasetTooSmallError, LabelError
+from merge.safetensors_io import write_canonical
 
 PLUGIN_META = "medforge.json"
 PLUGIN_FORMAT = "medforge-plugin/1"
@@ -200,16 +201,11 @@ def save_adapter(peft_model: Any, out: Path, fingerprint: str) -> None:
     rewritten with sorted keys and sorted ``target_modules`` (PEFT keeps them in a ``set``,
     whose order changes with the hash seed), so one seed gives byte-identical files.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     peft_model.save_pretrained(str(out))
     weights = out / "adapter_model.safetensors"
-    tensors = load_file(str(weights))
-    save_file(
-        {k: tensors[k] for k in sorted(tensors)},
-        str(weights),
-        metadata={"format": "pt", "base": fingerprint},
-    )
+    write_canonical(weights, load_file(str(weights)), {"format": "pt", "base": fingerprint})
     config_path = out / "adapter_config.json"
     config = json.loads(config_path.read_text())
     if isinstance(config.get("target_modules"), list):
