@@ -5,7 +5,7 @@ The trio service and the simulator both drive this one class, ``Core``: they cal
 I/O, reads a clock, or draws an unseeded random number; the core imports ``crypto`` and the pure
 ``node.order`` / ``node.summary`` / ``node.messages`` only.
 
-Events (frozen dataclasses)::
+Events (frozen dataclasses, defined in ``node.events`` and re-exported here)::
 
     PeerConnected(peer)             a connection is up; the core starts anti-entropy with it
     PeerDisconnected(peer)          it is gone; fetches from it move to other holders
@@ -60,189 +60,47 @@ Rules:
 
 from __future__ import annotations
 
-import enum
 import hashlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeAlias
+from typing import Any
 
 from crypto.errors import CryptoError
 from crypto.identity import PublicKey
 from crypto.records import Commit, Genesis, Record, Revocation, RosterUpdate, decode_record
 from crypto.roster import Roster
 from node import messages
+from node.events import (
+    Action,
+    BlobReceived,
+    BlobResult,
+    Broadcast,
+    Config,
+    Convergence,
+    Disconnect,
+    Event,
+    FetchBlob,
+    LocalRecord,
+    Merge,
+    MergeDone,
+    MessageReceived,
+    PeerConnected,
+    PeerDisconnected,
+    PeerReport,
+    Rebase,
+    Rejected,
+    Send,
+    SetTimer,
+    Statistics,
+    StoreRecord,
+    Timer,
+)
 from node.messages import Ids, MalformedMessage, Records, Summary
 from node.order import Entry, Order, OrderBook, root_item
 from node.summary import IdSet
 from node.summary import Summary as SetSummary
-
-# --- events -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PeerConnected:
-    peer: str
-
-
-@dataclass(frozen=True)
-class PeerDisconnected:
-    peer: str
-
-
-@dataclass(frozen=True)
-class MessageReceived:
-    peer: str
-    data: bytes
-
-
-class BlobResult(enum.Enum):
-    VERIFIED = "verified"
-    UNAVAILABLE = "unavailable"
-    CORRUPT = "corrupt"
-    INVALID = "invalid"
-
-
-@dataclass(frozen=True)
-class BlobReceived:
-    peer: str
-    sha256: bytes
-    result: BlobResult
-
-
-@dataclass(frozen=True)
-class LocalRecord:
-    data: bytes
-    blobs_held: bool = True
-    restored: bool = False
-
-
-@dataclass(frozen=True)
-class Timer:
-    pass
-
-
-@dataclass(frozen=True)
-class MergeDone:
-    item: bytes
-    digest: str
-
-
-Event: TypeAlias = (
-    PeerConnected
-    | PeerDisconnected
-    | MessageReceived
-    | BlobReceived
-    | LocalRecord
-    | Timer
-    | MergeDone
-)
-
-# --- actions ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Send:
-    peer: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Broadcast:
-    data: bytes
-
-
-@dataclass(frozen=True)
-class FetchBlob:
-    peer: str
-    sha256: bytes
-    size: int
-    kind: str
-
-
-@dataclass(frozen=True)
-class StoreRecord:
-    id: bytes
-    data: bytes
-
-
-@dataclass(frozen=True)
-class Merge:
-    order: Order
-
-
-@dataclass(frozen=True)
-class SetTimer:
-    at: float
-
-
-@dataclass(frozen=True)
-class Disconnect:
-    peer: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Rebase:
-    commit_id: bytes
-    parent: bytes
-
-
-@dataclass(frozen=True)
-class Rejected:
-    record_id: bytes
-    reason: str
-
-
-Action: TypeAlias = (
-    Send | Broadcast | FetchBlob | StoreRecord | Merge | SetTimer | Disconnect | Rebase | Rejected
-)
-
-# --- configuration and reports ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Config:
-    sync_interval: float = 30.0
-    fetch_timeout: float = 20.0  # plus size / fetch_rate
-    fetch_rate: float = 256 * 1024.0  # bytes/s below which a transfer counts as stalled
-    rebase_delay: float = 5.0
-    rebase_retry: float = 300.0
-    max_blob_bytes: int | None = None  # None: the genesis spec's limit (or 512 MiB)
-    errors_kept: int = 32
-
-
-@dataclass(frozen=True)
-class PeerReport:
-    """What a peer last told us about itself (its summary)."""
-
-    root: bytes
-    count: int
-    head: bytes
-    digest: str | None
-    at: float
-
-
-@dataclass(frozen=True)
-class Convergence:
-    peers: int
-    reporting: int
-    same_set: int
-    same_composite: int
-
-
-@dataclass(frozen=True)
-class Statistics:
-    complete: int
-    pending: int
-    rejected: int
-    ignored: int
-    duplicates: int
-    garbage: int
-    blobs: int
-    fetching: int
-    peers: int
 
 
 @dataclass
@@ -256,6 +114,34 @@ class _Held:
 class _Peer:
     has: set[bytes] = field(default_factory=set)
     report: PeerReport | None = None
+
+
+__all__ = [
+    "Core",
+    "PeerConnected",
+    "PeerDisconnected",
+    "MessageReceived",
+    "BlobResult",
+    "BlobReceived",
+    "LocalRecord",
+    "Timer",
+    "MergeDone",
+    "Event",
+    "Send",
+    "Broadcast",
+    "FetchBlob",
+    "StoreRecord",
+    "Merge",
+    "SetTimer",
+    "Disconnect",
+    "Rebase",
+    "Rejected",
+    "Action",
+    "Config",
+    "PeerReport",
+    "Convergence",
+    "Statistics",
+]
 
 
 _DEFAULT_MAX_BLOB = 512 * 1024 * 1024
