@@ -329,7 +329,8 @@ class Core:
             self._drop_peer(peer)
 
     def _on_message(self, peer: str, data: bytes) -> None:
-        self._peers.setdefault(peer, _Peer())
+        if peer not in self._peers:  # a shell may deliver before PeerConnected
+            self._peers[peer] = _Peer()
         try:
             message = self._decode_message(data)
         except MalformedMessage as exc:

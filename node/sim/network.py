@@ -104,6 +104,7 @@ class Simulation:
         self._lat = {**self.latency, **{(b, a): t for (a, b), t in self.latency.items()}}
         self._epochs = 0
         self._busy: dict[tuple[int, int], float] = {}
+        self._loss, self._bandwidth = scenario.loss, scenario.bandwidth
         self._banned: set[Edge] = set()
         self.side: set[int] | None = None
         # distinct composite digests among online honest nodes, recorded at every change
@@ -249,13 +250,14 @@ class Simulation:
 
     def _send_time(self, src: int, dst: int, size: int, start: float) -> float:
         """When ``size`` bytes sent from ``src`` at ``start`` arrive at ``dst``."""
-        depart = max(start, self._busy.get((src, dst), 0.0))
-        done = depart + size / self.s.bandwidth
-        self._busy[(src, dst)] = done
-        return done + self._lat[(src, dst)]
+        pair = (src, dst)
+        depart = max(start, self._busy.get(pair, 0.0))
+        done = depart + size / self._bandwidth
+        self._busy[pair] = done
+        return done + self._lat[pair]
 
     def _lost(self) -> bool:
-        return self.s.loss > 0 and self.rng.random() < self.s.loss
+        return self._loss > 0 and self.rng.random() < self._loss
 
     def transmit(self, src: int, dst: int, data: bytes) -> None:
         epoch = self._up.get((src, dst))
