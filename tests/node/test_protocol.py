@@ -461,3 +461,30 @@ def test_records_messages_are_canonical_cbor() -> None:
         data = messages.encode(messages.Records(recs))
         assert data == canonical.encode({"t": "recs", "v": 1, "recs": list(recs)})
         assert messages.decode(data) == messages.Records(recs)
+
+
+def test_roster_updates_and_revocations_reorder_from_the_set() -> None:
+    from crypto.records import Revocation, RosterUpdate, decode_record
+
+    dave = Identity.from_seed(bytes([4]) * 32)
+    net = pair()
+    late = commit(dave, 0)
+    net.publish("p0", late)  # nobody has named dave yet: refused locally, ignored remotely
+    assert net.nodes["p0"].core.commit(late.id) is None
+    add = RosterUpdate(
+        network=GENESIS.network_id, epoch=1, op="add", name="dave", key=dave.public
+    ).signed_by(ALICE)
+    net.handle("p0", LocalRecord(add.encode()))
+    net.publish("p0", late)
+    a = commit(ALICE, 0, Entry.of(late).item)
+    net.publish("p0", a)
+    net.drain()
+    bob = net.nodes["p1"].core
+    assert bob.order.commits == (late.id, a.id)
+    revoke = Revocation(network=GENESIS.network_id, key=dave.public, commit=late.id)
+    net.handle("p0", LocalRecord(revoke.signed_by(dave).encode()))
+    net.drain()
+    assert bob.order.excluded == {late.id}
+    assert bob.order.commits == (a.id,)
+    records = [decode_record(r) for r in bob.records()]
+    assert bob.order == forge_order(GENESIS, records)
