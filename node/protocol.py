@@ -427,7 +427,8 @@ class Core:
             return f"a blob exceeds the limit of {self._max_blob} bytes", True
         if any(ref.sha256 in self._bad_blobs for ref in commit.blobs.values()):
             return "a blob failed validation", True
-        if local and commit.supersedes is not None and not self._fresh_rebase(commit):
+        own = local and commit.author.raw == self._me
+        if own and commit.supersedes is not None and not self._fresh_rebase(commit):
             return "stale rebase: its target is no longer an orphan or the tip moved", False
         return "", False
 
