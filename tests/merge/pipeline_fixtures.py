@@ -73,3 +73,54 @@ def toy_records(per_class: int = 12) -> Records:
             items.append(f"patient {i} with {words[i % len(words)]}")
             labels.append(label)
     return Records(tuple(items), tuple(labels), tuple(TOY_WORDS))
+
+
+def tiny_clip(seed: int = 0) -> torch.nn.Module:
+    """A 2-layer CLIP at 32 px whose text tower reads MiniLM's (BERT) token ids."""
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": VOCAB,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 32,
+            "bos_token_id": 101,
+            "eos_token_id": 102,
+            "pad_token_id": 0,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    model: torch.nn.Module = seeded(lambda: CLIPModel(config), seed)
+    return model
+
+
+def save_tiny_clip(path: Path, seed: int = 0) -> Path:
+    tiny_clip(seed).save_pretrained(str(path))  # type: ignore[operator]
+    minilm_tokenizer().save_pretrained(str(path))
+    return path
+
+
+def write_toy_images(root: Path, per_class: int = 8) -> tuple[str, ...]:
+    """Two classes of 40x48 PNGs: reddish vs bluish, with seeded noise."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    classes = ("red lesion", "blue lesion")
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            base = torch.tensor([200.0, 40.0, 40.0] if label == 0 else [40.0, 40.0, 200.0])
+            pixels = (base.view(1, 1, 3) + 40 * torch.randn(40, 48, 3, generator=g)).clamp(0, 255)
+            Image.fromarray(pixels.to(torch.uint8).numpy()).save(root / name / f"{i}.png")
+    return classes
