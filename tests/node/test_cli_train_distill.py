@@ -1,0 +1,109 @@
+"""`medforge train`, `medforge distill` and `medforge fingerprint` on a tiny saved encoder."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "merge"))
+from pipeline_fixtures import TOY_WORDS, save_tiny_text, toy_records  # noqa: E402
+
+from merge.datasets import write_table  # noqa: E402
+from merge.distill import load_distilled  # noqa: E402
+from node.cli import main  # noqa: E402
+
+CLASSES = list(TOY_WORDS)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_text(tmp_path_factory.mktemp("base") / "tiny")
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "toy.csv"
+    write_table(toy_records(), path)
+    return path
+
+
+def test_train_writes_an_adapter_and_reports_json(
+    base: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "plugin"
+    argv = [
+        "train",
+        "--task",
+        "toy",
+        "--classes",
+        *CLASSES,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--base",
+        str(base),
+        "--quick",
+        "--batch-size",
+        "8",
+        "--json",
+    ]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["steps"] == 8
+    assert set(report["validation"]) == {"base", "plugin"}
+    assert (out / "adapter_model.safetensors").is_file()
+    assert main(["fingerprint", "--base", str(base)]) == 0
+    assert capsys.readouterr().out.strip() == report["base"]
+
+
+def test_distill_writes_the_contract_file(
+    base: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "toy.safetensors"
+    argv = [
+        "distill",
+        "--task",
+        "toy",
+        "--data",
+        str(data),
+        "--ipc",
+        "2",
+        "--out",
+        str(out),
+        "--base",
+        str(base),
+        "--quick",
+        "--init-from-real",
+    ]
+    assert main(argv) == 0
+    assert "warning: --init-from-real" in capsys.readouterr().err
+    d = load_distilled(out)
+    assert d.classes == tuple(sorted(CLASSES))
+    assert len(d.labels) == 6
+
+
+def test_bad_data_exits_2_with_the_reason(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nbroken rib,fracture\nsneeze,allergy\n")
+    argv = [
+        "train",
+        "--task",
+        "toy",
+        "--classes",
+        *CLASSES,
+        "--data",
+        str(bad),
+        "--out",
+        str(tmp_path / "never"),
+        "--base",
+        str(base),
+    ]
+    assert main(argv) == 2
+    assert "LabelError" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
