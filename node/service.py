@@ -78,6 +78,7 @@ class NodeService:
         self._timer_moved = trio.Event()
         self._waiters: dict[bytes, _Waiter] = {}
         self._stop = trio.Event()
+        self.stopped = trio.Event()  # set once run() has closed everything
         self._changed = trio.Event()
         self._blob_files: dict[bytes, Path] = {}
         self._nursery: trio.Nursery | None = None
@@ -125,6 +126,7 @@ class NodeService:
                 nursery.cancel_scope.cancel()
         finally:
             self.store.close()
+            self.stopped.set()
 
     async def _run_transport(
         self, done: trio.Event, *, task_status: Any = trio.TASK_STATUS_IGNORED

@@ -1,0 +1,135 @@
+"""The node under stress: restarts, garbage from a peer, a second node on one home, SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from node.errors import StoreLocked, TransportError
+from node.protocol import Config
+from node.service import NodeService
+from node.transport.libp2p import Libp2pTransport
+from tests.node.test_service import FAST, _commit, _homes, distilled  # noqa: F401
+
+FAST_CORE = Config(sync_interval=0.5)
+
+
+def _node(home: object) -> NodeService:
+    from node.home import Home
+
+    assert isinstance(home, Home)
+    return NodeService(
+        home,
+        transport=Libp2pTransport(home.identity().private_bytes(), FAST),
+        core_config=FAST_CORE,
+    )
+
+
+async def test_a_node_stopped_during_commits_catches_up_after_restart(
+    tmp_path: Path, nursery: trio.Nursery, make_adapter: Callable[..., Path], distilled: Path
+) -> None:
+    alice_home, bob_home = _homes(tmp_path, ["alice", "bob"])
+    alice, bob = _node(alice_home), _node(bob_home)
+    await nursery.start(alice.run)
+    await nursery.start(bob.run)
+    await bob.connect(alice.listen_addrs[0])
+    first, blobs = _commit(
+        alice_home, make_adapter("a1", seed=1), distilled, alice.core.tip, (1.0, 1.0)
+    )
+    await alice.publish(first, blobs)
+    with trio.fail_after(30):
+        await bob.wait_until(lambda n: n.core.digest is not None and len(n.core.order.commits) == 1)
+    bob.stop()  # bob goes down; alice keeps committing
+    with trio.fail_after(10):
+        await bob.stopped.wait()
+    second, blobs = _commit(
+        alice_home, make_adapter("a2", seed=2), distilled, alice.core.tip, (0.5, 1.25)
+    )
+    await alice.publish(second, blobs)
+    with trio.fail_after(30):
+        await alice.wait_until(
+            lambda n: n.core.digest is not None and len(n.core.order.commits) == 2
+        )
+    # bob restarts from his store (one commit) and catches up by anti-entropy alone.
+    bob = _node(bob_home)
+    assert len(bob.store.records()) == 1  # what bob had accepted survived the stop
+    await nursery.start(bob.run)
+    await bob.connect(alice.listen_addrs[0])
+    with trio.fail_after(30):
+        await bob.wait_until(lambda n: n.core.digest == alice.core.digest)
+    assert bob.core.order.commits == alice.core.order.commits == (first.id, second.id)
+    for node in (alice, bob):
+        node.stop()
+
+
+async def test_a_peer_sending_garbage_is_disconnected_and_counted(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    (alice_home,) = _homes(tmp_path, ["alice"])
+    alice = _node(alice_home)
+    await nursery.start(alice.run)
+    mallory = Libp2pTransport(os.urandom(32), FAST)
+    await nursery.start(mallory.run)
+    peer = await mallory.connect(alice.listen_addrs[0])
+    # alice may cut the stream before mallory reads its end: either outcome is fine.
+    with contextlib.suppress(TransportError):
+        await mallory.request(peer, b"\xff\x00 not a message", max_response=16)
+    with trio.fail_after(10):
+        await alice.wait_until(lambda n: n.core.statistics().garbage == 1)
+    with trio.fail_after(10):
+        await alice.wait_until(lambda n: not n.transport.peers())
+    assert (
+        "malformed" in " ".join(reason for _, _, reason in alice.core.errors).lower()
+        or alice.core.errors
+    )
+    assert alice.core.statistics().complete == 0  # nothing stored
+    mallory.stop()
+    alice.stop()
+
+
+def test_a_second_node_on_the_same_home_refuses_to_start(tmp_path: Path) -> None:
+    (home,) = _homes(tmp_path, ["alice"])
+    first = NodeService(home)
+    try:
+        with pytest.raises(StoreLocked):
+            NodeService(home)
+    finally:
+        first.store.close()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_node_cleanly(tmp_path: Path) -> None:
+    (home,) = _homes(tmp_path, ["alice"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "node", "run", "--home", str(home.path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        assert ready["event"] == "ready"
+        assert home.control_path.exists()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()
+        stderr = proc.stderr.read()
+        proc.stderr.close()
+    assert not home.control_path.exists()
+    assert "Traceback" not in stderr
+    assert "ResourceWarning" not in stderr
