@@ -48,7 +48,7 @@ from node.protocol import (
     StoreRecord,
     Timer,
 )
-from node.sim import topology
+from node.sim import adversaries, schedule, topology
 from node.sim.scenario import Scenario
 from node.sim.world import World, identity
 
@@ -84,6 +84,9 @@ class SimNode:
 
 
 class Simulation:
+    """One scenario on one seed: build with ``Simulation(scenario, seed)``, ``run()``, then read
+    ``nodes`` (each with its ``core``), ``samples`` and the counters, or ``report.build``."""
+
     def __init__(self, scenario: Scenario, seed: int) -> None:
         self.s = scenario
         self.seed = seed
@@ -157,8 +160,7 @@ class Simulation:
         heapq.heappush(self._queue, (time, self._counter, fn, args))
 
     def run(self) -> None:
-        from node.sim import adversaries, schedule
-
+        """Plan the scenario, then process events up to ``duration`` virtual seconds."""
         schedule.plan(self)
         adversaries.plan(self)
         while self._queue and self._queue[0][0] <= self.s.duration:
