@@ -58,9 +58,10 @@ def main() -> int:
     reports.plot(result, args.out / "report.png")
     conv, prop, pay = result["convergence"], result["propagation"], result["payload"]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rebases = conv["commits_signed"] - args.commits
     print(
-        f"nodes {args.nodes}, commits {args.commits} (+{conv['commits_published'] - args.commits}"
-        f" rebases), seed {args.seed}"
+        f"nodes {args.nodes}, commits {args.commits} (+{rebases} rebases signed, "
+        f"{conv['commits_refused']} of them refused as stale), seed {args.seed}"
     )
     print(
         f"wall {wall:.1f} s (target < 60 s: {'met' if wall < 60 else 'MISSED'}), "

@@ -62,7 +62,8 @@ def _convergence(sim: Simulation, online: list[SimNode]) -> dict[str, Any]:
         "distinct_roots": len(roots),
         "order_length": max((len(n.core.order.commits) for n in online), default=0),
         "orphans": max((len(n.core.order.orphans) for n in online), default=0),
-        "commits_published": len(sim.authored),
+        "commits_signed": len(sim.authored),  # by honest authors, rebases included
+        "commits_refused": sim.rejected,  # stale rebases the author's own core refused
         "last_publish": _r(max(published, default=0.0)),
         "converged_at": _r(max(times, default=0.0)),
     }
@@ -164,7 +165,8 @@ def summary(report: dict[str, Any]) -> str:
     lines = [
         f"converged: {c['converged']} ({c['distinct_digests']} digest(s), "
         f"{c['distinct_roots']} set root(s)) at t={c['converged_at']}s; "
-        f"order length {c['order_length']}, {c['commits_published']} commits published",
+        f"order length {c['order_length']}, {c['commits_signed']} commits signed "
+        f"({c['commits_refused']} refused as stale rebases)",
         f"propagation: median {p['delay_median']}s, max {p['delay_max']}s; lower bound median "
         f"{p['bound_median']}s (ratio median {p['ratio_median']}, max {p['ratio_max']}); "
         f"diameter {p['diameter_hops']} hops x {p['mean_latency']}s + size/bw = "
