@@ -92,11 +92,13 @@ def test_adversaries_never_enter_an_honest_composite_nor_crash_anyone() -> None:
     loss=st.sampled_from([0.0, 0.05]),
     split=st.booleans(),
     interval=st.sampled_from([0.0, 0.5, 3.0]),
+    mode=st.sampled_from(["fusion", "stack", "mixture"]),
 )
 def test_random_networks_converge(
-    seed: int, nodes: int, top: str, loss: float, split: bool, interval: float
+    seed: int, nodes: int, top: str, loss: float, split: bool, interval: float, mode: str
 ) -> None:
     scenario = Scenario(
+        mode=mode,
         nodes=nodes,
         topology=top,
         degree=3,
