@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from crypto.items import item_zero
 from crypto.records import Commit, Genesis, Record, decode_record
 from merge.search import SearchResult
 from node import author
@@ -19,6 +18,7 @@ from node.composer import Composer
 from node.control import ControlError, call
 from node.home import Home
 from node.netspec import base_fingerprint, merge_spec
+from node.order import root_item as item_zero
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_MODEL = "adapter_model.safetensors"
