@@ -122,6 +122,15 @@ class Simulation:
         self.disconnects: list[tuple[float, str, str, str]] = []
         self.authored: dict[bytes, int] = {}  # commit id -> adapter seed
 
+    def honest_connected(self) -> bool:
+        """Whether the honest nodes stay connected without the adversaries' links: if not,
+        adversaries (disconnected for their garbage, or withholding blobs) can cut honest
+        nodes apart, and no protocol can make those converge."""
+        honest = [n.index for n in self.nodes if n.honest]
+        index = {v: k for k, v in enumerate(honest)}
+        edges = [(index[a], index[b]) for a, b in self.latency if a in index and b in index]
+        return topology.connected(len(honest), edges)
+
     # --- set-up ---
 
     def _assign_roles(self) -> list[str]:

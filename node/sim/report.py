@@ -8,7 +8,9 @@ duplicate payload bytes per node.
 
 Figures:
 
-- ``convergence.converged``: every online honest node has the same set root and composite.
+- ``convergence.converged``: every online honest node has the same set root and composite;
+  ``honest_connected`` says whether that was possible at all (adversaries do not cut the
+  honest nodes apart).
 - ``propagation``: per honest commit, the time from publication until every honest node holds it
   complete, against its lower bound ``latency eccentricity of the author + blob bytes /
   bandwidth``; ``bound_formula`` is the coarser ``diameter x mean latency + size / bandwidth``.
@@ -57,6 +59,7 @@ def _convergence(sim: Simulation, online: list[SimNode]) -> dict[str, Any]:
     published = [sim.world.published[c] for c in sim.authored]
     return {
         "converged": len(digests) == 1 and len(roots) == 1,
+        "honest_connected": sim.honest_connected(),
         "final_digest": final,
         "distinct_digests": len(digests),
         "distinct_roots": len(roots),
