@@ -45,7 +45,8 @@ Rules:
 - A record is relayed (``recs``) once, when it becomes complete, to every peer not known to
   hold it. Whoever sends us a record holds it complete, so it is a holder of its blobs.
 - Each blob is fetched once, from one holder at a time; on failure or after the deadline the
-  next holder is tried; every sync interval failed holders are tried again.
+  next holder is tried (after a deadline with no other holder, the same one again); every
+  sync interval failed holders are tried again.
 - Anti-entropy (``node.summary``) on connect and every ``sync_interval``: a summary to every
   peer; a peer whose root differs answers with its ids in the differing buckets; we push what
   it lacks. The summary carries the composite digest: ``convergence()`` reads them back.
@@ -588,6 +589,9 @@ class Core:
             peer, _ = self._fetching.pop(sha)
             self._tried.setdefault(sha, set()).add(peer)
             self._fetch(sha)
+            if sha not in self._fetching:  # no other holder: a lost transfer is retried
+                self._tried[sha].discard(peer)  # now (a timeout bounds the rate)
+                self._fetch(sha)
         for cid in [c for c, at in self._rebase_due.items() if at <= now]:
             del self._rebase_due[cid]
             self._rebase(cid)
