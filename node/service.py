@@ -83,6 +83,7 @@ class NodeService:
         self._blob_files: dict[bytes, Path] = {}
         self._nursery: trio.Nursery | None = None
         self.errors: list[tuple[float, str]] = []
+        self.metrics_port: int | None = None
 
     def _libp2p(self, config: TransportConfig | None) -> Transport:
         from node.transport.libp2p import Libp2pTransport
@@ -116,6 +117,12 @@ class NodeService:
                 from node import control
 
                 await nursery.start(control.serve, self.home.control_path, self._control)
+                if self.config.metrics_port is not None:
+                    from node import metrics
+
+                    self.metrics_port = await nursery.start(
+                        metrics.serve, self, self.config.metrics_port
+                    )
                 task_status.started()
                 log.info("node %s up: %s", self.config.name, ", ".join(self.listen_addrs))
                 await self._stop.wait()

@@ -30,21 +30,30 @@ def _homes(tmp_path: Path, names: list[str], mode: str = "stack") -> list[Home]:
     genesis = Genesis(
         name="test-net",
         members=tuple(Member(h.config().name, h.identity().public) for h in homes),
-        threshold=1, spec=make_spec(mode, BASE), nonce="t",
+        threshold=1,
+        spec=make_spec(mode, BASE),
+        nonce="t",
     )
     for home in homes:
         home.join(genesis)
     return homes
 
 
-def _commit(home: Home, adapter: Path, distilled: Path, parent: bytes,
-            coeffs: tuple[float, float]) -> tuple[Commit, dict[bytes, Path]]:
+def _commit(
+    home: Home, adapter: Path, distilled: Path, parent: bytes, coeffs: tuple[float, float]
+) -> tuple[Commit, dict[bytes, Path]]:
     blobs = commit_blobs(adapter, distilled)
     genesis = home.genesis()
     commit = Commit.create(
-        home.identity(), network=genesis.network_id, seq=home.next_seq(),
-        task=f"task-{home.config().name}", classes=("a", "b"), base=BASE,
-        blobs={k: blob_ref(v) for k, v in blobs.items()}, parent=parent, coeffs=coeffs,
+        home.identity(),
+        network=genesis.network_id,
+        seq=home.next_seq(),
+        task=f"task-{home.config().name}",
+        classes=("a", "b"),
+        base=BASE,
+        blobs={k: blob_ref(v) for k, v in blobs.items()},
+        parent=parent,
+        coeffs=coeffs,
         objective={},
     )
     paths = {
@@ -58,8 +67,11 @@ def _commit(home: Home, adapter: Path, distilled: Path, parent: bytes,
 @pytest.fixture
 def distilled(tmp_path: Path) -> Path:
     path = tmp_path / "distilled.safetensors"
-    save_file({"inputs": torch.zeros(2, 8), "labels": torch.tensor([0, 1])}, str(path),
-              metadata={"classes": json.dumps(["a", "b"])})
+    save_file(
+        {"inputs": torch.zeros(2, 8), "labels": torch.tensor([0, 1])},
+        str(path),
+        metadata={"classes": json.dumps(["a", "b"])},
+    )
     return path
 
 
@@ -79,8 +91,9 @@ async def cluster(
 ) -> AsyncIterator[list[NodeService]]:
     make = _memory(MemoryNetwork()) if request.param == "memory" else _libp2p
     homes = _homes(tmp_path, ["alice", "bob", "carol"])
-    nodes = [NodeService(h, transport=make(h), core_config=Config(sync_interval=1.0))
-             for h in homes]
+    nodes = [
+        NodeService(h, transport=make(h), core_config=Config(sync_interval=1.0)) for h in homes
+    ]
     for node in nodes:
         await nursery.start(node.run)
     # A line: alice - bob - carol. carol only hears alice's commit through bob.
@@ -93,8 +106,12 @@ async def cluster(
 
 def _same_composite(nodes: list[NodeService], forge_item: int) -> Callable[[NodeService], bool]:
     def done(node: NodeService) -> bool:
-        return (len(node.core.order.commits) == forge_item and node.core.digest is not None
-                and node.core.convergence().same_composite == len(node.transport.peers()))
+        return (
+            len(node.core.order.commits) == forge_item
+            and node.core.digest is not None
+            and node.core.convergence().same_composite == len(node.transport.peers())
+        )
+
     return done
 
 
@@ -102,13 +119,15 @@ async def test_commits_from_two_institutions_reach_every_node(
     cluster: list[NodeService], make_adapter: Callable[..., Path], distilled: Path
 ) -> None:
     alice, bob, carol = cluster
-    first, blobs = _commit(alice.home, make_adapter("a", seed=1), distilled,
-                           alice.core.tip, (1.0, 1.0))
+    first, blobs = _commit(
+        alice.home, make_adapter("a", seed=1), distilled, alice.core.tip, (1.0, 1.0)
+    )
     await alice.publish(first, blobs)
     with trio.fail_after(30):
         await bob.wait_until(lambda n: n.core.order.commits == (first.id,))
-    second, blobs = _commit(bob.home, make_adapter("b", seed=2, rank=3), distilled,
-                            bob.core.tip, (0.5, 0.75))
+    second, blobs = _commit(
+        bob.home, make_adapter("b", seed=2, rank=3), distilled, bob.core.tip, (0.5, 0.75)
+    )
     await bob.publish(second, blobs)
     with trio.fail_after(30):
         for node in cluster:
@@ -136,4 +155,25 @@ async def test_status_and_log_over_the_control_socket(
     assert status["composite_digest"] == alice.core.digest
     log = await trio.to_thread.run_sync(lambda: call(path, "log"))
     assert [(e["author"], e["task"], e["coeffs"]) for e in log] == [
-        ("alice", "task-alice", [1.0, 1.0])]
+        ("alice", "task-alice", [1.0, 1.0])
+    ]
+
+
+async def test_prometheus_metrics_on_a_loopback_port(tmp_path: Path, nursery: trio.Nursery) -> None:
+    (home,) = _homes(tmp_path, ["alice"])
+    config = home.config()
+    config.metrics_port = 0  # any free port
+    home.save_config(config)
+    node = NodeService(home, transport=_memory(MemoryNetwork())(home))
+    await nursery.start(node.run)
+    assert node.metrics_port
+    stream = await trio.open_tcp_stream("127.0.0.1", node.metrics_port)
+    async with stream:
+        await stream.send_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.0 200 OK")
+    assert b"\nmedforge_records 0\n" in data
+    assert b"# TYPE medforge_garbage_total counter" in data
+    node.stop()
