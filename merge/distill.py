@@ -42,9 +42,9 @@ class RealRecordsWarning(UserWarning):
 @dataclass(frozen=True)
 class DistillConfig:
     ipc: int = 10  # synthetic inputs per class
-    steps: int = 40
-    lr: float | None = None  # None: 0.1 x the spread of the noise init (scale-free default)
-    max_real_per_class: int = 64
+    steps: int = 20
+    lr: float | None = None  # None: 0.3 x the spread of the noise init (scale-free default)
+    max_real_per_class: int = 32
     init_from_real: bool = False
     augment: bool = True  # pixels only: differentiable siamese augmentation
     seed: int = 0
@@ -159,7 +159,7 @@ def _match(
 ) -> tuple[torch.Tensor, list[float]]:
     """Adam on the synthetic inputs, minimising :func:`_dm_loss` against the real features."""
     syn = syn0.clone().requires_grad_(True)
-    lr = config.lr if config.lr is not None else 0.1 * float(syn0.std())
+    lr = config.lr if config.lr is not None else 0.3 * float(syn0.std())
     opt = torch.optim.Adam([syn], lr=lr)
     augment = config.augment and backend.input_kind == "pixels"
     fixed = None if augment else _real_features(backend, real)

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     add_base_args(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, help="matching steps (default 40)")
+    p.add_argument("--steps", type=int, help="matching steps (default 20)")
     p.add_argument("--quick", action="store_true", help="a few steps (CI, smoke tests)")
     add_json(p)
     p.set_defaults(func=run)

@@ -4,7 +4,6 @@ the base model fingerprint a genesis names. Parse arguments, call ``merge``, pri
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _config(args: argparse.Namespace) -> Any:
     from merge.train import TrainConfig
 
-    config = TrainConfig.quick() if args.quick else TrainConfig()
-    config = replace(TrainConfig.for_backend(args.backend, **_asdict(config)), seed=args.seed)
-    chosen = {"steps": args.steps, "rank": args.rank, "batch_size": args.batch_size, "lr": args.lr}
-    return replace(config, **{k: v for k, v in chosen.items() if v is not None})
-
-
-def _asdict(config: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    d = asdict(config)
-    for key in ("rank", "alpha", "dropout"):  # let the backend's defaults win
-        d.pop(key)
-    return d
+    quick = {"steps": 8, "max_val": 64, "progress": False} if args.quick else {}
+    given = {"steps": args.steps, "rank": args.rank, "batch_size": args.batch_size, "lr": args.lr}
+    chosen = {k: v for k, v in given.items() if v is not None}
+    return TrainConfig.for_backend(args.backend, seed=args.seed, **{**quick, **chosen})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -65,7 +65,9 @@ def test_delta_equals_editing_the_weight(backend: TextBackend) -> None:
     d = 0.1 * torch.randn(32, 32, generator=torch.Generator().manual_seed(1))
     expected_model = tiny_text_backend()
     with torch.no_grad():
-        dict(expected_model.model.named_modules())[QUERY].weight.add_(d)  # type: ignore[operator]
+        query = dict(expected_model.model.named_modules())[QUERY]
+        assert isinstance(query, torch.nn.Linear)
+        query.weight.add_(d)
     assert torch.allclose(
         backend.encode_inputs(ids, {QUERY: d}), expected_model.encode_inputs(ids), atol=1e-5
     )

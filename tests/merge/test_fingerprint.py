@@ -9,7 +9,7 @@ from merge.fingerprint import canonical_config, fingerprint_model, fingerprint_s
 
 
 def _fp(model: torch.nn.Module) -> str:
-    return fingerprint_model(model, model.config.to_dict())  # type: ignore[operator]
+    return fingerprint_model(model, model.config.to_dict())  # type: ignore[operator,union-attr]
 
 
 def test_same_seed_same_fingerprint_different_seed_differs() -> None:
