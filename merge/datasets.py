@@ -151,8 +151,14 @@ def _block_of(ancestors: Sequence[str]) -> str | None:
     return next((a for a in ancestors if icd.is_block(a)), None)
 
 
-def _icd_groups(chapter: str | None) -> dict[str, list[str]]:
-    """{group code: [unique descriptions of its categories/subcategories]} in code order."""
+def _icd_groups(chapter: str | None) -> dict[str, tuple[str, ...]]:
+    """{group code: unique descriptions of its categories/subcategories}, in code order."""
+    return dict(_icd_groups_cached(chapter))
+
+
+@cache
+def _icd_groups_cached(chapter: str | None) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    # One pass over the 98k codes costs seconds; tasks ask for the same grouping repeatedly.
     icd = _icd()
     groups: dict[str, list[str]] = {}
     seen: set[str] = set()
@@ -168,10 +174,10 @@ def _icd_groups(chapter: str | None) -> dict[str, list[str]]:
             continue
         seen.add(text)
         groups.setdefault(group, []).append(text)
-    return groups
+    return tuple((k, tuple(v)) for k, v in groups.items())
 
 
-def _icd_records(groups: dict[str, list[str]], per_class: int | None, seed: int) -> Records:
+def _icd_records(groups: dict[str, tuple[str, ...]], per_class: int | None, seed: int) -> Records:
     icd = _icd()
     g = torch.Generator().manual_seed(seed)
     items: list[str] = []
