@@ -158,3 +158,10 @@ def test_config_json_is_canonical(trained: TrainResult) -> None:
     config = json.loads(text)
     assert config["target_modules"] == ["query", "value"]
     assert text == json.dumps(config, indent=2, sort_keys=True) + "\n"
+
+
+def test_no_validation_split_trains_on_everything(backend: TextBackend, tmp_path: Path) -> None:
+    config = replace(CONFIG, steps=2, val_fraction=0.0)
+    result = train_plugin(backend, toy_records(), task="toy", out=tmp_path / "all", config=config)
+    assert result.plugin.n == 0
+    assert (tmp_path / "all" / "adapter_model.safetensors").is_file()
