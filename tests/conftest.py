@@ -53,3 +53,17 @@ def make_adapter(tmp_path: Path) -> Callable[..., Path]:
         return out
 
     return make
+
+
+@pytest.fixture
+def distilled(tmp_path: Path) -> Path:
+    """A small distilled-data file in the documented format (two classes, a and b)."""
+    import json
+
+    path = tmp_path / "distilled.safetensors"
+    save_file(
+        {"inputs": torch.zeros(2, 8), "labels": torch.tensor([0, 1])},
+        str(path),
+        metadata={"classes": json.dumps(["a", "b"])},
+    )
+    return path

@@ -18,7 +18,7 @@ from node.errors import StoreLocked, TransportError
 from node.protocol import Config
 from node.service import NodeService
 from node.transport.libp2p import Libp2pTransport
-from tests.node.test_service import FAST, _commit, _homes, distilled  # noqa: F401
+from tests.node.test_service import FAST, _commit, _homes
 
 FAST_CORE = Config(sync_interval=0.5)
 
@@ -126,7 +126,8 @@ def test_sigterm_stops_the_node_cleanly(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
         proc.stdout.close()
         stderr = proc.stderr.read()
         proc.stderr.close()

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-import torch
 import trio
-from safetensors.torch import save_file
 
 from crypto.records import Commit, Genesis, Member
 from node.bundle import blob_ref
@@ -62,17 +59,6 @@ def _commit(
         commit.blobs["distilled"].sha256: distilled,
     }
     return commit, paths
-
-
-@pytest.fixture
-def distilled(tmp_path: Path) -> Path:
-    path = tmp_path / "distilled.safetensors"
-    save_file(
-        {"inputs": torch.zeros(2, 8), "labels": torch.tensor([0, 1])},
-        str(path),
-        metadata={"classes": json.dumps(["a", "b"])},
-    )
-    return path
 
 
 def _memory(network: MemoryNetwork) -> Callable[[Home], Transport]:
