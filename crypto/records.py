@@ -14,6 +14,7 @@ network can never be replayed into another.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -70,8 +71,9 @@ class _Signed:
     def body(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    @property
+    @functools.cached_property
     def id(self) -> bytes:
+        # Cached: the order and the core ask for ids constantly, and a record is immutable.
         return canonical.sha256(_signing_bytes(self.KIND, self.body()))
 
     def signing_bytes(self) -> bytes:
@@ -379,7 +381,7 @@ def _parse_commit(b: _Body) -> Commit:
         base=b.name("base"),
         blobs=_blobs(b.get("blobs", dict)),
         parent=b.hash("parent") or b"",
-        coeffs=tuple(b.get("coeffs", list)),  # type: ignore[arg-type]
+        coeffs=tuple(b.get("coeffs", list)),
         objective=b.get("objective", dict),
         supersedes=b.hash("supersedes", optional=True),
     )
