@@ -15,6 +15,7 @@ counted and logged by the transport and the peer is disconnected; it never crash
     │   │   ├── BlobNotFound             ... it does not serve that blob
     │   │   └── RateLimited              ... we asked too often
     │   └── RemoteProtocolError          the peer broke the protocol (garbage)
+    │       ├── TruncatedFrame           ... a stream ended mid-frame (not banned: see class)
     │       └── BlobMismatch             ... the bytes do not match the announced size/hash
     └── StoreError                       anything on disk
         ├── StoreLocked                  another process holds the store
@@ -67,6 +68,12 @@ class RateLimited(RemoteRefused):
 
 class RemoteProtocolError(TransportError):
     """The peer sent bytes the protocol does not allow (malformed or oversized frame...)."""
+
+
+class TruncatedFrame(RemoteProtocolError):
+    """A stream ended in the middle of a frame. A peer that shuts down while sending does
+    exactly this, so it is disconnected and counted but not banned: a restarted honest peer
+    must be able to come back at once."""
 
 
 class BlobMismatch(RemoteProtocolError):

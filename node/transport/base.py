@@ -24,6 +24,7 @@ from node.errors import (
     RemoteProtocolError,
     TransportClosed,
     TransportError,
+    TruncatedFrame,
 )
 from node.transport import wire
 from node.transport.peerid import addr_peer, peer_id_from_seed
@@ -194,8 +195,9 @@ class Transport(ABC):
         """A peer broke the protocol: count, log, and drop the connection."""
         self._counts["remote_errors"] += 1
         self._garbage[peer] += 1
-        self._banned[peer] = trio.current_time() + self.config.ban_seconds
-        log.warning("disconnecting and banning %s: %s", peer, exc)
+        if not isinstance(exc, TruncatedFrame):
+            self._banned[peer] = trio.current_time() + self.config.ban_seconds
+        log.warning("disconnecting %s: %s", peer, exc)
         await self.disconnect(peer)
 
     def is_banned(self, peer: PeerId) -> bool:

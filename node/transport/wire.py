@@ -31,6 +31,7 @@ from node.errors import (
     RateLimited,
     RemoteProtocolError,
     RemoteRefused,
+    TruncatedFrame,
 )
 from node.transport.types import BlobSink
 
@@ -74,7 +75,7 @@ async def read_exactly(stream: ByteStream, n: int, idle_timeout: float) -> bytes
     while remaining:
         chunk = await _read_some(stream, remaining, idle_timeout)
         if not chunk:
-            raise RemoteProtocolError(f"stream ended {remaining} bytes before the frame did")
+            raise TruncatedFrame(f"stream ended {remaining} bytes before the frame did")
         parts.append(chunk)
         remaining -= len(chunk)
     return b"".join(parts)
