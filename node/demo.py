@@ -417,10 +417,12 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     timeline = Timeline()
     try:
         start_nodes(institutions)
-        for k, inst in enumerate(institutions, 1):
+        for inst in institutions:
             contribute(config, inst)
-            say(f"\nwaiting for every node to merge forge item v{k} ...")
-            wait_converged(institutions, k, timeline, config.converge_timeout)
+            # On a resumed run the nodes may already hold more than this commit.
+            items = len(call(inst.home.control_path, "log"))
+            say(f"\nwaiting for every node to merge forge item v{items} ...")
+            wait_converged(institutions, items, timeline, config.converge_timeout)
         final = show_progress(institutions, timeline)
         results = evaluate(config, institutions, backend)
     finally:
