@@ -163,3 +163,32 @@ async def test_prometheus_metrics_on_a_loopback_port(tmp_path: Path, nursery: tr
     assert b"\nmedforge_records 0\n" in data
     assert b"# TYPE medforge_garbage_total counter" in data
     node.stop()
+
+
+async def test_export_writes_the_composite_as_a_peft_adapter(
+    tmp_path: Path, nursery: trio.Nursery, make_adapter: Callable[..., Path], distilled: Path
+) -> None:
+    from merge.digest import composite_digest
+    from merge.fold import apply, empty
+    from merge.lora import load_adapter
+    from merge.spec import Limits
+
+    (home,) = _homes(tmp_path, ["alice"])
+    node = NodeService(home, transport=_memory(MemoryNetwork())(home))
+    await nursery.start(node.run)
+    commit, blobs = _commit(home, make_adapter("a"), distilled, node.core.tip, (1.0, 0.5))
+    await node.publish(commit, blobs)
+    with trio.fail_after(30):
+        await node.wait_until(lambda n: n.core.digest is not None and n.core.order.commits != ())
+    out = tmp_path / "export"
+    result = await trio.to_thread.run_sync(lambda: call(home.control_path, "export", out=str(out)))
+    assert result["digest"] == node.core.digest
+    exported = load_adapter(out, base=BASE, limits=Limits())
+    expected = apply(
+        empty("stack"), load_adapter(tmp_path / "a", base=BASE, limits=Limits()), (1.0, 0.5)
+    )
+    # Stack exports scale 1 factors: the same tensors, so the same digest.
+    assert composite_digest(apply(empty("stack"), exported, (1.0, 1.0))) == composite_digest(
+        expected
+    )
+    node.stop()
