@@ -66,7 +66,7 @@ class TextBackend:
         tokenizer: Any,
         *,
         name: str,
-        max_length: int = 64,
+        max_length: int = 128,  # per-batch trimming: short texts never pay for it
         synthetic_length: int = 8,
         logit_scale: float = DEFAULT_TEXT_LOGIT_SCALE,
     ) -> None:
