@@ -12,17 +12,16 @@ from pathlib import Path
 
 import trio
 
-from crypto.records import Commit, Genesis, Member
+from crypto.records import Genesis, Member
 from merge.distill import DistillConfig, distill, save_distilled
 from merge.train import TrainConfig, train_plugin
-from node.bundle import blob_ref
-from node.cli.commit_cmd import commit_blobs
 from node.home import Home
 from node.netspec import make_spec
 from node.protocol import Config
 from node.service import NodeService
 from node.transport import MemoryNetwork, MemoryTransport
 from tests.merge.pipeline_fixtures import save_tiny_text, tiny_text_backend, toy_records
+from tests.node.test_service import _commit
 
 
 def _plugin(tmp_path: Path, name: str, seed: int) -> tuple[Path, Path]:
@@ -36,29 +35,6 @@ def _plugin(tmp_path: Path, name: str, seed: int) -> tuple[Path, Path]:
     distilled = tmp_path / f"{name}-distilled.safetensors"
     save_distilled(report.distilled, distilled)
     return adapter, distilled
-
-
-def _commit(home: Home, adapter: Path, distilled: Path, parent: bytes) -> tuple[Commit, dict]:
-    blobs = commit_blobs(adapter, distilled)
-    genesis = home.genesis()
-    commit = Commit.create(
-        home.identity(),
-        network=genesis.network_id,
-        seq=home.next_seq(),
-        task=f"task-{home.config().name}",
-        classes=("fracture", "infection", "tumour"),
-        base=str(genesis.spec["base"]),
-        blobs={k: blob_ref(v) for k, v in blobs.items()},
-        parent=parent,
-        coeffs=(1.0, 1.0),
-        objective={},
-    )
-    paths = {
-        commit.blobs["adapter_config"].sha256: adapter / "adapter_config.json",
-        commit.blobs["adapter_model"].sha256: adapter / "adapter_model.safetensors",
-        commit.blobs["distilled"].sha256: distilled,
-    }
-    return commit, paths
 
 
 async def test_the_orphans_author_rebases_and_both_nodes_converge(
@@ -88,8 +64,9 @@ async def test_the_orphans_author_rebases_and_both_nodes_converge(
         await nursery.start(node.run)
     alice, bob = nodes
     # Apart, both commit against item_0.
+    classes = ("fracture", "infection", "tumour")
     ours = [
-        _commit(n.home, *_plugin(tmp_path, n.config.name, seed), n.core.tip)
+        _commit(n.home, *_plugin(tmp_path, n.config.name, seed), n.core.tip, (1.0, 1.0), classes)
         for seed, n in enumerate(nodes)
     ]
     for node, (commit, blobs) in zip(nodes, ours, strict=True):

@@ -37,8 +37,14 @@ def _homes(tmp_path: Path, names: list[str], mode: str = "stack") -> list[Home]:
 
 
 def _commit(
-    home: Home, adapter: Path, distilled: Path, parent: bytes, coeffs: tuple[float, float]
+    home: Home,
+    adapter: Path,
+    distilled: Path,
+    parent: bytes,
+    coeffs: tuple[float, float],
+    classes: tuple[str, ...] = ("a", "b"),
 ) -> tuple[Commit, dict[bytes, Path]]:
+    """Sign a commit over real adapter files, as `medforge commit --coeffs` would."""
     blobs = commit_blobs(adapter, distilled)
     genesis = home.genesis()
     commit = Commit.create(
@@ -46,19 +52,19 @@ def _commit(
         network=genesis.network_id,
         seq=home.next_seq(),
         task=f"task-{home.config().name}",
-        classes=("a", "b"),
-        base=BASE,
+        classes=classes,
+        base=str(genesis.spec["base"]),
         blobs={k: blob_ref(v) for k, v in blobs.items()},
         parent=parent,
         coeffs=coeffs,
         objective={},
     )
-    paths = {
-        commit.blobs["adapter_config"].sha256: adapter / "adapter_config.json",
-        commit.blobs["adapter_model"].sha256: adapter / "adapter_model.safetensors",
-        commit.blobs["distilled"].sha256: distilled,
+    files = {
+        "adapter_config": adapter / "adapter_config.json",
+        "adapter_model": adapter / "adapter_model.safetensors",
+        "distilled": distilled,
     }
-    return commit, paths
+    return commit, {commit.blobs[k].sha256: path for k, path in files.items()}
 
 
 def _memory(network: MemoryNetwork) -> Callable[[Home], Transport]:
