@@ -384,7 +384,7 @@ def plot(results: dict[str, Any], timeline: Timeline, out: Path) -> None:
 
     tasks = [*results["tasks"], "mean"]
     rows = list(results["rows"].items())
-    fig, (bars, lines) = plt.subplots(1, 2, figsize=(14, 5))
+    fig, (bars, lines) = plt.subplots(1, 2, figsize=(14, 5.5))
     width = 0.8 / len(rows)
     for k, (name, row) in enumerate(rows):
         xs = [j + k * width for j in range(len(tasks))]
@@ -392,7 +392,8 @@ def plot(results: dict[str, Any], timeline: Timeline, out: Path) -> None:
     bars.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks)
     bars.set_ylabel("accuracy on held-out ICD-10-CM codes")
     bars.set_title("per-task accuracy")
-    bars.legend(fontsize=7)
+    bars.set_ylim(0, 1.0)
+    bars.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3)
     for name in sorted({p[1] for p in timeline.points}):
         pts = [(t, item) for t, n, item, _ in timeline.points if n == name]
         lines.step([t for t, _ in pts], [i for _, i in pts], where="post", label=name)
