@@ -5,7 +5,10 @@ Workarounds (numbers from shared/notes/libp2p-0.8.1.md):
   #2  gossip over the cap is refused in ``Transport.publish`` (gossipsub drops > 1 MiB
       silently); blobs go over ``wire.BLOB_PROTOCOL``.
   #4  graceful stop: ``host.close()`` runs inside ``host.run()`` before anything is
-      cancelled, else the dialer's socket leaks and peers keep ghost connections.
+      cancelled, else the dialer's socket leaks and peers keep ghost connections. A
+      cancelled ``run`` stops the same way (libp2p runs shielded, ``CLOSE_GRACE``).
+  dial only ``connect()`` dials (``_guard_dials``): libp2p's on-demand dial from
+      ``new_stream`` racing a disconnect or a stop leaks the new socket.
   #5  the Pubsub ``LastSeenCache`` sweeper thread is stopped after pubsub exits.
   #6  ``max_connections_per_peer=1``: dials take ~15 ms instead of ~250 ms.
   #7  the per-topic spam limit (10 msg/s) is raised, so announcement bursts survive.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import multiaddr
@@ -31,6 +35,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
@@ -49,7 +54,9 @@ from node.transport.types import PeerId, TransportConfig
 logging.getLogger("libp2p").propagate = True  # libp2p sets False on import
 
 GOSSIPSUB_PROTOCOL = TProtocol("/meshsub/1.1.0")
+CLOSE_GRACE = 5.0  # seconds a cancelled transport gets to close its connections (#4)
 _log = logging.getLogger("node.transport.libp2p")
+_explicit_dial: ContextVar[bool] = ContextVar("explicit_dial", default=False)  # connect()
 
 
 @contextmanager
@@ -159,14 +166,58 @@ class Libp2pTransport(Transport):
         for protocol in (wire.REQUEST_PROTOCOL, wire.BLOB_PROTOCOL):
             self.host.set_stream_handler(TProtocol(protocol), self._on_stream)
         self.host.get_network().register_notifee(_Notifee(self))
+        self._guard_dials()
         self._stopping = trio.Event()
         self._nursery: trio.Nursery | None = None
+
+    def _guard_dials(self) -> None:
+        """libp2p dials on demand: ``new_stream`` to a peer without a connection dials it
+        (pubsub, identify, or our own request racing a disconnect), and such a dial racing
+        the disconnect or our shutdown leaks its socket (``Swarm.close()`` has already
+        taken its list of connections). Only ``connect()`` dials here (and the DHT, when
+        enabled); never once we are stopping, nor towards a banned peer."""
+        network = self.host.get_network()
+        dial = network.dial_peer
+
+        async def dial_peer(peer_id: ID) -> list[INetConn]:
+            if not self._running:
+                raise SwarmException(f"not dialling {peer_id}: transport is stopped")
+            if self.is_banned(str(peer_id)):
+                raise SwarmException(f"not dialling {peer_id}: banned")
+            if not _explicit_dial.get() and not self.config.enable_dht:
+                raise SwarmException(f"not dialling {peer_id}: not connected")
+            return await dial(peer_id)
+
+        network.dial_peer = dial_peer  # type: ignore[method-assign]
 
     @property
     def listen_addrs(self) -> tuple[str, ...]:
         return tuple(str(a) for a in self.host.get_addrs()) if self._running else ()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until ``stop()``, then close gracefully (#4). Cancelling the caller is a
+        stop too: libp2p runs in a shielded scope, and a watcher outside it turns the
+        caller's cancellation into ``stop()``, then allows ``CLOSE_GRACE`` seconds for
+        the close before cancelling libp2p for real. (A test's nursery that is cancelled
+        right after ``stop()`` otherwise interrupts ``host.close()`` and the dialer's
+        sockets leak, to be found by a later test's garbage collection.)"""
+        shield = trio.CancelScope(shield=True)
+        async with trio.open_nursery() as watcher:
+            watcher.start_soon(self._stop_when_cancelled, shield)
+            try:
+                with shield:
+                    await self._serve(task_status)
+            finally:
+                watcher.cancel_scope.cancel()
+
+    async def _stop_when_cancelled(self, shield: trio.CancelScope) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:  # the caller was cancelled, or _serve returned (then this is a no-op)
+            self.stop()
+            shield.deadline = min(shield.deadline, trio.current_time() + CLOSE_GRACE)
+
+    async def _serve(self, task_status: Any) -> None:
         try:
             async with self.host.run(listen_addrs=self._listen), AsyncExitStack() as stack:
                 for service in self._services():
@@ -212,11 +263,14 @@ class Libp2pTransport(Transport):
             raise PeerUnreachable("cannot dial self")
         if self.is_banned(peer):
             raise PeerUnreachable(f"{peer} is banned for sending garbage")
+        explicit = _explicit_dial.set(True)
         try:
             with trio.fail_after(self.config.request_timeout), _mapped(PeerUnreachable, addr):
                 await self.host.connect(info)
         except trio.TooSlowError as exc:
             raise PeerUnreachable(f"dial {addr} timed out") from exc
+        finally:
+            _explicit_dial.reset(explicit)
         self._peer_up(peer)  # the notifee may still be in flight; make connect() final
         return peer
 

@@ -3,8 +3,11 @@ Everything shared with the in-memory twin is in test_transport_conformance.py.""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
+import os
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,6 +31,19 @@ from node.transport.libp2p import Libp2pTransport
 
 WAIT = 10.0
 LOOPBACK = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+
+
+def open_sockets() -> set[str]:
+    """The sockets this process holds open, as ``socket:[inode]``."""
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile (or the listdir's own fd)
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
 
 
 def seed_of(name: str) -> bytes:
@@ -135,3 +151,51 @@ async def test_raw_tcp_garbage_does_not_hurt_the_node(alice: Libp2pTransport) ->
         with trio.fail_after(WAIT):
             assert await bob.request(alice.peer_id, b"still up", max_response=100) == b"still up"
         bob.stop()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts fds in /proc")
+async def test_cancelling_right_after_stop_still_closes_every_socket() -> None:
+    """pytest-trio cancels a test's nursery as soon as the test returns, so right after
+    ``stop()``. That used to cancel ``host.close()`` mid-way: the dialer's socket stayed
+    open and a later test's garbage collection failed on its ResourceWarning (#4)."""
+    gc.collect()
+    before = open_sockets()
+    for _ in range(2):
+        a, b = Libp2pTransport(seed_of("a")), Libp2pTransport(seed_of("b"))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            await b.connect(a.listen_addrs[0])
+            assert (await next_event(a, PeerConnected)).peer == b.peer_id
+            b.stop()
+            a.stop()
+            nursery.cancel_scope.cancel()
+    del a, b, nursery
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        gc.collect()
+    assert [str(w.message) for w in caught if "unclosed" in str(w.message)] == []
+    assert open_sockets() - before == set()
+
+
+async def test_only_connect_dials(alice: Libp2pTransport) -> None:
+    """libp2p dials whenever a stream is wanted to an unconnected peer, and such a dial
+    racing a disconnect leaked its socket; the transport refuses every dial but
+    ``connect()``'s, and any towards a banned peer or once it is stopping."""
+    async with trio.open_nursery() as nursery:
+        bob = Libp2pTransport(seed_of("bob"))
+        await nursery.start(bob.run)
+        bob_id = ID.from_base58(bob.peer_id)
+        addr = multiaddr.Multiaddr(bob.listen_addrs[0]).decapsulate_code(421)  # no /p2p
+        alice.host.get_peerstore().add_addrs(bob_id, [addr], 60)
+        alice._banned[bob.peer_id] = trio.current_time() + 60
+        with pytest.raises(SwarmException, match="banned"):
+            await alice.host.get_network().dial_peer(bob_id)
+        del alice._banned[bob.peer_id]
+        with pytest.raises(SwarmException, match="not connected"):  # only connect() dials
+            await alice.host.get_network().dial_peer(bob_id)
+        assert not alice.host.get_network().get_connections(bob_id)
+        assert await alice.connect(f"{addr}/p2p/{bob.peer_id}") == bob.peer_id
+        bob.stop()
+    with pytest.raises(SwarmException, match="stopped"):
+        await bob.host.get_network().dial_peer(ID.from_base58(alice.peer_id))
