@@ -89,10 +89,13 @@ def run_node(args: argparse.Namespace) -> int:
     )
 
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(service.run)
-            print(json.dumps({"event": "ready", "listen": list(service.listen_addrs)}), flush=True)
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        # The signal receiver is open before "ready" is printed: a supervisor that sends
+        # SIGTERM as soon as it reads "ready" must get a clean stop, not the default kill.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(service.run)
+                ready = {"event": "ready", "listen": list(service.listen_addrs)}
+                print(json.dumps(ready), flush=True)
                 async for _ in signals:
                     service.stop()
                     break
