@@ -514,7 +514,7 @@ def write_outputs(out: Path, tag: str, results: dict[str, Any], meta: dict[str, 
 def finish(name: str, samples: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     summary = summarize(samples)
     seeds = len({s["seed"] for s in samples})
-    orders = len({tuple(s["order"]) for s in samples if s["order"]}) // max(seeds, 1)
+    orders = len({tuple(s["order"]) for s in samples if s["order"]})
     return {
         "rows": row_order(name, samples),
         "runs": f"{seeds} seed(s) x {orders} order(s)",
@@ -538,6 +538,9 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Sizes]:
     ap.add_argument("--orders", default=None, help="auto | all | cyclic | N")
     ap.add_argument("--tag", default=None, help="output name (default: quick/full[-settings])")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    ap.add_argument("--combine", type=Path, nargs="+", default=None, metavar="JSON",
+                    help="no run: re-summarize earlier JSON outputs (e.g. one per setting) "
+                    "into one table, plot and JSON named --tag")
     args = ap.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
     overrides = {k: getattr(args, k) for k in ("seeds", "steps", "budget", "orders")}
@@ -547,8 +550,24 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Sizes]:
     return args, sizes
 
 
+def combine(paths: Sequence[Path], out: Path, tag: str) -> Path:
+    """One report from runs made separately (e.g. the three settings in parallel)."""
+    results: dict[str, Any] = {}
+    metas = []
+    for p in paths:
+        data = json.loads(p.read_text())
+        metas.append({k: v for k, v in data.items() if k != "settings"})
+        for name, r in data["settings"].items():
+            results[name] = finish(name, r["samples"], r["seconds"])
+    meta = {"tag": tag, "sizes": metas[0]["sizes"], "combined_from": metas}
+    return write_outputs(out, tag, results, meta)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args, sizes = parse(argv)
+    if args.combine:
+        print(combine(args.combine, args.out, args.tag or "combined").read_text())
+        return
     torch.set_num_threads(1)  # measured: MiniLM on this VM is several times faster on one
     t0 = time.perf_counter()
     default = "quick" if args.quick else "full"
