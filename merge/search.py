@@ -22,8 +22,10 @@ The default is ``"logprob"`` because it is the quantity the paper means: softmax
 probabilities squashes every loss into about ``[log C - 1, log C]``, so the landscape the
 optimizer sees is nearly flat and the L1 term dominates it, and for a mixture (whose ``P`` is
 already a distribution) a second softmax has no meaning. ``"paper"`` stays for faithful
-reproduction. With negative mixture weights ``P`` can leave [0, 1]; ``logprob`` clamps it
-at 1e-12 so such candidates score badly instead of producing NaN.
+reproduction. ``logprob`` renormalises ``P`` per sample before the log (a mixture's
+``Σ λ_j softmax_j`` is a distribution only when the weights sum to 1; unnormalised, the search
+just inflated the weights to the bound), and clamps it at 1e-12 so candidates with negative
+mixture weights score badly instead of producing NaN.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def search_coeffs(
     """
     cfg = settings or SearchSettings()
     with torch.no_grad():
-        pooled = _Pooled(encoder, data, cfg.objective)
+        pooled = _Pooled(encoder, data, cfg.objective, mixture=head.mode == "mixture")
         before = pooled.loss(predict_proba_all(encoder, head, pooled.tasks))
         score = _scorer(encoder, head, adapter, pooled)
         if head.is_empty:
@@ -149,14 +151,19 @@ def _softmax_all(
 class _Pooled:
     """The pooled distilled data with each task's frozen class features computed once."""
 
-    def __init__(self, encoder: DualEncoder, data: Sequence[TaskData], objective: str):
+    def __init__(
+        self, encoder: DualEncoder, data: Sequence[TaskData], objective: str, mixture: bool
+    ) -> None:
         if not data:
             raise ValueError("the search needs distilled data of at least one task")
         self.tasks = [(d.inputs, encoder.encode_classes(d.classes)) for d in data]
         self.labels = [d.labels.to(torch.int64) for d in data]
         self.objective = objective
+        self.renormalise = mixture and objective == "logprob"
 
     def loss(self, probs: Sequence[torch.Tensor]) -> float:
+        if self.renormalise:
+            probs = _renormalised(probs)
         per_sample = [
             _sample_loss(p, y, self.objective) for p, y in zip(probs, self.labels, strict=True)
         ]
@@ -167,6 +174,14 @@ def _sample_loss(probs: torch.Tensor, labels: torch.Tensor, objective: str) -> t
     if objective == "paper":  # the paper's code: cross-entropy applied to probabilities
         return F.cross_entropy(probs, labels, reduction="none")
     return F.nll_loss(probs.clamp_min(_EPS).log(), labels, reduction="none")
+
+
+def _renormalised(probs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """A mixture's ``Σ λ_j softmax_j`` as a distribution. Scored raw, it rewards inflating
+    every λ (measured: 2/3 of searched mixture weights ended on the ±bound); only the weights'
+    ratio changes predictions, so that is what the logprob objective sees."""
+    clamped = [p.clamp_min(_EPS) for p in probs]
+    return [p / p.sum(-1, keepdim=True) for p in clamped]
 
 
 def _scorer(
