@@ -21,11 +21,13 @@ from typing import Any
 
 import trio
 
+from node.errors import NodeError
+
 MAX_REQUEST = 1 << 20
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
-class ControlError(Exception):
+class ControlError(NodeError):
     """The node is not running, or it refused the request (the message says why)."""
 
 

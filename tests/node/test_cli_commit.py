@@ -449,3 +449,11 @@ def test_offline_merge_digest_is_reproducible_and_order_sensitive(
     first = merge(bundle, network / "bob-bundle")
     assert merge(bundle, network / "bob-bundle") == first
     assert merge(network / "bob-bundle", bundle) != first
+
+
+def test_status_without_a_running_node_says_so(
+    network: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = run(capsys, "status", "--home", str(network / "alice"))
+    assert code == 2
+    assert "no node is running" in out
