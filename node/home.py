@@ -34,12 +34,15 @@ class Config:
     listen: str = DEFAULT_LISTEN
     bootstrap: list[str] = field(default_factory=list)
     metrics_port: int | None = None
+    dht: bool = False  # also run a Kademlia DHT (py-libp2p's; discovery beyond bootstrap)
 
     def to_toml(self) -> str:
         lines = [f"name = {_toml_str(self.name)}", f"listen = {_toml_str(self.listen)}"]
         lines.append("bootstrap = [" + ", ".join(_toml_str(b) for b in self.bootstrap) + "]")
         if self.metrics_port is not None:
             lines.append(f"metrics_port = {self.metrics_port}")
+        if self.dht:
+            lines.append("dht = true")
         return "\n".join(lines) + "\n"
 
     @classmethod
@@ -50,6 +53,7 @@ class Config:
             listen=str(raw.get("listen", DEFAULT_LISTEN)),
             bootstrap=[str(b) for b in raw.get("bootstrap", [])],
             metrics_port=raw.get("metrics_port"),
+            dht=bool(raw.get("dht", False)),
         )
 
 

@@ -89,7 +89,9 @@ class NodeService:
         from node.transport.libp2p import Libp2pTransport
 
         config = config or TransportConfig(
-            listen_addrs=(self.config.listen,), bootstrap=tuple(self.config.bootstrap)
+            listen_addrs=(self.config.listen,),
+            bootstrap=tuple(self.config.bootstrap),
+            enable_dht=self.config.dht,
         )
         return Libp2pTransport(self.identity.private_bytes(), config)
 
