@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import functools
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeAlias
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar, Literal, TypeAlias
 
 from crypto import canonical
 from crypto.errors import (
@@ -61,15 +62,15 @@ def _signing_bytes(kind: str, body: Mapping[str, Any]) -> bytes:
 
 
 @dataclass(frozen=True)
-class _Signed:
+class _Signed(ABC):
     """Shared machinery: body <-> fields, id, signatures, envelope."""
 
+    KIND: ClassVar[str]
     sigs: tuple[Signature, ...] = field(default=(), kw_only=True, compare=False)
 
-    KIND: str = field(default="", init=False, repr=False, compare=False)
-
+    @abstractmethod
     def body(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The signed content as plain values for the canonical encoding."""
 
     @functools.cached_property
     def id(self) -> bytes:
@@ -117,7 +118,7 @@ class Genesis(_Signed):
     threshold: int
     spec: Mapping[str, Any]
     nonce: str
-    KIND: str = field(default="genesis", init=False, repr=False, compare=False)
+    KIND: ClassVar[str] = "genesis"
 
     @property
     def network_id(self) -> bytes:
@@ -148,7 +149,7 @@ class Commit(_Signed):
     coeffs: tuple[float, float]
     objective: Mapping[str, float]
     supersedes: bytes | None = None
-    KIND: str = field(default="commit", init=False, repr=False, compare=False)
+    KIND: ClassVar[str] = "commit"
 
     @classmethod
     def create(cls, identity: Identity, **fields: Any) -> Commit:
@@ -156,10 +157,6 @@ class Commit(_Signed):
         _check_commit(commit)
         signed: Commit = commit.signed_by(identity)
         return signed
-
-    @property
-    def signature(self) -> bytes:
-        return self.sigs[0].sig if self.sigs else b""
 
     def body(self) -> dict[str, Any]:
         return {
@@ -194,7 +191,7 @@ class RosterUpdate(_Signed):
     new_key: PublicKey | None = None
     keep_through_seq: int = -1
     threshold: int = 0
-    KIND: str = field(default="roster", init=False, repr=False, compare=False)
+    KIND: ClassVar[str] = "roster"
 
     def body(self) -> dict[str, Any]:
         return {
@@ -219,7 +216,7 @@ class Revocation(_Signed):
     commit: bytes | None = None
     from_seq: int | None = None
     reason: str = ""
-    KIND: str = field(default="revocation", init=False, repr=False, compare=False)
+    KIND: ClassVar[str] = "revocation"
 
     def body(self) -> dict[str, Any]:
         return {
@@ -371,7 +368,7 @@ def _member(raw: Any) -> Member:
 
 
 def _parse_commit(b: _Body) -> Commit:
-    b.exactly(Commit.__dataclass_fields__.keys() - {"sigs", "KIND"})
+    b.exactly({f.name for f in fields(Commit)} - {"sigs"})
     commit = Commit(
         network=b.hash("network") or b"",
         author=_key(b.body["author"], "commit.author"),
@@ -424,7 +421,7 @@ def _blobs(raw: dict[str, Any]) -> dict[str, BlobRef]:
 
 
 def _parse_roster(b: _Body) -> RosterUpdate:
-    b.exactly(RosterUpdate.__dataclass_fields__.keys() - {"sigs", "KIND"})
+    b.exactly({f.name for f in fields(RosterUpdate)} - {"sigs"})
     op = b.get("op", str)
     if op not in ("add", "remove", "rotate", "threshold"):
         raise SchemaError(f"unknown roster op {op!r}")

@@ -22,7 +22,13 @@ import trio
 from crypto.records import Commit, Record, decode_record
 from node import protocol as p
 from node.composer import Composer
-from node.errors import NodeError, StoreError, TransportError
+from node.errors import (
+    CorruptBlob,
+    NodeError,
+    RemoteProtocolError,
+    StoreError,
+    TransportError,
+)
 from node.home import Home
 from node.netspec import base_fingerprint, merge_spec
 from node.store import Store
@@ -196,7 +202,7 @@ class NodeService:
                 self._timer_at = at
                 self._timer_moved.set()
             case p.Disconnect(peer, reason):
-                self._error(f"disconnecting {self._name(peer)}: {reason}")
+                self._error(f"disconnecting {self.name_of(peer)}: {reason}")
                 self._nursery.start_soon(self.transport.disconnect, peer)
             case p.Rebase(commit_id, parent):
                 self._nursery.start_soon(self._rebase, commit_id, parent)
@@ -223,7 +229,8 @@ class NodeService:
         log.warning("%s", message)
         self.errors = [*self.errors[-31:], (time.time(), message)]
 
-    def _name(self, peer: PeerId) -> str:
+    def name_of(self, peer: PeerId) -> str:
+        """The member name of a peer, or the tail of its peer id."""
         return self.names.get(peer, peer[-8:])
 
     # -- network -----------------------------------------------------------------------
@@ -260,7 +267,7 @@ class NodeService:
             try:
                 await self.transport.request(peer, data, max_response=16)
             except TransportError as exc:
-                log.info("send to %s failed: %s", self._name(peer), exc)
+                log.info("send to %s failed: %s", self.name_of(peer), exc)
 
     async def _fetch(self, peer: PeerId, sha: bytes, size: int, kind: str) -> None:
         result = p.BlobResult.UNAVAILABLE
@@ -272,14 +279,14 @@ class NodeService:
             data = await trio.to_thread.run_sync(path.read_bytes)
             await trio.to_thread.run_sync(check_blob, kind, data, merge_spec(self.genesis).limits)
         except InvalidBlob as exc:
-            self._error(f"blob {sha.hex()[:12]} from {self._name(peer)} is invalid: {exc}")
+            self._error(f"blob {sha.hex()[:12]} from {self.name_of(peer)} is invalid: {exc}")
             result = p.BlobResult.INVALID
         except (StoreError, TransportError) as exc:
-            from node.errors import RemoteProtocolError
-
-            corrupt = isinstance(exc, RemoteProtocolError) or "hash" in str(exc)
+            # Wrong bytes (the stream's check or the store's) are the peer's fault; anything
+            # else (refused, timed out, disk) only means "try another holder".
+            corrupt = isinstance(exc, RemoteProtocolError | CorruptBlob)
             result = p.BlobResult.CORRUPT if corrupt else p.BlobResult.UNAVAILABLE
-            log.info("fetch of %s from %s failed: %s", sha.hex()[:12], self._name(peer), exc)
+            log.info("fetch of %s from %s failed: %s", sha.hex()[:12], self.name_of(peer), exc)
         self.post(p.BlobReceived(peer, sha, result))
 
     # -- timers and merging ------------------------------------------------------------

@@ -33,7 +33,7 @@ async def handle(node: NodeService, request: dict[str, Any]) -> Any:
     if op == "publish":
         return await publish(node, Path(str(request["bundle"])))
     if op == "publish_record":
-        return await publish_record(node, Path(str(request["path"])))
+        return await publish_record(node, Path(str(request["file"])))
     if op == "export":
         return await export(node, Path(str(request["out"])))
     if op == "stop":
@@ -52,7 +52,7 @@ def status(node: NodeService) -> dict[str, Any]:
         peers.append(
             {
                 "peer_id": peer,
-                "name": node._name(peer),
+                "name": node.name_of(peer),
                 "same_composite": bool(
                     report and report.digest == core.digest and report.head == order.head
                 ),

@@ -40,6 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_json(log)
     log.set_defaults(func=run_log)
 
+    publish = sub.add_parser(
+        "publish", help="hand roster updates or revocations to the running node to gossip"
+    )
+    add_home(publish)
+    publish.add_argument("records", type=Path, nargs="+", help="files from `roster` or `revoke`")
+    publish.set_defaults(func=run_publish)
+
     export = sub.add_parser("export", help="write the current composite (PEFT dir or mixture)")
     add_home(export)
     export.add_argument("--out", type=Path, required=True)
@@ -137,6 +144,13 @@ def run_log(args: argparse.Namespace) -> int:
             f"w=({w1:+.4f}, {w2:+.4f}) commit {e['commit'][:12]}{tag}"
         )
     emit(args, {"items": entries}, "\n".join(lines))
+    return 0
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    for path in args.records:
+        result = _call(args, "publish_record", file=str(path.resolve()))
+        print(f"published {result['kind']} {result['record'][:16]} from {path}")
     return 0
 
 

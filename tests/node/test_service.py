@@ -198,3 +198,26 @@ async def test_export_writes_the_composite_as_a_peft_adapter(
         expected
     )
     node.stop()
+
+
+async def test_a_published_revocation_takes_the_commit_out_of_the_order(
+    tmp_path: Path, nursery: trio.Nursery, make_adapter: Callable[..., Path], distilled: Path
+) -> None:
+    from crypto.records import Revocation
+    from node.cli import main
+
+    (home,) = _homes(tmp_path, ["alice"])
+    node = NodeService(home, transport=_memory(MemoryNetwork())(home))
+    await nursery.start(node.run)
+    commit, blobs = _commit(home, make_adapter("a"), distilled, node.core.tip, (1.0, 1.0))
+    await node.publish(commit, blobs)
+    with trio.fail_after(30):
+        await node.wait_until(lambda n: n.core.order.commits == (commit.id,))
+    revocation = Revocation(home.genesis().network_id, home.identity().public, commit=commit.id)
+    path = tmp_path / "revoke.cbor"
+    path.write_bytes(revocation.signed_by(home.identity()).encode())
+    code = await trio.to_thread.run_sync(main, ["publish", "--home", str(home.path), str(path)])
+    assert code == 0
+    with trio.fail_after(30):
+        await node.wait_until(lambda n: n.core.order.commits == ())
+    node.stop()
