@@ -27,12 +27,11 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from merge.backends.base import DualEncoder
+from merge.base_shapes import INPUT_KINDS
 from merge.datasets import Records, require_every_class
+from merge.distilled_blob import DISTILLED_FORMAT
 from merge.pipeline_errors import DataFormatError, LabelError
 from merge.safetensors_io import write_canonical
-
-DISTILLED_FORMAT = "medforge-distilled/1"
-INPUT_KINDS = ("text-embeds", "pixels")
 
 
 class RealRecordsWarning(UserWarning):

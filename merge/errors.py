@@ -17,6 +17,7 @@ Tree::
     │   ├── ShapeError               factors that do not fit each other, the config or the base
     │   ├── NonFiniteError           NaN or Inf in a tensor
     │   └── LimitError               over a size/rank/norm bound of the merge spec
+    ├── DistilledError               a distilled set that does not fit the base or its commit
     ├── CoefficientError             a merge coefficient that is not a finite float
     ├── ModeError                    an operation on a composite of the wrong mode
     └── SpecError                    a merge spec that is malformed or out of range
@@ -70,6 +71,11 @@ class NonFiniteError(AdapterError):
 
 class LimitError(AdapterError):
     """A size, rank or norm bound of the merge spec is exceeded."""
+
+
+class DistilledError(MergeError):
+    """A distilled summary set whose bytes, shapes, dtypes or labels are not what the
+    network's base takes and the commit's classes say."""
 
 
 class CoefficientError(MergeError):

@@ -13,6 +13,7 @@ norm bound, which is summed in a fixed order rather than by a threaded reduction
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 FACTOR_SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B"}
 _NORM_CHUNK = 1 << 16
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,21 +118,38 @@ def load_adapter_bytes(
 ) -> LoraAdapter:
     """Validate an adapter given as the two files' bytes (as a node receives them).
 
-    ``base``: the network's base fingerprint; the adapter's declared base (safetensors
-    metadata ``"base"``, else the config's ``base_model_name_or_path``) must equal it.
-    ``shapes``: ``{module path: (out, in)}`` of the base's Linear weights, when known.
+    ``base``: the network's base fingerprint. ``shapes``: ``{module path: (out, in)}`` of the
+    base's Linear weights (the network's shape table).
+
+    What decides "trained on this base" is the shape table: every module must exist in the
+    base with exactly the shape the factors compose to. A declared base (medforge's
+    safetensors metadata ``"base"``, or a config ``base_model_name_or_path`` that is a
+    fingerprint) must also equal ``base``; an undeclared one (PEFT writes a path, a hub id or
+    null) is accepted when the shape table is given, and refused without one.
     """
     scales = parse_config(config_json, name)
     tensors, metadata = read_safetensors(safetensors, name, limits)
-    declared = metadata.get("base") or scales.declared_base or ""
-    if base is not None and declared != base:
+    declared = _declared_base(metadata.get("base"), scales.declared_base)
+    if base is not None and declared is not None and declared != base:
         raise BaseMismatchError(name, None, f"trained on {declared!r}, network base is {base!r}")
+    if base is not None and declared is None and shapes is None:
+        raise BaseMismatchError(name, None, "declares no base and no shape table can check it")
     pairs = _pair_factors(tensors, name)
     modules = {
         module: _admit_module(name, module, a, b, scales, limits, shapes)
         for module, (a, b) in sorted(pairs.items())
     }
-    return LoraAdapter(base=declared, modules=modules, name=name)
+    return LoraAdapter(base=base or declared or "", modules=modules, name=name)
+
+
+def _declared_base(metadata_base: str | None, config_base: str | None) -> str | None:
+    """The fingerprint an adapter claims, if any. A config's base name counts only when it
+    is a fingerprint (64 hex digits): PEFT writes the path or hub id it loaded from."""
+    if metadata_base:
+        return metadata_base
+    if config_base and _FINGERPRINT.fullmatch(config_base):
+        return config_base
+    return None
 
 
 def _pair_factors(

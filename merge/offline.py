@@ -1,7 +1,8 @@
 """Offline merging for researchers (``medforge merge``): adapter directories in, composite out.
 
 No network and no signatures: the caller names the adapters and their coefficients in the
-order to fold them. Every adapter must declare the same base as the first one.
+order to fold them. Every adapter that declares a base must declare the same one as the
+first that does.
 """
 
 from __future__ import annotations
@@ -21,6 +22,6 @@ def merge_paths(spec: MergeSpec, steps: Sequence[tuple[Path, tuple[float, float]
     base: str | None = None
     for path, coeffs in steps:
         adapter = load_adapter(path, base=base, limits=spec.limits, name=str(path))
-        base = adapter.base
+        base = adapter.base or None  # the first adapter that declares a base sets it
         c = apply(c, adapter, coeffs)
     return c

@@ -19,8 +19,8 @@ from pathlib import Path
 from crypto.errors import BlobMismatch, SchemaError
 from crypto.records import BLOB_KINDS, BlobRef, Commit, Genesis, Record, decode_record
 from crypto.roster import Roster
-from merge.lora import load_adapter_bytes
-from node.netspec import base_fingerprint, merge_spec
+from node.netspec import merge_spec
+from node.validate import Rules, check_commit
 
 COMMIT_FILE = "commit.cbor"
 GENESIS_FILE = "genesis.cbor"
@@ -45,18 +45,6 @@ def blob_ref(data: bytes) -> BlobRef:
 
 def max_blob_bytes(genesis: Genesis) -> int:
     return merge_spec(genesis).limits.max_blob_bytes
-
-
-def check_adapter(commit: Commit, config_json: bytes, weights: bytes, genesis: Genesis) -> None:
-    """The merge engine's validation of the adapter blobs: base, shapes, finiteness, bounds
-    (raises a ``merge.errors.AdapterError`` naming the adapter and tensor)."""
-    load_adapter_bytes(
-        config_json,
-        weights,
-        base=base_fingerprint(genesis),
-        limits=merge_spec(genesis).limits,
-        name=f"{commit.task}@{commit.id.hex()[:12]}",
-    )
 
 
 def write_bundle(out: Path, commit: Commit, blobs: Mapping[str, bytes], genesis: Genesis) -> Bundle:
@@ -87,10 +75,11 @@ def read_bundle_genesis(path: Path) -> Genesis:
 
 
 def verify_bundle(path: Path, genesis: Genesis, records: Iterable[Record] = ()) -> Bundle:
-    """Check signature, schema, network, roster membership, blob hashes and sizes.
+    """Check signature, schema, network, roster membership, blob hashes and sizes, then the
+    one validity function every node runs at receipt (``node.validate``).
 
-    Raises a ``crypto.errors.CryptoError`` subclass naming the reason, or ``OSError`` for a
-    missing file.
+    Raises a ``crypto.errors.CryptoError`` subclass naming the reason, ``InvalidCommit`` for
+    content every node would refuse, or ``OSError`` for a missing file.
     """
     record = decode_record((path / COMMIT_FILE).read_bytes(), network=genesis.network_id)
     if not isinstance(record, Commit):
@@ -100,9 +89,8 @@ def verify_bundle(path: Path, genesis: Genesis, records: Iterable[Record] = ()) 
     limit = max_blob_bytes(genesis)
     for kind in BLOB_KINDS:
         _verify_blob(bundle.blob_path(kind), kind, record.blobs[kind], limit)
-    check_adapter(
-        record, bundle.blob_bytes("adapter_config"), bundle.blob_bytes("adapter_model"), genesis
-    )
+    blobs = {kind: bundle.blob_bytes(kind) for kind in BLOB_KINDS}
+    check_commit(record, blobs, Rules.of(genesis))
     return bundle
 
 

@@ -5,6 +5,11 @@ composite and, when the new order extends the old one (the usual case: a commit 
 tip), applies only the new steps. Anything else (an orphan inserted before others, a
 revocation) refolds from the empty composite. Both paths give the same bytes; a test holds them
 to it by digest.
+
+Adapters are loaded through the one validity function (``node.validate``), so the fold only
+ever sees what a node would have admitted. A step that still fails (a defect of ours, a blob
+gone from disk) raises ``FoldError`` naming the commit, and the composer keeps its last
+composite: nothing is half-applied.
 """
 
 from __future__ import annotations
@@ -15,16 +20,26 @@ from dataclasses import dataclass, field
 from crypto.records import Commit
 from merge import fold
 from merge.digest import composite_digest
-from merge.lora import LoraAdapter, load_adapter_bytes
+from merge.lora import LoraAdapter
 from merge.spec import MergeSpec
+from node.validate import Rules, check_commit
 
 BlobReader = Callable[[bytes], bytes]
+
+
+class FoldError(Exception):
+    """Folding ``commit_id`` failed; the composite is the one before the update."""
+
+    def __init__(self, commit_id: bytes, cause: BaseException) -> None:
+        self.commit_id = commit_id
+        self.cause = cause
+        super().__init__(f"commit {commit_id.hex()[:12]}: {type(cause).__name__}: {cause}")
 
 
 @dataclass
 class Composer:
     spec: MergeSpec
-    base: str
+    rules: Rules
     read_blob: BlobReader
     order: tuple[bytes, ...] = ()
     composite: fold.Composite = field(init=False)
@@ -35,16 +50,15 @@ class Composer:
         self.composite = fold.empty(self.spec.mode)
         self.digest = composite_digest(self.composite)
 
+    @property
+    def base(self) -> str:
+        return self.rules.base
+
     def adapter(self, commit: Commit) -> LoraAdapter:
         cached = self._adapters.get(commit.id)
         if cached is None:
-            cached = load_adapter_bytes(
-                self.read_blob(commit.blobs["adapter_config"].sha256),
-                self.read_blob(commit.blobs["adapter_model"].sha256),
-                base=self.base,
-                limits=self.spec.limits,
-                name=f"{commit.task}@{commit.id.hex()[:12]}",
-            )
+            blobs = {kind: self.read_blob(ref.sha256) for kind, ref in commit.blobs.items()}
+            cached = check_commit(commit, blobs, self.rules)
             self._adapters[commit.id] = cached
         return cached
 
@@ -58,7 +72,10 @@ class Composer:
         else:
             start, composite = 0, fold.empty(self.spec.mode)
         for commit in commits[start:]:
-            composite = fold.apply(composite, self.adapter(commit), commit.coeffs)
+            try:
+                composite = fold.apply(composite, self.adapter(commit), commit.coeffs)
+            except Exception as exc:  # noqa: BLE001 - reported with the commit that caused it
+                raise FoldError(commit.id, exc) from exc
         self.order, self.composite = ids, composite
         self.digest = composite_digest(composite)
         return self.digest

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from crypto.records import Genesis, Member
+from merge.base_shapes import BaseShapes, shapes_of
 from node.control import ControlError, call
 from node.home import Home
 from node.netspec import make_spec
@@ -108,7 +109,7 @@ def prepare(config: DemoConfig) -> tuple[list[Institution], Any]:
     institutions = [
         _institution(config, name, task, chapter) for name, task, chapter in INSTITUTIONS
     ]
-    _genesis(config, institutions, backend.fingerprint)
+    _genesis(config, institutions, backend.fingerprint, shapes_of(backend))
     for inst in institutions:
         _write_data(config, inst)
     return institutions, backend
@@ -120,7 +121,9 @@ def _institution(config: DemoConfig, name: str, task: str, chapter: str) -> Inst
     return Institution(name, task, chapter, home)
 
 
-def _genesis(config: DemoConfig, institutions: list[Institution], base: str) -> Genesis:
+def _genesis(
+    config: DemoConfig, institutions: list[Institution], base: str, shapes: BaseShapes
+) -> Genesis:
     first = institutions[0].home
     if first.genesis_path.exists():
         return first.genesis()
@@ -128,7 +131,7 @@ def _genesis(config: DemoConfig, institutions: list[Institution], base: str) -> 
         name="icd10-demo",
         members=tuple(Member(i.name, i.home.identity().public) for i in institutions),
         threshold=2,
-        spec=make_spec(config.mode, base, backend="text", model=""),
+        spec=make_spec(config.mode, base, shapes, backend="text", model=""),
         nonce=os.urandom(8).hex(),
     )
     for inst in institutions:
@@ -339,13 +342,14 @@ def evaluate(config: DemoConfig, institutions: list[Institution], backend: Any) 
     from merge.lora import load_adapter
     from node.cli.commit_cmd import _head_commits
     from node.composer import Composer
-    from node.netspec import base_fingerprint, merge_spec
+    from node.netspec import merge_spec
+    from node.validate import Rules
 
     home = institutions[0].home
     genesis = home.genesis()
     spec = merge_spec(genesis)
     commits, paths = _head_commits(call(home.control_path, "head"))
-    composer = Composer(spec, base_fingerprint(genesis), lambda sha: paths[sha].read_bytes())
+    composer = Composer(spec, Rules.of(genesis), lambda sha: paths[sha].read_bytes())
     digest = composer.update(commits)
     adapters = {
         i.name: load_adapter(i.dir / "plugin", base=backend.fingerprint, limits=spec.limits)

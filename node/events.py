@@ -8,6 +8,7 @@ import enum
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from crypto.records import Commit
 from node.order import Order
 
 # --- events -------------------------------------------------------------------------------
@@ -33,7 +34,6 @@ class BlobResult(enum.Enum):
     VERIFIED = "verified"
     UNAVAILABLE = "unavailable"
     CORRUPT = "corrupt"
-    INVALID = "invalid"
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,21 @@ class LocalRecord:
     data: bytes
     blobs_held: bool = True
     restored: bool = False
+    invalid: str | None = None  # restored: the verdict the store kept for it
+
+
+class Verdict(enum.Enum):
+    VALID = "valid"
+    INVALID = "invalid"  # the commit fails the validity function: everywhere alike
+    MISSING = "missing"  # some blob bytes were not the commit's (our store's fault): refetch
+
+
+@dataclass(frozen=True)
+class Judged:
+    record_id: bytes
+    verdict: Verdict
+    reason: str = ""
+    missing: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,7 @@ Event: TypeAlias = (
     | LocalRecord
     | Timer
     | MergeDone
+    | Judged
 )
 
 # --- actions ------------------------------------------------------------------------------
@@ -100,6 +116,23 @@ class StoreRecord:
 
 
 @dataclass(frozen=True)
+class Validate:
+    """Run the validity function on this commit and its (held) blobs; answer ``Judged``."""
+
+    record_id: bytes
+    commit: Commit
+
+
+@dataclass(frozen=True)
+class StoreInvalid:
+    """Keep an invalid commit as evidence (so it is never fetched or judged again)."""
+
+    id: bytes
+    data: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
 class Merge:
     order: Order
 
@@ -128,7 +161,17 @@ class Rejected:
 
 
 Action: TypeAlias = (
-    Send | Broadcast | FetchBlob | StoreRecord | Merge | SetTimer | Disconnect | Rebase | Rejected
+    Send
+    | Broadcast
+    | FetchBlob
+    | StoreRecord
+    | Validate
+    | StoreInvalid
+    | Merge
+    | SetTimer
+    | Disconnect
+    | Rebase
+    | Rejected
 )
 
 # --- configuration and reports ------------------------------------------------------------
@@ -168,6 +211,8 @@ class Convergence:
 class Statistics:
     complete: int
     pending: int
+    validating: int
+    invalid: int
     rejected: int
     ignored: int
     duplicates: int

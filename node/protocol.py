@@ -11,11 +11,14 @@ Events (frozen dataclasses, defined in ``node.events`` and re-exported here)::
     PeerDisconnected(peer)          it is gone; fetches from it move to other holders
     MessageReceived(peer, data)     bytes of one ``node.messages`` message from that peer
     BlobReceived(peer, sha256, result)  the answer to a FetchBlob: VERIFIED (stored, hash
-                                    checked, content valid per the shell's validation hook),
-                                    UNAVAILABLE (refused / timed out), CORRUPT (wrong bytes:
-                                    the peer's fault), INVALID (right bytes, content refused)
-    LocalRecord(data, blobs_held, restored)  a record made here (own commit, a rebase, the CLI)
-                                    or loaded from the store at start
+                                    checked), UNAVAILABLE (refused / timed out), CORRUPT
+                                    (bytes that do not hash to what was asked: the peer's fault)
+    LocalRecord(data, blobs_held, restored, invalid)  a record made here (own commit, a
+                                    rebase, the CLI) or loaded from the store at start (with
+                                    the verdict the store kept, if it was judged invalid)
+    Judged(id, verdict, reason, missing)  the answer to a Validate: VALID, INVALID (the
+                                    validity function refused it) or MISSING (some held blob
+                                    was not the commit's bytes: dropped, fetch it again)
     Timer()                         the time asked for by the last SetTimer has come
     MergeDone(item, digest)         the shell folded the order named ``item`` into ``digest``
 
@@ -28,6 +31,9 @@ Actions (frozen dataclasses)::
                                     lets the core's deadline do it)
     StoreRecord(id, data)           persist a record that is valid and complete (``id`` is the
                                     content id: sha256 of ``data``)
+    Validate(id, commit)            judge a commit whose blobs are all held, with the one
+                                    validity function (node.validate); answer with Judged
+    StoreInvalid(id, data, reason)  keep a commit judged invalid, as evidence
     Merge(order)                    fold ``order.commits`` and answer MergeDone(order.head, ...)
     SetTimer(at)                    deliver Timer() at or after ``at``; replaces any earlier one
     Disconnect(peer, reason)        the peer broke the protocol; close it
@@ -40,8 +46,14 @@ Rules:
 
 - The replicated state is a grow-only set of signed records; the **set** is the content ids
   (sha256 of the bytes) of the records held *complete*: valid, and every blob verified.
-  Records whose blobs are missing are *pending*: they are not in the set root, not relayed
-  and not in the order. The order is ``node.order`` over the complete commits and the roster.
+  Records whose blobs are missing, or that wait for their verdict, are *pending*: they are
+  not in the set root, not relayed and not in the order. The order is ``node.order`` over
+  the complete commits and the roster.
+- A commit with every blob held is judged whole (``Validate``) before it counts. One judged
+  invalid is invalid on every node alike (the validity function is pure): it is kept as
+  evidence, counted against its author, never relayed, never merged, and its id is never
+  fetched or judged again. The peer that sent it is not blamed: it holds what its author
+  signed, and a valid member signed it.
 - A record is relayed (``recs``) once, when it becomes complete, to every peer not known to
   hold it. Whoever sends us a record holds it complete, so it is a holder of its blobs.
 - Each blob is fetched once, from one holder at a time; on failure or after the deadline the
@@ -50,10 +62,11 @@ Rules:
 - Anti-entropy (``node.summary``) on connect and every ``sync_interval``: a summary to every
   peer; a peer whose root differs answers with its ids in the differing buckets; we push what
   it lacks. The summary carries the composite digest: ``convergence()`` reads them back.
-- Garbage from a peer (a malformed message, a record that does not verify, a corrupt or
-  invalid blob) is counted, remembered in ``errors`` and answered with ``Disconnect``; it never
-  raises out of ``handle``. Records by keys the roster has never named are ignored without
-  blame (a roster update we do not hold yet may name them), so anti-entropy brings them back.
+- Garbage from a peer (a malformed message, a record that does not verify, bytes that do not
+  hash to the blob asked for) is counted, remembered in ``errors`` and answered with
+  ``Disconnect``; it never raises out of ``handle``. Records by keys the roster has never
+  named are ignored without blame (a roster update we do not hold yet may name them), so
+  anti-entropy brings them back.
 - Own orphans are rebased after ``rebase_delay`` scaled by a jitter taken from the commit id
   (so concurrent orphans do not re-collide), once per commit; a local commit that supersedes a
   commit that is no longer an orphan, or does not extend the tip, is refused as stale.
@@ -83,6 +96,7 @@ from node.events import (
     Disconnect,
     Event,
     FetchBlob,
+    Judged,
     LocalRecord,
     Merge,
     MergeDone,
@@ -95,8 +109,11 @@ from node.events import (
     Send,
     SetTimer,
     Statistics,
+    StoreInvalid,
     StoreRecord,
     Timer,
+    Validate,
+    Verdict,
 )
 from node.messages import Ids, MalformedMessage, Records, Summary
 from node.order import Entry, Order, OrderBook, root_item
@@ -127,11 +144,15 @@ __all__ = [
     "LocalRecord",
     "Timer",
     "MergeDone",
+    "Judged",
+    "Verdict",
     "Event",
     "Send",
     "Broadcast",
     "FetchBlob",
     "StoreRecord",
+    "Validate",
+    "StoreInvalid",
     "Merge",
     "SetTimer",
     "Disconnect",
@@ -183,7 +204,9 @@ class Core:
         self._held: dict[bytes, _Held] = {}
         self._set = IdSet()
         self._rejected: set[bytes] = set()
-        self._bad_blobs: set[bytes] = set()
+        self._judging: set[bytes] = set()
+        self._local: set[bytes] = set()  # local records not yet stored or rejected
+        self._invalid: dict[bytes, tuple[bytes, str]] = {}  # id -> (author key, reason)
         self._blobs: set[bytes] = set(blobs)
         self._waiting: dict[bytes, list[bytes]] = {}
         self._blob_meta: dict[bytes, tuple[int, str]] = {}
@@ -215,8 +238,9 @@ class Core:
             PeerConnected: lambda e: self._on_connect(e.peer),
             PeerDisconnected: lambda e: self._drop_peer(e.peer),
             LocalRecord: lambda e: self._on_record(
-                e.data, None, blobs_held=e.blobs_held, restored=e.restored
+                e.data, None, blobs_held=e.blobs_held, restored=e.restored, invalid=e.invalid
             ),
+            Judged: self._on_judged,
             Timer: lambda e: self._on_timer(),
             MergeDone: self._on_merged,
         }
@@ -271,6 +295,10 @@ class Core:
         held = self._commits.get(commit_id)
         return held[1] if held is not None else None
 
+    def invalid(self) -> dict[bytes, tuple[bytes, str]]:
+        """Commits judged invalid: id -> (author's public key, reason)."""
+        return dict(self._invalid)
+
     def records(self) -> Iterator[bytes]:
         """The bytes of every complete record, by content id."""
         return (self._held[cid].data for cid in self._set)
@@ -293,6 +321,8 @@ class Core:
         return Statistics(
             complete=len(self._set),
             pending=len(self._held) - len(self._set),
+            validating=len(self._judging),
+            invalid=len(self._invalid),
             rejected=len(self._rejected),
             ignored=self._counts["ignored"],
             duplicates=self._counts["duplicates"],
@@ -387,13 +417,19 @@ class Core:
     # --- records ---
 
     def _on_record(
-        self, data: bytes, peer: str | None, *, blobs_held: bool = False, restored: bool = False
+        self,
+        data: bytes,
+        peer: str | None,
+        *,
+        blobs_held: bool = False,
+        restored: bool = False,
+        invalid: str | None = None,
     ) -> None:
         cid = _sha256(data)
         if peer is not None:
             self._peers[peer].has.add(cid)
         held = self._held.get(cid)
-        if held is not None or cid in self._rejected:
+        if held is not None or cid in self._rejected or cid in self._invalid:
             self._counts["duplicates"] += 1
             if held is not None and held.missing and peer is not None:
                 self._add_holder(held, peer)
@@ -403,10 +439,15 @@ class Core:
         except CryptoError as exc:
             self._refuse(cid, peer, f"record does not verify: {exc}", blame=True)
             return
+        if invalid is not None and isinstance(record, Commit):  # judged before a restart
+            self._invalid[cid] = (record.author.raw, invalid)
+            return
         problem, blame = self._check(record, local=peer is None and not restored)
         if problem:
             self._refuse(cid, peer, problem, blame=blame)
             return
+        if peer is None and not restored:
+            self._local.add(cid)
         self._admit(cid, data, record, peer, blobs_held=blobs_held)
 
     def _check(self, record: Record, *, local: bool) -> tuple[str, bool]:
@@ -426,8 +467,6 @@ class Core:
             return "commit is for another base model", True
         if any(ref.size > self._max_blob for ref in commit.blobs.values()):
             return f"a blob exceeds the limit of {self._max_blob} bytes", True
-        if any(ref.sha256 in self._bad_blobs for ref in commit.blobs.values()):
-            return "a blob failed validation", True
         own = local and commit.author.raw == self._me
         if own and commit.supersedes is not None and not self._fresh_rebase(commit):
             return "stale rebase: its target is no longer an orphan or the tip moved", False
@@ -444,6 +483,7 @@ class Core:
 
     def _refuse(self, cid: bytes, peer: str | None, reason: str, *, blame: bool) -> None:
         if peer is None:
+            self._local.discard(cid)
             self._out.append(Rejected(cid, reason))
         elif blame:
             self._rejected.add(cid)
@@ -465,7 +505,7 @@ class Core:
         held = _Held(record, data, missing)
         self._held[cid] = held
         if not missing:
-            self._complete(cid, held)
+            self._judge(cid, held)
             return
         for sha in sorted(missing):
             self._waiting.setdefault(sha, []).append(cid)
@@ -477,7 +517,51 @@ class Core:
             self._holders.setdefault(sha, {})[peer] = None
             self._fetch(sha)
 
+    def _judge(self, cid: bytes, held: _Held) -> None:
+        """Every blob is held: a commit is judged whole before it counts; others count now."""
+        if isinstance(held.record, Commit):
+            self._judging.add(cid)
+            self._out.append(Validate(cid, held.record))
+        else:
+            self._complete(cid, held)
+
+    def _on_judged(self, event: Judged) -> None:
+        cid = event.record_id
+        held = self._held.get(cid)
+        if cid not in self._judging or held is None:
+            return  # a late answer
+        self._judging.discard(cid)
+        if event.verdict is Verdict.VALID:
+            self._complete(cid, held)
+        elif event.verdict is Verdict.INVALID:
+            self._invalidate(cid, held, event.reason)
+        else:
+            self._refetch(cid, held, event.missing)
+
+    def _invalidate(self, cid: bytes, held: _Held, reason: str) -> None:
+        del self._held[cid]
+        assert isinstance(held.record, Commit)
+        self._invalid[cid] = (held.record.author.raw, reason)
+        self._out.append(StoreInvalid(cid, held.data, reason))
+        if cid in self._local:
+            self._local.discard(cid)
+            self._out.append(Rejected(cid, reason))
+
+    def _refetch(self, cid: bytes, held: _Held, shas: tuple[bytes, ...]) -> None:
+        """Held bytes were not the commit's blobs (the shell dropped them): fetch them again
+        from whoever holds the record."""
+        holders = [peer for peer, p in self._peers.items() if cid in p.has]
+        for sha in shas:
+            self._blobs.discard(sha)
+            held.missing.add(sha)
+            waiting = self._waiting.setdefault(sha, [])
+            if cid not in waiting:
+                waiting.append(cid)
+        for peer in holders:
+            self._add_holder(held, peer)
+
     def _complete(self, cid: bytes, held: _Held) -> None:
+        self._local.discard(cid)
         self._set.add(cid)
         self._out.append(StoreRecord(cid, held.data))
         relay = messages.encode(Records((held.data,)))
@@ -544,9 +628,6 @@ class Core:
             return  # a late answer to a fetch we gave up on
         if result is BlobResult.VERIFIED:
             self._blob_verified(sha)
-        elif result is BlobResult.INVALID:
-            self._blob_invalid(sha)
-            self._garbage(peer, f"served blob {sha.hex()[:12]} that fails validation")
         else:
             self._tried.setdefault(sha, set()).add(peer)
             if result is BlobResult.CORRUPT:
@@ -561,21 +642,7 @@ class Core:
             held = self._held[cid]
             held.missing.discard(sha)
             if not held.missing:
-                self._complete(cid, held)
-
-    def _blob_invalid(self, sha: bytes) -> None:
-        """The blob's content is refused for good: so is every record that needs it."""
-        self._bad_blobs.add(sha)
-        self._holders.pop(sha, None)
-        for cid in self._waiting.pop(sha, []):
-            held = self._held.pop(cid)
-            self._rejected.add(cid)
-            for other in held.missing - {sha}:
-                waiting = self._waiting.get(other, [])
-                if cid in waiting:
-                    waiting.remove(cid)
-                if not waiting:
-                    self._waiting.pop(other, None)
+                self._judge(cid, held)
 
     # --- time ---
 

@@ -3,8 +3,12 @@
 One task owns the core: every event (a peer's message, a finished blob fetch, a timer, a
 finished merge, a local commit) goes through ``_events`` and is handled in arrival order, and
 the actions it returns are carried out by small tasks (one outbox per peer keeps each peer's
-messages in order). The fold runs in a worker thread, one at a time, always on the latest
-order. Nothing here decides anything the core decides.
+messages in order). Validation and the fold run in worker threads, one at a time each; the
+fold always on the latest order. Nothing here decides anything the core decides.
+
+Nothing a peer sends can stop the node: content is judged by ``node.validate`` before it
+counts, and a fold that still fails (a defect of ours) is logged with the commit that caused
+it, reported in ``status``, and the last composite keeps being served.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import trio
 
 from crypto.records import Commit, Record, decode_record
 from node import protocol as p
-from node.composer import Composer
+from node.composer import Composer, FoldError
 from node.errors import (
     CorruptBlob,
     NodeError,
@@ -30,11 +34,11 @@ from node.errors import (
     TransportError,
 )
 from node.home import Home
-from node.netspec import base_fingerprint, merge_spec
+from node.netspec import merge_spec
 from node.store import Store
 from node.transport import PeerId, Transport, TransportConfig
 from node.transport.types import GossipReceived, PeerConnected, PeerDisconnected
-from node.validate import InvalidBlob, check_blob
+from node.validate import BlobsMismatch, InvalidCommit, Rules, check_commit
 
 log = logging.getLogger("node.service")
 MAX_MESSAGE = 16 * 1024 * 1024  # a batch of records; the core splits bigger batches
@@ -71,13 +75,13 @@ class NodeService:
             blobs=[sha for sha, _ in self.store.blobs()],
         )
         self.transport = transport or self._libp2p(transport_config)
-        self.composer = Composer(
-            merge_spec(self.genesis), base_fingerprint(self.genesis), self._read_blob
-        )
+        self.rules = Rules.of(self.genesis)
+        self.composer = Composer(merge_spec(self.genesis), self.rules, self._read_blob)
         self.started_at = time.time()
         self.names = {m.key.peer_id(): m.name for m in self.genesis.members}
         self._events_tx, self._events_rx = trio.open_memory_channel[p.Event](math.inf)
         self._outboxes: dict[PeerId, trio.MemorySendChannel[bytes]] = {}
+        self._validate_tx, self._validate_rx = trio.open_memory_channel[p.Validate](math.inf)
         self._merge_wanted: p.Merge | None = None
         self._merge_kick = trio.Event()
         self._timer_at = math.inf
@@ -89,6 +93,8 @@ class NodeService:
         self._blob_files: dict[bytes, Path] = {}
         self._nursery: trio.Nursery | None = None
         self.errors: list[tuple[float, str]] = []
+        self.faults: dict[str, int] = {"validation": 0, "merge": 0}  # defects of ours, counted
+        self.merge_error: str | None = None  # the last fold failure, while it lasts
         self.metrics_port: int | None = None
 
     def _libp2p(self, config: TransportConfig | None) -> Transport:
@@ -119,6 +125,7 @@ class NodeService:
                     self._core_loop,
                     self._transport_events,
                     self._timer_loop,
+                    self._validate_loop,
                     self._merge_loop,
                 ):
                     nursery.start_soon(task)
@@ -159,9 +166,12 @@ class NodeService:
         return self.transport.listen_addrs
 
     def _restore(self) -> None:
-        """Replay the store into the core: records were valid and complete when stored."""
+        """Replay the store into the core. Commits are judged again (their blobs may have
+        gone since: the core then fetches them again); a commit judged invalid stays so."""
         for stored in self.store.records():
-            self._events_tx.send_nowait(p.LocalRecord(stored.data, restored=True))
+            verdict = self.store.verification(stored.id)
+            invalid = verdict.reason if verdict is not None and not verdict.ok else None
+            self.post(p.LocalRecord(stored.data, blobs_held=False, restored=True, invalid=invalid))
 
     # -- the core ----------------------------------------------------------------------
 
@@ -195,6 +205,10 @@ class NodeService:
                 self._nursery.start_soon(self._fetch, peer, sha, size, kind)
             case p.StoreRecord(record_id, data):
                 self._store_record(record_id, data)
+            case p.Validate():
+                self._validate_tx.send_nowait(action)
+            case p.StoreInvalid(record_id, data, reason):
+                self._store_invalid(record_id, data, reason)
             case p.Merge():
                 self._merge_wanted = action
                 self._merge_kick.set()
@@ -218,6 +232,16 @@ class NodeService:
             self._error(f"could not store {record_id.hex()[:12]}: {exc}")
         if isinstance(record, Commit):
             self._finish_waiter(record.id, None)
+
+    def _store_invalid(self, record_id: bytes, data: bytes, reason: str) -> None:
+        record = decode_record(data)
+        author = record.author.peer_id() if isinstance(record, Commit) else "?"
+        self._error(f"commit {record_id.hex()[:12]} by {self.name_of(author)} is invalid: {reason}")
+        try:
+            self.store.put_record(record_id, record.KIND, data)
+            self.store.set_verification(record_id, False, reason)
+        except StoreError as exc:
+            self._error(f"could not store evidence {record_id.hex()[:12]}: {exc}")
 
     def _finish_waiter(self, record_id: bytes, error: str | None) -> None:
         waiter = self._waiters.pop(record_id, None)
@@ -274,13 +298,8 @@ class NodeService:
         try:
             with self.store.blob_writer(sha, size) as writer:
                 await self.transport.fetch_blob(peer, sha, size=size, sink=writer)
-                path = writer.commit()
+                writer.commit()
             result = p.BlobResult.VERIFIED
-            data = await trio.to_thread.run_sync(path.read_bytes)
-            await trio.to_thread.run_sync(check_blob, kind, data, merge_spec(self.genesis).limits)
-        except InvalidBlob as exc:
-            self._error(f"blob {sha.hex()[:12]} from {self.name_of(peer)} is invalid: {exc}")
-            result = p.BlobResult.INVALID
         except (StoreError, TransportError) as exc:
             # Wrong bytes (the stream's check or the store's) are the peer's fault; anything
             # else (refused, timed out, disk) only means "try another holder".
@@ -300,6 +319,39 @@ class NodeService:
             self._timer_at = math.inf
             self.post(p.Timer())
 
+    async def _validate_loop(self) -> None:
+        async for action in self._validate_rx:
+            judged = await self._judge(action.record_id, action.commit)
+            if judged is not None:
+                self.post(judged)
+
+    async def _judge(self, record_id: bytes, commit: Commit) -> p.Judged | None:
+        """The validity function on ``commit`` and its blobs as stored; None when it could
+        not be judged (a defect of ours: logged and counted, the commit stays pending)."""
+        paths = {kind: self.store.blob_path(ref.sha256) for kind, ref in commit.blobs.items()}
+        gone = tuple(commit.blobs[k].sha256 for k, path in sorted(paths.items()) if path is None)
+        if gone:
+            return p.Judged(record_id, p.Verdict.MISSING, missing=gone)
+        try:
+            await trio.to_thread.run_sync(self._check_stored, commit, paths)
+        except InvalidCommit as exc:
+            return p.Judged(record_id, p.Verdict.INVALID, str(exc))
+        except BlobsMismatch as exc:
+            for sha in exc.shas:  # our copy rotted or was cut: drop it, the core refetches
+                self._error(f"stored blob {sha.hex()[:12]} is damaged; fetching it again")
+                self.store.drop_blob(sha)
+            return p.Judged(record_id, p.Verdict.MISSING, missing=exc.shas)
+        except Exception as exc:  # noqa: BLE001 - our defect or our disk: never the peer's
+            self.faults["validation"] += 1
+            self._error(f"could not judge commit {record_id.hex()[:12]}: {exc!r}")
+            return None
+        return p.Judged(record_id, p.Verdict.VALID)
+
+    def _check_stored(self, commit: Commit, paths: dict[str, Path | None]) -> None:
+        """Runs in a worker thread: reads the blob files and applies the validity function."""
+        blobs = {kind: path.read_bytes() for kind, path in paths.items() if path is not None}
+        check_commit(commit, blobs, self.rules)
+
     async def _merge_loop(self) -> None:
         while True:
             await self._merge_kick.wait()
@@ -309,8 +361,17 @@ class NodeService:
                 continue
             commits = [self.core.commit(cid) for cid in wanted.order.commits]
             ready = [c for c in commits if c is not None]
-            self._blob_files.update(self._paths_of(ready))  # SQLite stays on this thread
-            digest = await trio.to_thread.run_sync(self.composer.update, ready)
+            try:
+                self._blob_files.update(self._paths_of(ready))  # SQLite stays on this thread
+                digest = await trio.to_thread.run_sync(self.composer.update, ready)
+            except (FoldError, StoreError) as exc:
+                # A defect of ours or a blob gone from disk, never a peer's content (that was
+                # judged before it counted): keep serving the last composite, say why.
+                self.faults["merge"] += 1
+                self.merge_error = f"forge item v{len(ready)}: {exc}"
+                self._error(f"merge failed, serving {self.composer.digest[:16]}: {exc}")
+                continue
+            self.merge_error = None
             self.post(p.MergeDone(wanted.order.head, digest))
             log.info(
                 "forge item v%d %s digest %s", len(ready), wanted.order.head.hex()[:12], digest[:16]
@@ -396,9 +457,7 @@ class NodeService:
         k = order.items.index(parent) if parent in order.items else order.main_length
         commits = [c for c in map(self.core.commit, order.commits[:k]) if c is not None]
         self._blob_files.update(self._paths_of(commits))
-        composer = Composer(
-            merge_spec(self.genesis), base_fingerprint(self.genesis), self._read_blob
-        )
+        composer = Composer(merge_spec(self.genesis), self.rules, self._read_blob)
         composer.update(commits)
         return composer, commits
 

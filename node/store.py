@@ -308,7 +308,7 @@ class Store:
                 (report.missing_blobs if problem == "missing" else report.corrupt_blobs).append(
                     sha256
                 )
-                self._drop_blob(sha256)
+                self.drop_blob(sha256)
         for sha256, path in self._unindexed_files(indexed):
             self._adopt_or_remove(sha256, path, report)
         return report
@@ -338,7 +338,8 @@ class Store:
         else:
             path.unlink()
 
-    def _drop_blob(self, sha256: bytes) -> None:
+    def drop_blob(self, sha256: bytes) -> None:
+        """Forget a blob (index row and file): it is damaged, and will be fetched again."""
         self._db.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
         self._blob_file(sha256).unlink(missing_ok=True)
 

@@ -1,48 +1,130 @@
-"""The shell's content check of a fetched blob, by the kind its commit gives it.
+"""The one validity function: is this commit, with these blobs, something every node merges?
 
-The transport already checked size and sha256; this checks that the bytes are what the kind
-says (a PEFT config, LoRA safetensors within the network's limits, a distilled set), so a
-peer that serves well-hashed garbage is caught as INVALID before anything is merged. Pure:
-a function of the bytes and the genesis only, so every node decides alike.
+Pure and deterministic: a function of the record, the bytes of its blobs and the genesis,
+nothing else (no clock, no local model, no thread count: the norm bound is summed in a fixed
+order). Every node runs it at receipt before a commit counts, the author runs it before
+signing and ``medforge verify`` runs it offline, so a commit is valid everywhere or nowhere
+and the fold is never asked to apply what has not passed.
+
+What it checks, in order:
+
+- the blob bytes are the ones the commit names (size, sha256): if not, the *bytes* are wrong,
+  not the commit (``BlobsMismatch``: fetch them again; never a verdict on the commit);
+- coefficients: finite, within the network's search bound and the float32 range;
+- the adapter as a whole (config + weights): PEFT LoRA only, every module a Linear of the
+  base with exactly its shape (the genesis' shape table), ranks, finite values, norm bounds,
+  a declared base equal to the network's;
+- the distilled set: format, the base's input kind and example shape, finite inputs, labels
+  that index the commit's classes.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+from crypto.records import BLOB_KINDS, BlobRef, Commit, Genesis
+from merge.base_shapes import BaseShapes
+from merge.distilled_blob import check_distilled
 from merge.errors import MergeError
-from merge.lora_blob import read_safetensors
-from merge.lora_config import parse_config
+from merge.lora import LoraAdapter, load_adapter_bytes
 from merge.spec import Limits
+from node.netspec import base_fingerprint, base_shapes, merge_spec
+
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
-class InvalidBlob(Exception):
-    """A blob whose bytes are not a valid instance of its kind."""
+class InvalidCommit(Exception):
+    """The commit is refused by every node alike. ``kind`` names the check that failed
+    (``NonFiniteError``, ``ShapeError``, ``CoefficientBound``, ...)."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        self.kind = kind
+        self.reason = reason
+        super().__init__(f"{kind}: {reason}")
 
 
-def check_blob(kind: str, data: bytes, limits: Limits) -> None:
+class BlobsMismatch(Exception):
+    """Bytes given for a blob are not the blob the commit names (a store or transfer fault,
+    not the commit's): ``shas`` are the blobs to fetch again."""
+
+    def __init__(self, shas: Sequence[bytes]) -> None:
+        self.shas = tuple(shas)
+        super().__init__(f"blobs {[s.hex()[:12] for s in self.shas]} are not what the commit names")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What the genesis says a commit must satisfy, read once."""
+
+    base: str
+    shapes: BaseShapes
+    limits: Limits
+    bound: float
+
+    @classmethod
+    def of(cls, genesis: Genesis) -> Rules:
+        spec = merge_spec(genesis)
+        return cls(base_fingerprint(genesis), base_shapes(genesis), spec.limits, spec.search.bound)
+
+
+def check_commit(commit: Commit, blobs: Mapping[str, bytes], rules: Rules) -> LoraAdapter:
+    """The validated adapter of ``commit``; raises ``InvalidCommit`` or ``BlobsMismatch``."""
+    wrong = [ref.sha256 for kind, ref in sorted(commit.blobs.items()) if not _is(blobs[kind], ref)]
+    if wrong:
+        raise BlobsMismatch(wrong)
+    return check_content(
+        rules,
+        classes=commit.classes,
+        coeffs=commit.coeffs,
+        blobs=blobs,
+        name=f"{commit.task}@{commit.id.hex()[:12]}",
+    )
+
+
+def check_content(
+    rules: Rules,
+    *,
+    classes: Sequence[str],
+    coeffs: Sequence[float] | None,
+    blobs: Mapping[str, bytes],
+    name: str,
+) -> LoraAdapter:
+    """The checks on what a commit carries, without the commit (so an author can run them
+    before signing: ``coeffs=None`` skips the coefficient check until they are known)."""
+    if coeffs is not None:
+        check_coeffs(rules, coeffs)
+    if set(blobs) != set(BLOB_KINDS):
+        raise InvalidCommit("SchemaError", f"blobs {sorted(blobs)}, expected {sorted(BLOB_KINDS)}")
+    if not classes:
+        raise InvalidCommit("SchemaError", "a commit names at least one class")
     try:
-        if kind == "adapter_config":
-            parse_config(data, "adapter_config")
-        elif kind == "adapter_model":
-            read_safetensors(data, "adapter_model", limits)
-        elif kind == "distilled":
-            _check_distilled(data)
-        else:
-            raise InvalidBlob(f"unknown blob kind {kind!r}")
+        adapter = load_adapter_bytes(
+            blobs["adapter_config"],
+            blobs["adapter_model"],
+            base=rules.base,
+            limits=rules.limits,
+            shapes=rules.shapes.modules,
+            name=name,
+        )
+        check_distilled(blobs["distilled"], classes=classes, shapes=rules.shapes, base=rules.base)
     except MergeError as exc:
-        raise InvalidBlob(str(exc)) from None
+        raise InvalidCommit(type(exc).__name__, str(exc)) from None
+    return adapter
 
 
-def _check_distilled(data: bytes) -> None:
-    if len(data) < 8:
-        raise InvalidBlob("distilled data: shorter than a safetensors header")
-    size = int.from_bytes(data[:8], "little")
-    if size > min(len(data) - 8, 1 << 20):
-        raise InvalidBlob("distilled data: header length beyond the file")
-    try:
-        header = json.loads(data[8 : 8 + size])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidBlob("distilled data: header is not JSON") from None
-    if not isinstance(header, dict) or not {"inputs", "labels"} <= header.keys():
-        raise InvalidBlob("distilled data: needs tensors 'inputs' and 'labels'")
+def check_coeffs(rules: Rules, coeffs: Sequence[float]) -> None:
+    """Finite, within ±bound of the network's search, representable in float32: a member
+    cannot scale the composite to inf or NaN on every node."""
+    bound = min(rules.bound, _FLOAT32_MAX)
+    for w in coeffs:
+        if not isinstance(w, float) or not math.isfinite(w) or abs(w) > bound:
+            raise InvalidCommit(
+                "CoefficientBound", f"coefficients {tuple(coeffs)} must lie within ±{bound}"
+            )
+
+
+def _is(data: bytes, ref: BlobRef) -> bool:
+    return len(data) == ref.size and hashlib.sha256(data).digest() == ref.sha256

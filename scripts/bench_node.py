@@ -31,6 +31,8 @@ import torch  # noqa: E402
 import trio  # noqa: E402
 
 from crypto.records import Genesis, Member  # noqa: E402
+from merge.base_shapes import BaseShapes, linear_shapes  # noqa: E402
+from merge.distill import Distilled, save_distilled  # noqa: E402
 from node.control import ControlError, call  # noqa: E402
 from node.home import Home  # noqa: E402
 from node.netspec import make_spec  # noqa: E402
@@ -43,6 +45,10 @@ class Wide(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.layers = torch.nn.ModuleList(torch.nn.Linear(768, 768) for _ in range(24))
+
+
+CLASSES = ("a", "b", "c", "d")
+SHAPES = BaseShapes(linear_shapes(Wide()), "text-embeds", (-1, 384))
 
 
 def make_plugin(out: Path) -> tuple[Path, Path]:
@@ -61,11 +67,8 @@ def make_plugin(out: Path) -> tuple[Path, Path]:
     weights = adapter / "adapter_model.safetensors"
     save_file(load_file(str(weights)), str(weights), metadata={"base": BASE})
     distilled = out / "distilled.safetensors"
-    save_file(
-        {"inputs": torch.randn(40, 16, 384, generator=g), "labels": torch.arange(40) % 4},
-        str(distilled),
-        metadata={"classes": json.dumps(["a", "b", "c", "d"])},
-    )
+    inputs, labels = torch.randn(40, 16, 384, generator=g), torch.arange(40) % 4
+    save_distilled(Distilled(inputs, labels, CLASSES, "bench", "text-embeds", BASE), distilled)
     return adapter, distilled
 
 
@@ -138,7 +141,7 @@ def run_network(n: int, tmp: Path, adapter: Path, distilled: Path) -> dict[str, 
         name=f"bench-{n}",
         members=tuple(Member(h.config().name, h.identity().public) for h in homes),
         threshold=1,
-        spec=make_spec("stack", BASE),
+        spec=make_spec("stack", BASE, SHAPES),
         nonce=os.urandom(8).hex(),
     )
     for home in homes:

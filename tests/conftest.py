@@ -10,8 +10,28 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from merge.base_shapes import BaseShapes
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
+
+BASE = "ab" * 32  # the fingerprint TinyBase networks name
+# TinyBase's shape table, as `medforge fingerprint` would give it for a text-like base.
+TINY_SHAPES = BaseShapes({"q": (8, 8), "v": (8, 8), "head": (3, 8)}, "text-embeds", (-1, 8))
+
+
+def write_distilled(
+    path: Path, classes: tuple[str, ...] = ("a", "b"), *, task: str = "t", base: str = BASE
+) -> Path:
+    """A distilled set for TinyBase in the documented format: one example per class."""
+    from merge.distill import Distilled, save_distilled
+
+    n = len(classes)
+    inputs = torch.linspace(-1, 1, n * 4 * 8).reshape(n, 4, 8)
+    save_distilled(
+        Distilled(inputs, torch.arange(n), tuple(classes), task, "text-embeds", base), path
+    )
+    return path
 
 
 class TinyBase(torch.nn.Module):
@@ -36,7 +56,7 @@ def make_adapter(tmp_path: Path) -> Callable[..., Path]:
     """Save a real PEFT LoRA adapter with seeded non-zero weights; returns its directory."""
     from peft import LoraConfig, get_peft_model
 
-    def make(name: str = "adapter", seed: int = 1, rank: int = 2, base: str = "ab" * 32) -> Path:
+    def make(name: str = "adapter", seed: int = 1, rank: int = 2, base: str = BASE) -> Path:
         model = get_peft_model(
             TinyBase(), LoraConfig(r=rank, lora_alpha=rank, target_modules=["q", "v"])
         )
@@ -58,12 +78,4 @@ def make_adapter(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture
 def distilled(tmp_path: Path) -> Path:
     """A small distilled-data file in the documented format (two classes, a and b)."""
-    import json
-
-    path = tmp_path / "distilled.safetensors"
-    save_file(
-        {"inputs": torch.zeros(2, 8), "labels": torch.tensor([0, 1])},
-        str(path),
-        metadata={"classes": json.dumps(["a", "b"])},
-    )
-    return path
+    return write_distilled(tmp_path / "distilled.safetensors")

@@ -51,7 +51,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from node.home import HomeError
 
     errors: list[type[BaseException]] = [CryptoError, HomeError, UserError, OSError]
-    for module, name in (("merge.errors", "MergeError"), ("node.errors", "NodeError")):
+    for module, name in (
+        ("merge.errors", "MergeError"),
+        ("node.errors", "NodeError"),
+        ("node.validate", "InvalidCommit"),
+    ):
         try:
             errors.append(getattr(importlib.import_module(module), name))
         except (ImportError, AttributeError):

@@ -9,19 +9,21 @@ from pathlib import Path
 from typing import Any
 
 from crypto.records import Commit, Genesis, Record, decode_record
+from merge.lora import CONFIG_NAME, WEIGHTS_NAME, LoraAdapter
 from merge.search import SearchResult
 from node import author
-from node.bundle import blob_ref, check_adapter, read_bundle_genesis, verify_bundle, write_bundle
+from node.bundle import blob_ref, read_bundle_genesis, verify_bundle, write_bundle
 from node.cli import UserError
 from node.cli.output import add_home, add_json, emit
 from node.composer import Composer
 from node.control import ControlError, call
 from node.home import Home
-from node.netspec import base_fingerprint, merge_spec
+from node.netspec import merge_spec
 from node.order import root_item as item_zero
+from node.validate import Rules, check_coeffs, check_content
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_MODEL = "adapter_model.safetensors"
+ADAPTER_CONFIG = CONFIG_NAME
+ADAPTER_MODEL = WEIGHTS_NAME
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -68,13 +70,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def read_classes(distilled: Path) -> tuple[str, ...]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(distilled), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    if "classes" not in metadata:
+    try:
+        with safe_open(str(distilled), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        classes = json.loads(metadata["classes"]) if "classes" in metadata else None
+    except (SafetensorError, ValueError) as exc:
+        raise UserError(f"{distilled} is not a distilled safetensors file: {exc}") from None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise UserError(f"{distilled} names no classes: pass --classes")
-    return tuple(json.loads(metadata["classes"]))
+    return tuple(classes)
 
 
 def commit_blobs(adapter: Path, distilled: Path) -> dict[str, bytes]:
@@ -98,7 +104,7 @@ def _head(home: Home) -> dict[str, Any] | None:
 
 
 def _search(
-    home: Home, genesis: Genesis, head: dict[str, Any] | None, args: argparse.Namespace
+    genesis: Genesis, head: dict[str, Any] | None, adapter: LoraAdapter, args: argparse.Namespace
 ) -> tuple[bytes, SearchResult]:
     """Coefficients for this plugin against the node's tip (or the empty composite)."""
     if head is None:
@@ -112,13 +118,10 @@ def _search(
         w1, w2 = float(args.coeffs[0]), float(args.coeffs[1])
         return tip, SearchResult((w1, w2), {})
     from merge.distill import load_distilled
-    from merge.lora import load_adapter
-    from node import author
 
     spec = merge_spec(genesis)
-    composer = Composer(spec, base_fingerprint(genesis), lambda sha: paths[sha].read_bytes())
+    composer = Composer(spec, Rules.of(genesis), lambda sha: paths[sha].read_bytes())
     composer.update(commits)
-    adapter = load_adapter(args.adapter, base=base_fingerprint(genesis), limits=spec.limits)
     own = load_distilled(args.distilled)
     print(
         f"searching coefficients against forge item v{len(commits)} "
@@ -143,12 +146,19 @@ def _head_commits(head: dict[str, Any]) -> tuple[list[Commit], dict[bytes, Path]
 def run_commit(args: argparse.Namespace) -> int:
     home = Home(Path(args.home))
     genesis = home.genesis()
-    classes = tuple(args.classes.split(",")) if args.classes else read_classes(args.distilled)
+    rules = Rules.of(genesis)
     blobs = commit_blobs(args.adapter, args.distilled)
+    classes = tuple(args.classes.split(",")) if args.classes else read_classes(args.distilled)
+    # Every peer runs exactly these checks at receipt: refuse before searching, signing or
+    # taking a sequence number (a refused commit must not use one up).
+    adapter = check_content(rules, classes=classes, coeffs=None, blobs=blobs, name=args.task)
+    if args.coeffs is not None:
+        check_coeffs(rules, [float(w) for w in args.coeffs])
     head = _head(home)
-    parent, result = _search(home, genesis, head, args)
+    parent, result = _search(genesis, head, adapter, args)
     if args.parent:
         parent = bytes.fromhex(args.parent)
+    check_coeffs(rules, [float(w) for w in result.coeffs])
     commit = author.sign_commit(
         home.identity(),
         genesis,
@@ -160,8 +170,6 @@ def run_commit(args: argparse.Namespace) -> int:
         result=result,
         supersedes=bytes.fromhex(args.supersedes) if args.supersedes else None,
     )
-    # Peers will run exactly this check: refuse to sign what they would refuse to merge.
-    check_adapter(commit, blobs["adapter_config"], blobs["adapter_model"], genesis)
     write_bundle(args.out, commit, blobs, genesis)
     data: dict[str, Any] = {
         "commit": commit.id.hex(),

@@ -12,7 +12,8 @@ from node.cli import UserError
 from node.cli.output import add_json, emit
 from node.composer import Composer
 from node.home import Home
-from node.netspec import base_fingerprint, merge_spec
+from node.netspec import merge_spec
+from node.validate import Rules
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -51,12 +52,12 @@ def run(args: argparse.Namespace) -> int:
     spec = merge_spec(genesis)
     if args.mode:
         spec = replace(spec, mode=args.mode)
-    composer = Composer(spec, base_fingerprint(genesis), lambda sha: blobs[sha].read_bytes())
+    composer = Composer(spec, Rules.of(genesis), lambda sha: blobs[sha].read_bytes())
     digest = composer.update([b.commit for b in bundles])
     if args.export:
         from merge.export import export_peft
 
-        export_peft(composer.composite, args.export)
+        export_peft(composer.composite, args.export, base=composer.base)
     data = {"digest": digest, "mode": spec.mode, "commits": [b.commit.id.hex() for b in bundles]}
     emit(args, data, f"{spec.mode} composite of {len(bundles)} commit(s): {digest}")
     return 0

@@ -11,6 +11,7 @@ from typing import Any
 from crypto.identity import PublicKey
 from crypto.records import Genesis, Member, Revocation, RosterUpdate, decode_record
 from crypto.roster import Roster
+from merge.base_shapes import BaseShapes, shapes_of
 from merge.spec import MergeSpec
 from node.cli import UserError
 from node.cli.output import add_home, add_json, emit
@@ -36,14 +37,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     create.add_argument("--threshold", type=int, default=1, help="k of n for roster changes")
     create.add_argument("--mode", choices=MODES, default="stack", help="merge method")
-    create.add_argument("--base", required=True, help="base model fingerprint (hex)")
+    create.add_argument(
+        "--base",
+        required=True,
+        metavar="FILE|FINGERPRINT",
+        help="the base model: the JSON file `medforge fingerprint --out FILE` wrote "
+        "(fingerprint + shape table), or a fingerprint, then --backend/--model are loaded "
+        "to read the shape table and must match it",
+    )
     create.add_argument(
         "--backend",
         choices=("text", "clip"),
-        default="text",
-        help="how members load the base model",
+        default=None,
+        help="how members load the base model (default: the file's, else text)",
     )
-    create.add_argument("--model", default="", help="base model path or id (informational)")
+    create.add_argument("--model", default=None, help="base model path or id")
     create.add_argument(
         "--spec", type=Path, help="JSON file merged over the spec (e.g. search settings, limits)"
     )
@@ -122,17 +130,43 @@ def _key(text: str) -> PublicKey:
         raise UserError(f"{text!r} is not a hex public key") from None
 
 
+def _base(args: argparse.Namespace) -> tuple[str, BaseShapes, str, str]:
+    """(fingerprint, shape table, backend kind, model) that the genesis will name."""
+    path = Path(args.base)
+    if path.is_file():
+        try:
+            info = json.loads(path.read_text())
+            shapes = BaseShapes.from_dict(info["shapes"])
+            fingerprint = str(info["fingerprint"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path} is not a `medforge fingerprint --out` file: {exc}") from None
+        kind = args.backend or str(info.get("backend", "text"))
+        return fingerprint, shapes, kind, args.model if args.model is not None else info["base"]
+    from merge.backends import load_backend
+
+    kind, model = args.backend or "text", args.model or ""
+    backend = load_backend(kind, model or None)  # the shape table is read off the real base
+    if backend.fingerprint != args.base:
+        raise UserError(
+            f"--base {args.base[:16]}… is not the fingerprint of {kind}:{model or 'default'} "
+            f"({backend.fingerprint[:16]}…); pass the file `medforge fingerprint --out` wrote"
+        )
+    return backend.fingerprint, shapes_of(backend), kind, model
+
+
 def run_create(args: argparse.Namespace) -> int:
     home = Home(Path(args.home))
     me = Member(home.config().name, home.identity().public)
     members = {m.key: m for m in map(parse_member, args.member)}
     members.setdefault(me.key, me)
-    spec = make_spec(args.mode, args.base, backend=args.backend, model=args.model)
+    if not 1 <= args.threshold <= len(members):
+        raise UserError(f"threshold must be between 1 and {len(members)}")
+    fingerprint, shapes, kind, model = _base(args)
+    spec = make_spec(args.mode, fingerprint, shapes, backend=kind, model=model)
     if args.spec:
         spec.update(json.loads(args.spec.read_text()))
         MergeSpec.from_dict(spec["merge"])  # refuse a malformed spec before anyone signs it
-    if not 1 <= args.threshold <= len(members):
-        raise UserError(f"threshold must be between 1 and {len(members)}")
+        BaseShapes.from_dict(spec["shapes"])
     genesis = Genesis(
         name=args.name,
         members=tuple(sorted(members.values(), key=lambda m: m.key)),

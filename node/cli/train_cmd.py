@@ -4,6 +4,7 @@ the base model fingerprint a genesis names. Parse arguments, call ``merge``, pri
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_json(p)
     p.set_defaults(func=run)
 
-    fp = sub.add_parser("fingerprint", help="print the base model fingerprint (hex sha256)")
+    fp = sub.add_parser(
+        "fingerprint",
+        help="the base model's fingerprint and shape table (what a genesis names)",
+        description="Print the base model's fingerprint (hex sha256 of config + weights) and "
+        "its shape table (every Linear an adapter may target, with its shape, and the shape "
+        "of a distilled input). `network create --base FILE` takes the file --out writes.",
+    )
     add_base_args(fp)
+    fp.add_argument("--out", type=Path, help="write fingerprint + shape table as JSON here")
     add_json(fp)
     fp.set_defaults(func=run_fingerprint)
 
@@ -83,12 +91,23 @@ def run_fingerprint(args: argparse.Namespace) -> int:
     import torch
 
     from merge.backends import load_backend
+    from merge.base_shapes import shapes_of
 
     torch.set_num_threads(args.threads)
     backend = load_backend(args.backend, args.base)
-    emit(
-        args,
-        {"backend": backend.kind, "base": backend.name, "fingerprint": backend.fingerprint},
-        backend.fingerprint,
-    )
+    shapes = shapes_of(backend)
+    data = {
+        "backend": backend.kind,
+        "base": args.base or "",
+        "fingerprint": backend.fingerprint,
+        "shapes": shapes.to_dict(),
+    }
+    human = backend.fingerprint
+    if args.out is not None:
+        args.out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        human += (
+            f"\n{len(shapes.modules)} Linear modules, distilled inputs {shapes.input_kind} "
+            f"{list(shapes.input_shape)}; written to {args.out}"
+        )
+    emit(args, data, human)
     return 0

@@ -35,6 +35,7 @@ from node.protocol import (
     Disconnect,
     Event,
     FetchBlob,
+    Judged,
     LocalRecord,
     Merge,
     MergeDone,
@@ -47,6 +48,8 @@ from node.protocol import (
     SetTimer,
     StoreRecord,
     Timer,
+    Validate,
+    Verdict,
 )
 from node.sim import adversaries, schedule, topology
 from node.sim.scenario import Scenario
@@ -210,6 +213,10 @@ class Simulation:
             edge = _edge(node.index, peer.index)
             self._banned.add(edge)
             self.link_down(edge)
+        elif isinstance(action, Validate):
+            valid = self.world.valid(action.commit)
+            verdict = Verdict.VALID if valid else Verdict.INVALID
+            self.deliver(node, Judged(action.record_id, verdict, "" if valid else "invalid"))
         elif isinstance(action, Rebase):
             self.at(self.now + self.s.search_time, self._rebase, node, action)
         elif isinstance(action, Rejected):
@@ -304,8 +311,7 @@ class Simulation:
         arrive = self._send_time(holder.index, node.index, action.size, asked)
         holder.sent += action.size
         if not self._lost():
-            blob = self.world.blobs[action.sha256]
-            result = BlobResult.VERIFIED if blob.valid else BlobResult.INVALID
+            result = BlobResult.VERIFIED
             self.at(arrive, self._blob, node, holder, action.sha256, action.size, result, epoch)
 
     def _blob(

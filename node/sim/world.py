@@ -25,6 +25,7 @@ import torch
 
 from crypto.identity import Identity
 from crypto.records import BlobRef, Commit, Genesis, Member, Record, decode_record
+from merge.base_shapes import BaseShapes
 from merge.digest import composite_digest
 from merge.fold import Composite, apply, empty
 from merge.lora import LoraAdapter, LoraModule
@@ -34,6 +35,14 @@ from node.order import Order
 
 BASE = "5e" * 32
 COEFFS = (1.0, 0.5)
+DIMS = 8
+SIM_MODULES = 2
+# The simulated base: the Linears ``tiny_adapter`` targets (adapters never leave the world).
+SHAPES = BaseShapes(
+    {f"encoder.layer.{k}.attention.query": (DIMS, DIMS) for k in range(SIM_MODULES)},
+    "text-embeds",
+    (-1, DIMS),
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,9 @@ class Blob:
     adapter: LoraAdapter | None = None
 
 
-def tiny_adapter(seed: int, *, modules: int = 2, rank: int = 2, dims: int = 8) -> LoraAdapter:
+def tiny_adapter(
+    seed: int, *, modules: int = SIM_MODULES, rank: int = 2, dims: int = DIMS
+) -> LoraAdapter:
     g = torch.Generator().manual_seed(seed)
     mods = {
         f"encoder.layer.{k}.attention.query": LoraModule(
@@ -69,7 +80,7 @@ class World:
             name=f"sim-{seed}",
             members=tuple(Member(f"m{k}", m.public) for k, m in enumerate(members)),
             threshold=1,
-            spec=make_spec(mode, BASE),
+            spec=make_spec(mode, BASE, SHAPES),
             nonce=f"seed-{seed}",
         )
         self.network = self.genesis.network_id
@@ -135,6 +146,10 @@ class World:
         self.content[hashlib.sha256(commit.encode()).digest()] = commit.id
         self.published.setdefault(commit.id, now)
         return commit
+
+    def valid(self, commit: Commit) -> bool:
+        """The verdict of the validity function on ``commit`` (its blobs' registry entries)."""
+        return all(self.blobs[ref.sha256].valid for ref in commit.blobs.values())
 
     def blob_bytes(self, commit: Commit) -> int:
         return sum(ref.size for ref in commit.blobs.values())

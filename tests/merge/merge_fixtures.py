@@ -20,7 +20,7 @@ from merge.lora import LoraAdapter, LoraModule
 from merge.spec import Limits
 
 TARGETS = ("enc.q", "enc.v", "head")
-BASE = "tiny-base"
+BASE = "7e" * 32  # a fingerprint-shaped name: a config naming it declares it
 
 
 class TinyNet(nn.Module):  # type: ignore[misc]

@@ -80,8 +80,9 @@ def test_merge_paths_folds_validated_adapters(tmp_path: Path) -> None:
 def test_merge_paths_refuses_mixed_bases(tmp_path: Path) -> None:
     a = make_peft_adapter(tmp_path / "a", 1)
     b = make_peft_adapter(tmp_path / "b", 2)
-    cfg = json.loads((b / "adapter_config.json").read_text())
-    cfg["base_model_name_or_path"] = "another-base"
-    (b / "adapter_config.json").write_text(json.dumps(cfg))
-    with pytest.raises(BaseMismatchError, match="another-base"):
+    for path, fingerprint in ((a, "cd" * 32), (b, "ab" * 32)):  # fingerprints: claims
+        cfg = json.loads((path / "adapter_config.json").read_text())
+        cfg["base_model_name_or_path"] = fingerprint
+        (path / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BaseMismatchError, match="abab"):
         merge_paths(MergeSpec(), [(a, (1.0, 1.0)), (b, (1.0, 1.0))])

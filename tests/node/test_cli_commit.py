@@ -10,14 +10,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from crypto import canonical
 from crypto.records import Commit, Revocation, decode_record
 from node.cli import main
 from node.home import Home
+from tests.conftest import BASE, TINY_SHAPES, write_distilled
 
-BASE = "ab" * 32
+
+def base_file(directory: Path) -> Path:
+    """What `medforge fingerprint --out` writes for TinyBase."""
+    path = directory / "base.json"
+    info = {"backend": "text", "base": "", "fingerprint": BASE, "shapes": TINY_SHAPES.to_dict()}
+    path.write_text(json.dumps(info))
+    return path
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -45,7 +51,7 @@ def network(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
         "--threshold",
         "2",
         "--base",
-        BASE,
+        str(base_file(tmp_path)),
         "--out",
         str(tmp_path / "genesis.cbor"),
     )
@@ -68,11 +74,8 @@ def network(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
 def bundle(
     network: Path, make_adapter: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> Path:
-    distilled = network / "distilled.safetensors"
-    save_file(
-        {"inputs": torch.zeros(4, 3), "labels": torch.tensor([0, 1, 0, 1])},
-        str(distilled),
-        metadata={"classes": json.dumps(["benign", "malignant"]), "task": "breast"},
+    distilled = write_distilled(
+        network / "distilled.safetensors", ("benign", "malignant"), task="breast"
     )
     code, out = run(
         capsys,
@@ -223,7 +226,7 @@ def test_a_commit_for_another_network_is_refused(
         "--name",
         "other",
         "--base",
-        BASE,
+        str(base_file(tmp_path)),
     )
     code, out = run(capsys, "verify", str(bundle), "--home", str(tmp_path / "carol"))
     assert code == 2

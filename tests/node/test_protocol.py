@@ -24,6 +24,7 @@ from node.protocol import (
     Disconnect,
     Event,
     FetchBlob,
+    Judged,
     LocalRecord,
     Merge,
     MergeDone,
@@ -34,8 +35,11 @@ from node.protocol import (
     Rejected,
     Send,
     SetTimer,
+    StoreInvalid,
     StoreRecord,
     Timer,
+    Validate,
+    Verdict,
 )
 
 ALICE, BOB, CAROL, MALLORY = (Identity.from_seed(bytes([n]) * 32) for n in (1, 2, 3, 66))
@@ -125,6 +129,14 @@ class Net:
             self.unlink(node.name, action.peer)
         elif isinstance(action, Rebase):
             self.rebase(node, action)
+        elif isinstance(action, Validate):  # the validity function: a blob marked invalid
+            bad = {ref.sha256 for ref in action.commit.blobs.values()} & self.invalid
+            verdict = (
+                Judged(action.record_id, Verdict.INVALID, "bad blob")
+                if bad
+                else Judged(action.record_id, Verdict.VALID)
+            )
+            self.handle(node.name, verdict)
 
     def _serve(self, node: Node, action: FetchBlob) -> None:
         holder = self.nodes[action.peer]
@@ -132,8 +144,6 @@ class Net:
             return
         if action.sha256 not in holder.blobs:
             result = BlobResult.UNAVAILABLE
-        elif action.sha256 in self.invalid:
-            result = BlobResult.INVALID
         else:
             result = BlobResult.VERIFIED
             node.blobs.add(action.sha256)
@@ -284,16 +294,70 @@ def test_an_unknown_author_is_ignored_without_blame() -> None:
     assert net.nodes["p1"].core.statistics().ignored == 1
 
 
-def test_an_invalid_blob_rejects_its_commit_for_good() -> None:
-    net = pair()
+def test_an_invalid_commit_is_refused_for_good_without_blaming_the_sender() -> None:
+    net = Net([ALICE, BOB, CAROL])
+    net.link("p0", "p1")
+    net.link("p1", "p2")
+    net.drain()
     c = commit(ALICE, 0)
     net.invalid.add(c.blobs["adapter_model"].sha256)
+    # Alice's own node refuses to publish it ...
+    net.publish("p0", c)
+    assert any(isinstance(a, Rejected) for n, a in net.actions if n == "p0")
+    assert net.nodes["p0"].core.statistics().complete == 0
+    # ... so a hostile alice pushes it to bob directly, and serves its blobs.
+    net.pool.append(
+        ("p1", "p0", MessageReceived("p0", messages.encode(messages.Records((c.encode(),)))))
+    )
+    net.settle()
+    bob = net.nodes["p1"]
+    assert bob.core.order.commits == ()
+    assert bob.core.invalid() == {
+        hashlib.sha256(c.encode()).digest(): (ALICE.public.raw, "bad blob")
+    }
+    assert [a for n, a in net.actions if n == "p1" and isinstance(a, StoreInvalid)]
+    assert not bob.disconnected  # alice's bytes are what alice signed: no peer is blamed
+    assert net.nodes["p2"].core.statistics().pending == 0  # never relayed to carol
+    fetches = len(net.sent(FetchBlob))
+    # The same record again (a replay, anti-entropy) is known: not fetched, not judged again.
+    net.pool.append(
+        ("p1", "p0", MessageReceived("p0", messages.encode(messages.Records((c.encode(),)))))
+    )
+    net.settle()
+    assert len(net.sent(FetchBlob)) == fetches
+    assert len(net.sent(Validate)) == 2  # alice's own check, and bob's once
+
+
+def test_a_restored_invalid_commit_stays_invalid_and_is_not_fetched() -> None:
+    c = commit(ALICE, 0)
+    core = Core(GENESIS, me=BOB.public, config=CONFIG)
+    actions = core.handle(LocalRecord(c.encode(), restored=True, invalid="NonFiniteError"), 0.0)
+    assert not [a for a in actions if isinstance(a, FetchBlob | Validate | StoreRecord)]
+    assert core.statistics().invalid == 1
+    assert core.statistics().complete == core.statistics().pending == 0
+
+
+def test_blobs_found_damaged_when_judged_are_fetched_again() -> None:
+    net = pair()
+    c = commit(ALICE, 0)
     net.publish("p0", c)
     net.drain()
     bob = net.nodes["p1"]
-    assert bob.core.order.commits == ()
-    assert bob.core.statistics().rejected == 1
-    assert bob.disconnected
+    assert bob.core.order.commits == (c.id,)
+    # Bob restarts with a store whose adapter blob rotted: judged MISSING, fetched again.
+    core = Core(GENESIS, me=BOB.public, config=CONFIG, blobs=bob.blobs)
+    bob.core = core
+    cid = hashlib.sha256(c.encode()).digest()
+    actions = core.handle(LocalRecord(c.encode(), blobs_held=False, restored=True), net.now)
+    assert [a for a in actions if isinstance(a, Validate)]
+    sha = c.blobs["adapter_model"].sha256
+    core.handle(Judged(cid, Verdict.MISSING, missing=(sha,)), net.now)
+    assert sha in core.pending_blobs()
+    net.unlink("p0", "p1")
+    net.link("p0", "p1")
+    net.settle()
+    assert core.order.commits == (c.id,)
+    assert core.root == net.nodes["p0"].core.root
 
 
 def test_a_withholding_peer_times_out_and_another_holder_serves() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import trio
 
 from crypto.records import Genesis, Member
+from merge.base_shapes import shapes_of
 from merge.distill import DistillConfig, distill, save_distilled
 from merge.train import TrainConfig, train_plugin
 from node.home import Home
@@ -41,13 +42,14 @@ async def test_the_orphans_author_rebases_and_both_nodes_converge(
     tmp_path: Path, nursery: trio.Nursery
 ) -> None:
     model = save_tiny_text(tmp_path / "tiny-base")
-    fingerprint = tiny_text_backend().fingerprint
+    backend = tiny_text_backend()
+    fingerprint = backend.fingerprint
     homes = [Home.init(tmp_path / name, name) for name in ("alice", "bob")]
     genesis = Genesis(
         name="rebase-net",
         members=tuple(Member(h.config().name, h.identity().public) for h in homes),
         threshold=1,
-        spec=make_spec("stack", fingerprint, backend="text", model=str(model)),
+        spec=make_spec("stack", fingerprint, shapes_of(backend), backend="text", model=str(model)),
         nonce="r",
     )
     for home in homes:

@@ -17,8 +17,8 @@ from node.netspec import make_spec
 from node.protocol import Config
 from node.service import NodeService
 from node.transport import MemoryNetwork, MemoryTransport, Transport, TransportConfig
+from tests.conftest import BASE, TINY_SHAPES
 
-BASE = "ab" * 32
 FAST = TransportConfig(request_timeout=10, idle_timeout=5, backoff_min=0.05, backoff_max=0.5)
 
 
@@ -28,7 +28,7 @@ def _homes(tmp_path: Path, names: list[str], mode: str = "stack") -> list[Home]:
         name="test-net",
         members=tuple(Member(h.config().name, h.identity().public) for h in homes),
         threshold=1,
-        spec=make_spec(mode, BASE),
+        spec=make_spec(mode, BASE, TINY_SHAPES),
         nonce="t",
     )
     for home in homes:
