@@ -15,6 +15,7 @@ counted and logged by the transport and the peer is disconnected; it never crash
     │   │   ├── BlobNotFound             ... it does not serve that blob
     │   │   └── RateLimited              ... we asked too often
     │   └── RemoteProtocolError          the peer broke the protocol (garbage)
+    │       ├── OversizedFrame           ... a frame longer than the limit for it
     │       ├── TruncatedFrame           ... a stream ended mid-frame (not banned: see class)
     │       └── BlobMismatch             ... the bytes do not match the announced size/hash
     └── StoreError                       anything on disk
@@ -68,6 +69,10 @@ class RateLimited(RemoteRefused):
 
 class RemoteProtocolError(TransportError):
     """The peer sent bytes the protocol does not allow (malformed or oversized frame...)."""
+
+
+class OversizedFrame(RemoteProtocolError):
+    """A peer announced a frame longer than the limit for it; none of it was read."""
 
 
 class TruncatedFrame(RemoteProtocolError):

@@ -25,6 +25,9 @@ _METRICS = (
     ("medforge_orphans", "gauge", "orphan commits after the tip", "orphans"),
     ("medforge_converged_peers", "gauge", "peers reporting our composite", "converged_with"),
     ("medforge_garbage_total", "counter", "protocol violations by peers", "garbage"),
+    ("medforge_invalid_commits", "gauge", "commits judged invalid (kept as evidence)",
+     "invalid_commits"),
+    ("medforge_validating", "gauge", "commits waiting for their verdict", "validating"),
     ("medforge_uptime_seconds", "gauge", "seconds since start", "uptime_s"),
 )
 
@@ -33,6 +36,20 @@ def render(status: dict[str, Any]) -> str:
     lines = []
     for name, kind, help_text, key in _METRICS:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {status[key]}"]
+    lines += [
+        "# HELP medforge_faults_total defects of ours (validation, merge) the node survived",
+        "# TYPE medforge_faults_total counter",
+        *(f'medforge_faults_total{{stage="{k}"}} {v}' for k, v in sorted(status["faults"].items())),
+        "# HELP medforge_transport_faults_total frame-level faults seen by the transport",
+        "# TYPE medforge_transport_faults_total counter",
+        *(
+            f'medforge_transport_faults_total{{kind="{k}"}} {v}'
+            for k, v in sorted(status["frames"].items())
+        ),
+        "# HELP medforge_merge_failing 1 while the latest order cannot be folded",
+        "# TYPE medforge_merge_failing gauge",
+        f"medforge_merge_failing {int(status['merge_error'] is not None)}",
+    ]
     return "\n".join(lines) + "\n"
 
 

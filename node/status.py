@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from crypto.identity import PublicKey
 from crypto.records import Commit, Record, decode_record
 from merge.export import export_peft
 from merge.fold import Composite, single_task
 from node.bundle import verify_bundle
 from node.control import ControlError
+from node.transport.types import FAULT_COUNTERS
 
 if TYPE_CHECKING:
     from node.service import NodeService
@@ -83,9 +85,37 @@ def status(node: NodeService) -> dict[str, Any]:
         "converged_with": conv.same_composite,
         "peers_reporting": conv.reporting,
         "garbage": stats.garbage,
+        "validating": stats.validating,
+        "invalid_commits": stats.invalid,
+        "invalid_by_author": invalid_by_author(node),
+        "invalid": [
+            {"commit": cid.hex(), "author": node.name_of(PublicKey(key).peer_id()), "reason": why}
+            for cid, (key, why) in sorted(core.invalid().items())[:32]
+        ],
+        "frames": frame_faults(node),
+        "serving_digest": node.composer.digest,
+        "merge_error": node.merge_error,
+        "faults": dict(node.faults),
         "last_errors": [f"{reason} ({peer[-8:]})" for _, peer, reason in core.errors[-5:]]
         + [message for _, message in node.errors[-5:]],
     }
+
+
+
+
+def frame_faults(node: NodeService) -> dict[str, int]:
+    """The transport's frame-level fault counters (below the core's message-level garbage)."""
+    stats = node.transport.statistics()
+    return {name: int(getattr(stats, name)) for name in FAULT_COUNTERS}
+
+
+def invalid_by_author(node: NodeService) -> dict[str, int]:
+    """How many commits each member signed that every node refuses."""
+    counts: dict[str, int] = {}
+    for key, _ in node.core.invalid().values():
+        name = node.name_of(PublicKey(key).peer_id())
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def forge_log(node: NodeService) -> list[dict[str, Any]]:

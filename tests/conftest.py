@@ -21,16 +21,22 @@ TINY_SHAPES = BaseShapes({"q": (8, 8), "v": (8, 8), "head": (3, 8)}, "text-embed
 
 
 def write_distilled(
-    path: Path, classes: tuple[str, ...] = ("a", "b"), *, task: str = "t", base: str = BASE
+    path: Path,
+    classes: tuple[str, ...] = ("a", "b"),
+    *,
+    task: str = "t",
+    base: str = BASE,
+    labels: list[int] | None = None,
+    width: int = 8,
 ) -> Path:
-    """A distilled set for TinyBase in the documented format: one example per class."""
+    """A distilled set for TinyBase in the documented format: one example per class (or per
+    label given; ``width`` other than 8 does not fit TinyBase)."""
     from merge.distill import Distilled, save_distilled
 
-    n = len(classes)
-    inputs = torch.linspace(-1, 1, n * 4 * 8).reshape(n, 4, 8)
-    save_distilled(
-        Distilled(inputs, torch.arange(n), tuple(classes), task, "text-embeds", base), path
-    )
+    targets = torch.tensor(labels) if labels is not None else torch.arange(len(classes))
+    n = len(targets)
+    inputs = torch.linspace(-1, 1, n * 4 * width).reshape(n, 4, width)
+    save_distilled(Distilled(inputs, targets, tuple(classes), task, "text-embeds", base), path)
     return path
 
 

@@ -124,6 +124,19 @@ def run_status(args: argparse.Namespace) -> int:
         f"{s['rejected_records']} rejected; blobs {s['blobs']}, missing {s['missing_blobs']}",
         f"forge item  v{s['forge_item']}  head {s['head'][:16]}  orphans {s['orphans']}",
         f"composite   {s['composite_digest'] or '(merging)'}",
+        *(
+            [f"merge       FAILING, serving {s['serving_digest'][:16]}: {s['merge_error']}"]
+            if s["merge_error"]
+            else []
+        ),
+        "frames      "
+        + (", ".join(f"{k} {v}" for k, v in s["frames"].items() if v) or "no faults"),
+        f"invalid     {s['invalid_commits']} commit(s) refused"
+        + (
+            " (" + ", ".join(f"{n}: {k}" for n, k in s["invalid_by_author"].items()) + ")"
+            if s["invalid_by_author"]
+            else ""
+        ),
         f"converged   with {s['converged_with']}/{s['peers_connected']} peers",
         f"set root    {s['set_root'][:32]}",
     ]

@@ -17,8 +17,10 @@ from typing import Any
 import trio
 
 from node.errors import (
+    BlobMismatch,
     ConnectionLost,
     NodeError,
+    OversizedFrame,
     PayloadTooLarge,
     PeerTimeout,
     RemoteProtocolError,
@@ -65,7 +67,8 @@ class Transport(ABC):
         self._blob_provider: BlobProvider | None = None
         self._peers: dict[PeerId, trio.Event] = {}  # connected peer -> set on disconnect
         self._buckets: dict[PeerId, TokenBucket] = {}
-        self._counts: Counter[str] = Counter()
+        self._counts: Counter[str] = Counter()  # the int fields of TransportStatistics
+        self._counted = trio.Event()  # set (and replaced) whenever a counter moves
         self._garbage: Counter[PeerId] = Counter()
         self._inbound: Counter[PeerId] = Counter()  # streams being served, per peer
         self._banned: dict[PeerId, float] = {}  # garbage senders -> trio time of release
@@ -135,7 +138,7 @@ class Transport(ABC):
         if len(data) > self.config.max_gossip:
             raise PayloadTooLarge(f"gossip of {len(data)} bytes > {self.config.max_gossip}")
         await self._publish(topic, data)
-        self._counts["gossip_published"] += 1
+        self._count("gossip_published")
 
     async def request(self, peer: PeerId, payload: bytes, *, max_response: int) -> bytes:
         """Send one request frame, return the response body (at most ``max_response``).
@@ -155,8 +158,9 @@ class Transport(ABC):
                     body = await wire.read_response(stream, max_response, idle)
                     await wire.expect_eof(stream, idle)
         except trio.TooSlowError as exc:
+            self._count("timeouts")
             raise PeerTimeout(f"no response from {peer} in time") from exc
-        self._counts["requests_sent"] += 1
+        self._count("requests_sent")
         return body
 
     async def fetch_blob(self, peer: PeerId, sha256: bytes, *, size: int, sink: BlobSink) -> None:
@@ -170,10 +174,12 @@ class Transport(ABC):
         async with self._client_stream(peer, wire.BLOB_PROTOCOL) as stream:
             await wire.send_blob_request(stream, sha256, size)
             await wire.receive_blob(stream, sha256, size, sink, cfg.chunk_size, cfg.idle_timeout)
-        self._counts["blobs_fetched"] += 1
-        self._counts["blob_bytes_fetched"] += size
+        self._count("blobs_fetched")
+        self._count("blob_bytes_fetched", size)
 
     def statistics(self) -> TransportStatistics:
+        """A snapshot of the counters, frame-level faults included (``TransportStatistics``
+        says what moves each one); the same for every backend."""
         c = self._counts
         return TransportStatistics(
             peer_id=self.peer_id,
@@ -191,12 +197,21 @@ class Transport(ABC):
     def _client_stream(self, peer: PeerId, protocol: str) -> _ClientStream:
         return _ClientStream(self, peer, protocol)
 
+    def _count(self, name: str, n: int = 1) -> None:
+        """Move one counter of ``statistics()`` (a name from ``_COUNTERS``)."""
+        assert name in _COUNTERS, name
+        self._counts[name] += n
+        self._counted.set()
+        self._counted = trio.Event()
+
     async def _on_garbage(self, peer: PeerId, exc: RemoteProtocolError) -> None:
         """A peer broke the protocol: count, log, and drop the connection."""
-        self._counts["remote_errors"] += 1
+        self._count("remote_errors")
+        self._count(_garbage_kind(exc))
         self._garbage[peer] += 1
         if not isinstance(exc, TruncatedFrame):
             self._banned[peer] = trio.current_time() + self.config.ban_seconds
+            self._count("bans")
         log.warning("disconnecting %s: %s", peer, exc)
         await self.disconnect(peer)
 
@@ -223,21 +238,23 @@ class Transport(ABC):
         if sender == self.peer_id:
             return  # our own publish, echoed by the local subscription
         if len(data) > self.config.max_gossip:
-            self._counts["gossip_dropped"] += 1  # relayed by a peer with a bigger cap
+            self._count("oversized_gossip")  # relayed by a peer with a bigger cap
+            self._count("gossip_dropped")
             return
         if self._event_tx.statistics().current_buffer_used >= self.config.max_pending_gossip:
-            self._counts["gossip_dropped"] += 1  # consumer is behind; gossip is best effort
+            self._count("gossip_dropped")  # consumer is behind; gossip is best effort
             return
-        self._counts["gossip_received"] += 1
+        self._count("gossip_received")
         self._event_tx.send_nowait(GossipReceived(topic, sender, data))
 
     async def _serve_stream(self, peer: PeerId, protocol: str, stream: wire.ByteStream) -> None:
         """Answer one inbound stream. Never raises for anything the peer did."""
         if self.is_banned(peer):
+            self._count("banned_streams")  # its connection is going, or about to
             await stream.reset()
             return
         if self._inbound[peer] >= self.config.max_inbound_streams_per_peer:
-            self._counts["streams_refused"] += 1  # one peer must not tie up every task
+            self._count("refused_streams")  # one peer must not tie up every task
             await stream.reset()
             return
         self._inbound[peer] += 1
@@ -259,6 +276,7 @@ class Transport(ABC):
             await stream.reset()
             await self._on_garbage(peer, exc)
         except (ConnectionLost, PeerTimeout) as exc:
+            self._count("resets" if isinstance(exc, ConnectionLost) else "timeouts")
             log.info("stream %s from %s aborted: %s", protocol, peer, exc)
             await stream.reset()
 
@@ -276,19 +294,19 @@ class Transport(ABC):
         except Exception:
             # A server boundary: one bad request must not take the node down.
             log.exception("request handler failed on a request from %s", peer)
-            self._counts["handler_errors"] += 1
+            self._count("handler_errors")
             await wire.send_refusal(stream, wire.REFUSED, "internal error")
             return
         if len(body) > max_response:
             await wire.send_refusal(stream, wire.TOO_LARGE, f"response is {len(body)} bytes")
             return
         await wire.send_response(stream, wire.OK, body)
-        self._counts["requests_served"] += 1
+        self._count("requests_served")
 
     async def _serve_blob(self, peer: PeerId, stream: wire.ByteStream) -> None:
         sha256, size = await wire.read_blob_request(stream, self.config.idle_timeout)
         if not self._take_serve_token(peer):
-            self._counts["rate_limited"] += 1
+            self._count("rate_limited")
             await wire.send_blob_refusal(stream, wire.RATE_LIMITED, "too many fetches")
             return
         path = self._blob_provider(sha256) if self._blob_provider else None
@@ -302,8 +320,8 @@ class Transport(ABC):
             while chunk := f.read(self.config.chunk_size):
                 await stream.write(chunk)
         await stream.close_write()
-        self._counts["blobs_served"] += 1
-        self._counts["blob_bytes_served"] += size
+        self._count("blobs_served")
+        self._count("blob_bytes_served", size)
 
     def _take_serve_token(self, peer: PeerId) -> bool:
         now = trio.current_time()
@@ -335,21 +353,44 @@ class Transport(ABC):
             await trio.sleep(self.config.backoff_min)
 
 
-_COUNTERS = (
-    "gossip_published",
-    "gossip_received",
-    "gossip_dropped",
-    "requests_sent",
-    "requests_served",
-    "blobs_fetched",
-    "blobs_served",
-    "blob_bytes_fetched",
-    "blob_bytes_served",
-    "rate_limited",
-    "streams_refused",
-    "handler_errors",
-    "remote_errors",
+_COUNTERS = frozenset(
+    {
+        "gossip_published",
+        "gossip_received",
+        "gossip_dropped",
+        "oversized_gossip",
+        "requests_sent",
+        "requests_served",
+        "blobs_fetched",
+        "blobs_served",
+        "blob_bytes_fetched",
+        "blob_bytes_served",
+        "handler_errors",
+        "remote_errors",
+        "oversized_frames",
+        "truncated_frames",
+        "malformed_frames",
+        "blob_mismatches",
+        "resets",
+        "timeouts",
+        "refused_streams",
+        "rate_limited",
+        "bans",
+        "banned_streams",
+        "banned_connections",
+    }
 )
+
+
+def _garbage_kind(exc: RemoteProtocolError) -> str:
+    """The counter for one protocol violation, by its type (never by its message)."""
+    if isinstance(exc, TruncatedFrame):
+        return "truncated_frames"
+    if isinstance(exc, OversizedFrame):
+        return "oversized_frames"
+    if isinstance(exc, BlobMismatch):
+        return "blob_mismatches"
+    return "malformed_frames"
 
 
 class _ClientStream:
@@ -362,7 +403,11 @@ class _ClientStream:
         self._stream: wire.ByteStream | None = None
 
     async def __aenter__(self) -> wire.ByteStream:
-        self._stream = await self._transport._open_stream(self._peer, self._protocol)
+        try:
+            self._stream = await self._transport._open_stream(self._peer, self._protocol)
+        except ConnectionLost:
+            self._transport._count("resets")  # reset while the protocol was negotiated
+            raise
         return self._stream
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: Any, tb: Any) -> None:
@@ -373,3 +418,7 @@ class _ClientStream:
         await self._stream.reset()
         if isinstance(exc, RemoteProtocolError):
             await self._transport._on_garbage(self._peer, exc)
+        elif isinstance(exc, ConnectionLost):
+            self._transport._count("resets")
+        elif isinstance(exc, PeerTimeout):
+            self._transport._count("timeouts")  # idle_timeout; request_timeout: request()

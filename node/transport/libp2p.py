@@ -10,9 +10,14 @@ Workarounds (numbers from shared/notes/libp2p-0.8.1.md):
   dial only ``connect()`` dials (``_guard_dials``): libp2p's on-demand dial from
       ``new_stream`` racing a disconnect or a stop leaks the new socket.
   #5  the Pubsub ``LastSeenCache`` sweeper thread is stopped after pubsub exits.
+  rst Yamux reports a reset that has already been processed as EOF; ``_Stream.read``
+      checks the stream's reset flag, so a reset is ``ConnectionLost`` as in the twin.
   #6  ``max_connections_per_peer=1``: dials take ~15 ms instead of ~250 ms.
   #7  the per-topic spam limit (10 msg/s) is raised, so announcement bursts survive.
-  log importing libp2p turns off propagation of its logger; we turn it back on.
+  log importing libp2p turns off propagation of its logger; we turn it back on. Two
+      kinds of libp2p lines are demoted to DEBUG (``_Demote``), nothing else: the
+      ERROR each time a peer without gossipsub connects, and the auto-connector's
+      INFO lines every 10 s that say nothing changed.
   Bootstrap redial is ours (``Transport._keep_connected``): libp2p's own loop forgets a
   peer after a few failures and runs outside any nursery.
 libp2p exceptions are translated to ``node.errors`` only here (``_mapped``).
@@ -21,6 +26,7 @@ libp2p exceptions are translated to ``node.errors`` only here (``_mapped``).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from contextvars import ContextVar
@@ -59,6 +65,69 @@ _log = logging.getLogger("node.transport.libp2p")
 _explicit_dial: ContextVar[bool] = ContextVar("explicit_dial", default=False)  # connect()
 
 
+# -- quiet logs: two libp2p messages that say nothing an operator needs to hear ---------
+class _Demote(logging.Filter):
+    """Re-level the matching records of one libp2p logger to DEBUG, as if libp2p had
+    logged them at DEBUG: they are dropped unless DEBUG is enabled on that logger.
+    (Lowering ``levelno`` alone is not enough: a handler without a level of its own, like
+    the CLI's, emits whatever reaches it.) Every other record passes untouched."""
+
+    def __init__(self, logger: logging.Logger, match: Callable[[logging.LogRecord], bool]):
+        super().__init__()
+        self._logger = logger
+        self._match = match
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG or not self._match(record):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return self._logger.isEnabledFor(logging.DEBUG)
+
+    @classmethod
+    def install(cls, name: str, match: Callable[[logging.LogRecord], bool]) -> None:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls(logger, match))
+
+
+_PUBSUB_PROTOCOLS = re.compile(r"^  Protocols: \[('/(meshsub|floodsub)/[^']*'(, )?)+\]$", re.M)
+
+
+def _pubsub_unsupported(record: logging.LogRecord) -> bool:
+    """``BasicHost.new_stream``'s ERROR when the peer answered "na" to every pubsub
+    protocol: pubsub opens its stream to every peer that connects, so a peer without
+    gossipsub (a raw client of our request protocol) is one ERROR per connection. The
+    same ERROR for any other protocol, or for a failure other than "na", stays."""
+    if record.levelno != logging.ERROR:
+        return False
+    msg = record.getMessage()
+    return (
+        msg.startswith("Failed to open stream to peer ")
+        and "  Error: protocols not supported: tried [" in msg
+        and _PUBSUB_PROTOCOLS.search(msg) is not None
+    )
+
+
+# The auto-connector's per-cycle INFO lines (every 10 s while we have fewer than its
+# min_connections=50, i.e. always here), whether or not anything changed; the summary
+# counts dials dispatched, not made (ours refuses them, see _guard_dials). Lines about
+# a peer really connected ("Auto-connected to peer ...") and errors stay.
+_AUTO_CONNECTOR_CYCLE = re.compile(
+    r"^(AUTO_CONNECTOR_STATE: "
+    r"|Connections \(.*\) below target \(.*\); initiating "
+    r"|AutoConnector candidate pool low "
+    r"|Auto-connected to \d+ new peers$)"
+)
+
+
+def _auto_connector_cycle(record: logging.LogRecord) -> bool:
+    return record.levelno == logging.INFO and bool(_AUTO_CONNECTOR_CYCLE.match(record.getMessage()))
+
+
+_Demote.install("libp2p.host.basic_host", _pubsub_unsupported)
+_Demote.install("libp2p.network.auto_connector", _auto_connector_cycle)
+
+
 @contextmanager
 def _mapped(error: type[Exception], what: str) -> Iterator[None]:
     """Translate libp2p's exceptions into ours."""
@@ -90,10 +159,20 @@ class _Stream:
     async def read(self, max_bytes: int) -> bytes:
         try:
             return await self._stream.read(max_bytes)
-        except EOFError:  # StreamEOF: the peer half-closed; a normal end of its frame
+        except EOFError as exc:  # StreamEOF: the peer half-closed; a normal end of its frame
+            if self._was_reset():
+                raise ConnectionLost("read: stream reset") from exc
             return b""
         except BaseLibp2pError as exc:
             raise ConnectionLost(f"read: {type(exc).__name__}: {exc}") from exc
+
+    def _was_reset(self) -> bool:
+        """Yamux drops a stream's bookkeeping when a reset (RST, or the connection
+        failing) arrives, and a read after that raises EOF, not a reset: without this a
+        peer that resets mid-frame, or dies, looks like a truncated frame. The twin raises
+        ``ConnectionLost`` for both, and so do we. (A FIN never sets the flag.)"""
+        muxed = getattr(self._stream, "muxed_stream", None)
+        return getattr(muxed, "reset_received", False) is True
 
     async def write(self, data: bytes) -> None:
         with _mapped(ConnectionLost, "write"):
@@ -122,6 +201,7 @@ class _Notifee(INotifee):
     async def connected(self, network: INetwork, conn: INetConn) -> None:
         peer = str(conn.muxed_conn.peer_id)
         if self._transport.is_banned(peer):
+            self._transport._count("banned_connections")
             # Not inline: closing from inside the swarm's notify path would stall it.
             self._transport._spawn(self._transport.disconnect, peer)
         else:

@@ -190,8 +190,11 @@ class MemoryTransport(Transport):
             raise PeerUnreachable(f"nothing listens on {addr}")
         if remote is self:
             raise PeerUnreachable("cannot dial self")
-        if self.is_banned(remote.peer_id) or remote.is_banned(self.peer_id):
-            raise PeerUnreachable(f"{addr} is banned, or bans us, for sending garbage")
+        if remote.is_banned(self.peer_id):
+            remote._count("banned_connections")  # as libp2p's notifee drops it there
+            raise PeerUnreachable(f"{addr} bans us for sending garbage")
+        if self.is_banned(remote.peer_id):
+            raise PeerUnreachable(f"{addr} is banned for sending garbage")
         if remote.peer_id not in self._links:
             self._add_link(remote)
             remote._add_link(self)

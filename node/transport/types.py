@@ -71,23 +71,61 @@ class TransportConfig:
     enable_dht: bool = False
 
 
+#: The counters of frame-level faults and of what a transport refuses on its own.
+FAULT_COUNTERS = (
+    "remote_errors",
+    "oversized_frames",
+    "truncated_frames",
+    "malformed_frames",
+    "blob_mismatches",
+    "resets",
+    "timeouts",
+    "refused_streams",
+    "rate_limited",
+    "bans",
+    "banned_streams",
+    "banned_connections",
+    "oversized_gossip",
+)
+
+
 @dataclass(frozen=True)
 class TransportStatistics:
-    """A snapshot; counters only grow."""
+    """A snapshot; counters only grow.
+
+    Frame-level faults are counted where the transport detects them, on whichever side
+    (client or server) saw them. Each of ``oversized_frames``, ``truncated_frames``,
+    ``malformed_frames`` and ``blob_mismatches`` is a protocol violation: it also counts
+    in ``remote_errors`` and ``garbage_by_peer``, and the peer is disconnected (and,
+    except for a truncated frame, banned: ``bans``).
+    """
 
     peer_id: PeerId
     peers: int
     gossip_published: int
     gossip_received: int
     gossip_dropped: int
+    oversized_gossip: int  # of gossip_dropped: bigger than our max_gossip (a relay's cap)
     requests_sent: int
     requests_served: int
     blobs_fetched: int
     blobs_served: int
     blob_bytes_fetched: int
     blob_bytes_served: int
-    rate_limited: int
-    streams_refused: int  # inbound streams reset because the peer had too many open
     handler_errors: int
-    remote_errors: int  # protocol violations by peers (each one disconnects the peer)
+    # protocol violations by peers; each one disconnects the peer
+    remote_errors: int  # all of them: the sum of the next four
+    oversized_frames: int  # a frame announced a length over our limit (never read)
+    truncated_frames: int  # the stream ended mid-frame (disconnected, not banned)
+    malformed_frames: int  # unknown status byte, bytes after the end of a frame
+    blob_mismatches: int  # a blob of the wrong size or sha256
+    # exchanges aborted without garbage (the peer stays connected)
+    resets: int  # the stream was reset or the connection broke mid-exchange
+    timeouts: int  # the peer was silent past idle_timeout, or missed request_timeout
+    # what we refuse or cut off on our own
+    refused_streams: int  # inbound streams reset unread: the peer had too many open
+    rate_limited: int  # blob fetches refused by the per-peer token bucket
+    bans: int  # peers banned for ban_seconds after a protocol violation
+    banned_streams: int  # inbound streams from a banned peer, reset unread
+    banned_connections: int  # connections from a banned peer, refused or dropped
     garbage_by_peer: Mapping[PeerId, int] = field(default_factory=dict)

@@ -27,6 +27,7 @@ import trio
 from node.errors import (
     BlobMismatch,
     BlobNotFound,
+    OversizedFrame,
     PeerTimeout,
     RateLimited,
     RemoteProtocolError,
@@ -107,7 +108,7 @@ async def read_request(stream: ByteStream, max_request: int, idle: float) -> tup
     """Server side: the payload and the client's max_response."""
     max_response, length = _REQ_HEAD.unpack(await read_exactly(stream, _REQ_HEAD.size, idle))
     if length > max_request:
-        raise RemoteProtocolError(f"request of {length} bytes exceeds our {max_request}")
+        raise OversizedFrame(f"request of {length} bytes exceeds our {max_request}")
     return await read_exactly(stream, length, idle), max_response
 
 
@@ -122,7 +123,7 @@ async def read_response(stream: ByteStream, max_response: int, idle: float) -> b
     if status != OK and status not in _REFUSALS:
         raise RemoteProtocolError(f"unknown response status {status}")
     if length > limit:
-        raise RemoteProtocolError(f"response of {length} bytes exceeds the {limit} we asked")
+        raise OversizedFrame(f"response of {length} bytes exceeds the {limit} we asked")
     body = await read_exactly(stream, length, idle)
     if status != OK:
         raise _REFUSALS[status](body.decode("utf-8", "replace"))
@@ -165,8 +166,10 @@ async def receive_blob(
     by the trailing EOF check without us buffering its excess."""
     status, announced = _BLOB_HEAD.unpack(await read_exactly(stream, _BLOB_HEAD.size, idle))
     if status != OK:
-        if status not in _REFUSALS or announced > MAX_REFUSAL:
-            raise RemoteProtocolError(f"bad blob refusal: status {status}, {announced} bytes")
+        if status not in _REFUSALS:
+            raise RemoteProtocolError(f"unknown blob status {status}")
+        if announced > MAX_REFUSAL:
+            raise OversizedFrame(f"blob refusal of {announced} bytes > {MAX_REFUSAL}")
         reason = await read_exactly(stream, announced, idle)
         raise _REFUSALS[status](reason.decode("utf-8", "replace"))
     if announced != size:

@@ -23,6 +23,7 @@ from node.errors import (
     BlobNotFound,
     ConnectionLost,
     NodeError,
+    OversizedFrame,
     PayloadTooLarge,
     PeerTimeout,
     PeerUnreachable,
@@ -44,6 +45,7 @@ from node.transport import (
     peer_id_from_seed,
     wire,
 )
+from node.transport.types import FAULT_COUNTERS
 
 WAIT = 10.0  # generous bound on any single wait; the happy path takes milliseconds
 TOPIC = "medforge/test/announce"
@@ -93,6 +95,25 @@ async def connected(a: Transport, b: Transport) -> None:
     assert await a.connect(b.listen_addrs[0]) == b.peer_id
     await next_event(b, PeerConnected, a.peer_id)
     await next_event(a, PeerConnected, b.peer_id)
+
+
+FAULTS = FAULT_COUNTERS  # every fault counter a transport reports
+
+
+def faults(t: Transport) -> dict[str, int]:
+    """The fault counters of ``t`` that are not zero."""
+    stats = t.statistics()
+    return {name: getattr(stats, name) for name in FAULTS if getattr(stats, name)}
+
+
+async def counted(t: Transport, **expected: int) -> None:
+    """Wait until each named counter of ``t`` has reached its value (the transport
+    sets ``_counted`` whenever a counter moves), then check it has not gone past it."""
+    with trio.fail_after(WAIT):
+        while any(getattr(t.statistics(), k) < v for k, v in expected.items()):
+            await t._counted.wait()
+    stats = t.statistics()
+    assert {k: getattr(stats, k) for k in expected} == expected
 
 
 async def meshed(*line: Transport) -> None:
@@ -202,6 +223,19 @@ async def test_gossip_over_the_cap_is_refused_not_dropped(make: Factory) -> None
     assert (await next_event(bob, GossipReceived)).data == b"x" * 1000
 
 
+async def test_gossip_over_our_cap_is_dropped_and_counted(make: Factory) -> None:
+    alice, bob = await make("alice", max_gossip=2000), await make("bob", max_gossip=1000)
+    await connected(alice, bob)
+    await meshed(alice, bob)
+    await alice.publish(TOPIC, b"x" * 1500)  # within alice's cap, over bob's
+    await alice.publish(TOPIC, b"small")
+    assert (await next_event(bob, GossipReceived)).data == b"small"
+    await counted(bob, oversized_gossip=1, gossip_dropped=1)
+    assert bob.statistics().gossip_received == 1
+    assert faults(bob) == {"oversized_gossip": 1}
+    assert alice.peer_id in bob.peers()  # a relay's bigger cap is not garbage
+
+
 async def test_a_burst_of_announcements_all_arrive(make: Factory) -> None:
     alice, bob = await make("alice"), await make("bob")
     await connected(alice, bob)
@@ -271,6 +305,24 @@ async def test_request_limits_and_deadlines(make: Factory) -> None:
     bob.set_request_handler(stuck)
     with pytest.raises(PeerTimeout):
         await alice.request(bob.peer_id, b"x", max_response=10)
+    assert faults(alice) == {"timeouts": 1}  # the request_timeout; not garbage
+
+
+async def test_a_silent_server_is_timed_out_not_banned(make: Factory) -> None:
+    alice, bob = await make("alice", idle_timeout=0.2), await make("bob")
+    answered = trio.Event()
+
+    async def stuck(peer: str, payload: bytes) -> bytes:
+        await answered.wait()  # silent until the client has given up
+        return payload
+
+    bob.set_request_handler(stuck)
+    await connected(alice, bob)
+    with pytest.raises(PeerTimeout):
+        await alice.request(bob.peer_id, b"x", max_response=10)
+    answered.set()
+    assert faults(alice) == {"timeouts": 1}  # the idle_timeout inside the stream
+    assert bob.peer_id in alice.peers()
 
 
 # -- blobs -----------------------------------------------------------------------------
@@ -312,6 +364,7 @@ async def test_blob_with_the_wrong_hash_is_garbage(make: Factory, tmp_path: Path
         )
     await next_event(alice, PeerDisconnected, mallory.peer_id)
     assert alice.statistics().garbage_by_peer == {mallory.peer_id: 1}
+    assert faults(alice) == {"remote_errors": 1, "blob_mismatches": 1, "bans": 1}
 
 
 async def test_blob_longer_than_announced_is_cut_off(make: Factory) -> None:
@@ -330,7 +383,24 @@ async def test_blob_longer_than_announced_is_cut_off(make: Factory) -> None:
         await alice.fetch_blob(mallory.peer_id, b"\1" * 32, size=10, sink=sink)
     assert len(sink.getvalue()) == 10  # never read past the announced size
     await next_event(alice, PeerDisconnected, mallory.peer_id)
-    assert alice.statistics().remote_errors == 1
+    assert faults(alice) == {"remote_errors": 1, "blob_mismatches": 1, "bans": 1}
+
+
+async def test_an_oversized_blob_refusal_is_garbage(make: Factory) -> None:
+    alice, mallory = await make("alice"), await make("mallory")
+
+    async def rant(peer: str, protocol: str, stream: wire.ByteStream) -> None:
+        await wire.read_blob_request(stream, WAIT)
+        await stream.write(struct.pack(">BQ", wire.NOT_FOUND, wire.MAX_REFUSAL + 1))
+        await stream.write(b"r" * (wire.MAX_REFUSAL + 1))
+        await stream.close_write()
+
+    mallory._serve_stream = rant  # type: ignore[method-assign]
+    await connected(alice, mallory)
+    with pytest.raises(OversizedFrame):
+        await alice.fetch_blob(mallory.peer_id, b"\1" * 32, size=10, sink=io.BytesIO())
+    await next_event(alice, PeerDisconnected, mallory.peer_id)
+    assert faults(alice) == {"remote_errors": 1, "oversized_frames": 1, "bans": 1}
 
 
 async def test_blob_serving_is_rate_limited_per_peer(make: Factory, tmp_path: Path) -> None:
@@ -342,7 +412,8 @@ async def test_blob_serving_is_rate_limited_per_peer(make: Factory, tmp_path: Pa
         await alice.fetch_blob(bob.peer_id, sha, size=7, sink=io.BytesIO())
     with pytest.raises(RateLimited):
         await alice.fetch_blob(bob.peer_id, sha, size=7, sink=io.BytesIO())
-    assert bob.statistics().rate_limited == 1
+    assert faults(bob) == {"rate_limited": 1}
+    assert faults(alice) == {}  # a refusal, not a fault
     assert alice.peer_id in bob.peers()
 
 
@@ -350,14 +421,16 @@ async def test_blob_serving_is_rate_limited_per_peer(make: Factory, tmp_path: Pa
 
 
 @pytest.mark.parametrize(
-    "garbage",
+    ("garbage", "kind"),
     [
-        pytest.param(struct.pack(">II", 100, 1 << 30), id="oversized-frame"),
-        pytest.param(struct.pack(">II", 100, 50) + b"short", id="truncated-frame"),
-        pytest.param(b"\x01\x02", id="truncated-header"),
+        pytest.param(struct.pack(">II", 100, 1 << 30), "oversized_frames", id="oversized-frame"),
+        pytest.param(struct.pack(">II", 100, 50) + b"short", "truncated_frames", id="truncated"),
+        pytest.param(b"\x01\x02", "truncated_frames", id="truncated-header"),
     ],
 )
-async def test_garbage_requests_disconnect_the_sender(make: Factory, garbage: bytes) -> None:
+async def test_garbage_requests_disconnect_the_sender(
+    make: Factory, garbage: bytes, kind: str
+) -> None:
     alice, mallory, bob = await make("alice"), await make("mallory"), await make("bob")
     alice.set_request_handler(echo)
     await connected(mallory, alice)
@@ -366,25 +439,84 @@ async def test_garbage_requests_disconnect_the_sender(make: Factory, garbage: by
     await stream.close_write()
     await next_event(alice, PeerDisconnected, mallory.peer_id)
     assert alice.statistics().garbage_by_peer == {mallory.peer_id: 1}
+    banned = kind != "truncated_frames"  # a peer cut off mid-frame may come straight back
+    assert faults(alice) == {"remote_errors": 1, kind: 1, **({"bans": 1} if banned else {})}
+    assert alice.is_banned(mallory.peer_id) == banned
     await connected(bob, alice)  # alice is still up and serving
     assert (
         await bob.request(alice.peer_id, b"ok", max_response=200) == bob.peer_id.encode() + b":ok"
     )
 
 
-async def test_an_oversized_response_is_garbage(make: Factory) -> None:
+@pytest.mark.parametrize(
+    ("response", "kind", "error"),
+    [
+        pytest.param(
+            struct.pack(">BI", wire.OK, 5000) + b"w" * 5000,
+            "oversized_frames",
+            "exceeds",
+            id="oversized",
+        ),
+        pytest.param(
+            struct.pack(">BI", wire.OK, 50) + b"short", "truncated_frames", "ended", id="truncated"
+        ),
+        pytest.param(struct.pack(">BI", 99, 0), "malformed_frames", "status", id="unknown-status"),
+        pytest.param(
+            struct.pack(">BI", wire.OK, 2) + b"ok" + b"more",
+            "malformed_frames",
+            "after the end",
+            id="bytes-after-the-frame",
+        ),
+    ],
+)
+async def test_bad_responses_are_garbage(
+    make: Factory, response: bytes, kind: str, error: str
+) -> None:
     alice, mallory = await make("alice"), await make("mallory")
 
-    async def flood(peer: str, protocol: str, stream: wire.ByteStream) -> None:
+    async def bad(peer: str, protocol: str, stream: wire.ByteStream) -> None:
         await wire.read_request(stream, 1000, WAIT)
-        await wire.send_response(stream, wire.OK, b"w" * 5000)
+        await stream.write(response)
+        await stream.close_write()
 
-    mallory._serve_stream = flood  # type: ignore[method-assign]
+    mallory._serve_stream = bad  # type: ignore[method-assign]
     await connected(alice, mallory)
-    with pytest.raises(RemoteProtocolError, match="exceeds"):
+    with pytest.raises(RemoteProtocolError, match=error):
         await alice.request(mallory.peer_id, b"x", max_response=100)
     await next_event(alice, PeerDisconnected, mallory.peer_id)
     assert alice.statistics().garbage_by_peer == {mallory.peer_id: 1}
+    banned = kind != "truncated_frames"
+    assert faults(alice) == {"remote_errors": 1, kind: 1, **({"bans": 1} if banned else {})}
+    assert alice.is_banned(mallory.peer_id) == banned
+
+
+async def test_a_request_reset_mid_frame_is_counted_not_banned(make: Factory) -> None:
+    alice, mallory = await make("alice"), await make("mallory")
+    alice.set_request_handler(echo)
+    await connected(mallory, alice)
+    stream = await mallory._open_stream(alice.peer_id, wire.REQUEST_PROTOCOL)
+    await stream.write(b"\0\0")  # half a header...
+    await stream.reset()  # ...then the client gives up
+    await counted(alice, resets=1)
+    assert faults(alice) == {"resets": 1}
+    assert mallory.peer_id in alice.peers()
+    assert not alice.is_banned(mallory.peer_id)
+
+
+async def test_a_response_reset_mid_frame_is_counted_not_banned(make: Factory) -> None:
+    alice, bob = await make("alice"), await make("bob")
+
+    async def give_up(peer: str, protocol: str, stream: wire.ByteStream) -> None:
+        await wire.read_request(stream, 1000, WAIT)
+        await stream.write(struct.pack(">BI", wire.OK, 50) + b"half")
+        await stream.reset()
+
+    bob._serve_stream = give_up  # type: ignore[method-assign]
+    await connected(alice, bob)
+    with pytest.raises(ConnectionLost):
+        await alice.request(bob.peer_id, b"x", max_response=100)
+    assert faults(alice) == {"resets": 1}
+    assert bob.peer_id in alice.peers()
 
 
 async def test_a_silent_client_is_timed_out_not_banned(make: Factory) -> None:
@@ -399,7 +531,7 @@ async def test_a_silent_client_is_timed_out_not_banned(make: Factory) -> None:
         except ConnectionLost:
             pass  # ...by resetting it (libp2p) or closing it: either way, not hanging
     await stream.reset()
-    assert alice.statistics().remote_errors == 0  # slowness is not garbage
+    assert faults(alice) == {"timeouts": 1}  # slowness is not garbage
     assert mallory.peer_id in alice.peers()
 
 
@@ -427,8 +559,8 @@ async def test_too_many_concurrent_streams_are_refused(make: Factory) -> None:
         with pytest.raises(ConnectionLost):
             await request(b"3")
         release.set()
-    assert alice.statistics().streams_refused == 1
-    assert bob.statistics().remote_errors == 0  # a refusal, not garbage
+    assert faults(alice) == {"refused_streams": 1}
+    assert faults(bob) == {"resets": 1}  # a refusal, not garbage
     assert await request(b"4") == b"4"  # the slots are free again
 
 
@@ -441,11 +573,27 @@ async def test_a_garbage_sender_is_shut_out(make: Factory) -> None:
     await stream.close_write()
     await next_event(alice, PeerDisconnected, mallory.peer_id)
     assert alice.is_banned(mallory.peer_id)
+    assert faults(alice) == {"remote_errors": 1, "oversized_frames": 1, "bans": 1}
     with pytest.raises(PeerUnreachable):
         await alice.connect(mallory.listen_addrs[0])
     with contextlib.suppress(PeerUnreachable):  # libp2p lets the dial through, then drops it
         await mallory.connect(alice.listen_addrs[0])
+    await counted(alice, banned_connections=1)
     with trio.fail_after(WAIT), pytest.raises(TransportError):
         await mallory.request(alice.peer_id, b"let me in", max_response=100)
     assert mallory.peer_id not in alice.peers()
+    assert alice.statistics().requests_served == 0
+    assert alice.statistics().bans == 1
+
+
+async def test_streams_from_a_banned_peer_are_reset_unread(make: Factory) -> None:
+    """A banned peer's streams can still arrive while its connection is being dropped."""
+    alice, mallory = await make("alice"), await make("mallory")
+    alice.set_request_handler(echo)
+    await connected(mallory, alice)
+    alice._banned[mallory.peer_id] = trio.current_time() + 60  # as if just banned
+    with pytest.raises(ConnectionLost):
+        await mallory.request(alice.peer_id, b"let me in", max_response=100)
+    assert faults(alice) == {"banned_streams": 1}
+    assert faults(mallory) == {"resets": 1}
     assert alice.statistics().requests_served == 0

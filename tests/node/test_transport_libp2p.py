@@ -8,7 +8,7 @@ import hashlib
 import logging
 import os
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import multiaddr
@@ -17,6 +17,7 @@ import trio
 from libp2p import new_host
 from libp2p.abc import IHost
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
@@ -25,9 +26,9 @@ from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTr
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from node.errors import PeerUnreachable
-from node.transport import PeerConnected, PeerDisconnected, Transport, TransportConfig
-from node.transport.libp2p import Libp2pTransport
+from node.errors import ConnectionLost, PeerUnreachable
+from node.transport import PeerConnected, PeerDisconnected, Transport, TransportConfig, wire
+from node.transport.libp2p import Libp2pTransport, _Stream, create_host
 
 WAIT = 10.0
 LOOPBACK = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
@@ -83,6 +84,45 @@ async def run_plaintext_host(stop: trio.Event, *, task_status: Any) -> None:
         await host.close()
 
 
+async def run_raw_host(stop: trio.Event, *, task_status: Any) -> None:
+    """A libp2p peer that speaks Noise + Yamux + identify but no gossipsub, and none of
+    our protocols: a raw client of our request protocol."""
+    host = create_host(seed_of("raw"), LOOPBACK)
+    async with host.run(listen_addrs=LOOPBACK):
+        task_status.started(host)
+        await stop.wait()
+        await host.close()
+
+
+class LogWaiter(logging.Handler):
+    """Sets ``seen`` when a record that ``match`` accepts reaches ``logger``."""
+
+    def __init__(self, logger: str, match: Callable[[logging.LogRecord], bool]) -> None:
+        super().__init__()
+        self.seen = trio.Event()
+        self._logger = logging.getLogger(logger)
+        self._match = match
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._match(record):
+            self.seen.set()
+
+    def __enter__(self) -> LogWaiter:
+        self._logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.removeHandler(self)
+
+
+def libp2p_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("libp2p") and r.levelno >= logging.ERROR
+    ]
+
+
 async def test_peer_id_is_libp2ps_own(alice: Libp2pTransport) -> None:
     key_pair = create_new_key_pair(seed_of("alice"))
     assert alice.peer_id == str(ID.from_pubkey(key_pair.public_key))
@@ -129,6 +169,89 @@ async def test_the_optional_dht_starts_and_stops_cleanly() -> None:
 
 def test_libp2p_logs_propagate_to_the_app() -> None:
     assert logging.getLogger("libp2p").propagate
+
+
+async def test_a_peer_without_gossipsub_logs_no_error(
+    alice: Libp2pTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Our pubsub opens its stream to every peer that connects; libp2p logged an ERROR
+    each time such a peer answered "na". That record is DEBUG now: enable DEBUG on its
+    logger to see it arrive, and check that nothing from libp2p is an ERROR."""
+    caplog.set_level(logging.DEBUG, logger="libp2p.host.basic_host")
+
+    def pubsub_refused(record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return msg.startswith("Failed to open stream") and "Protocols: ['/meshsub/" in msg
+
+    async def echo(peer: str, payload: bytes) -> bytes:
+        return payload
+
+    alice.set_request_handler(echo)
+    stop = trio.Event()
+    with LogWaiter("libp2p.host.basic_host", pubsub_refused) as waiter:
+        async with trio.open_nursery() as nursery:
+            raw: IHost = await nursery.start(run_raw_host, stop)
+            with trio.fail_after(WAIT):
+                await raw.connect(info_from_p2p_addr(multiaddr.Multiaddr(alice.listen_addrs[0])))
+            assert (await next_event(alice, PeerConnected)).peer == str(raw.get_id())
+            with trio.fail_after(WAIT):
+                opened = await raw.new_stream(
+                    ID.from_base58(alice.peer_id), [TProtocol(wire.REQUEST_PROTOCOL)]
+                )
+                stream = _Stream(opened)
+                await wire.send_request(stream, b"hello", 100)
+                assert await wire.read_response(stream, 100, WAIT) == b"hello"
+                await stream.close()
+                await waiter.seen.wait()  # alice's pubsub was told "na"
+            errors = libp2p_errors(caplog)  # before any shutdown noise
+            stop.set()
+    assert errors == []
+    refused = [r for r in caplog.records if pubsub_refused(r)]
+    assert refused
+    assert all(r.levelno == logging.DEBUG for r in refused)
+    assert alice.statistics().requests_served == 1
+
+
+async def test_other_stream_failures_stay_errors(
+    alice: Libp2pTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Precision: only pubsub's "na" is demoted. A peer that refuses our own protocol is
+    still an ERROR from libp2p; the transport sees a reset during negotiation."""
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        raw: IHost = await nursery.start(run_raw_host, stop)
+        raw_id = str(raw.get_id())
+        with trio.fail_after(WAIT):
+            await alice.connect(f"{raw.get_addrs()[0]}")
+        with trio.fail_after(WAIT), pytest.raises(ConnectionLost):
+            await alice.request(raw_id, b"are you medforge?", max_response=100)
+        errors = libp2p_errors(caplog)
+        stop.set()
+    assert any(wire.REQUEST_PROTOCOL in e and "protocols not supported" in e for e in errors)
+    assert alice.statistics().resets == 1
+    assert alice.statistics().remote_errors == 0
+
+
+async def test_the_auto_connectors_idle_cycle_is_debug(
+    alice: Libp2pTransport, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The swarm's auto-connector logged two INFO lines every 10 s saying that nothing
+    changed. Run one real cycle at its own level (INFO): nothing; then at DEBUG: the same
+    lines, at DEBUG."""
+    auto_connector = alice.host.get_network().auto_connector  # type: ignore[attr-defined]
+    name = "libp2p.network.auto_connector"
+
+    def cycle() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == name and "AUTO_CONNECTOR_STATE" in r.msg]
+
+    await auto_connector.maybe_connect()
+    assert cycle() == []
+    assert [r for r in caplog.records if r.name == name and r.levelno >= logging.INFO] == []
+    caplog.set_level(logging.DEBUG, logger=name)
+    await auto_connector.maybe_connect()
+    assert [r.levelno for r in cycle()] == [logging.DEBUG]
+    below = [r for r in caplog.records if r.name == name and "below target" in r.msg]
+    assert [r.levelno for r in below] == [logging.DEBUG]
 
 
 async def test_raw_tcp_garbage_does_not_hurt_the_node(alice: Libp2pTransport) -> None:
