@@ -179,11 +179,16 @@ class NodeService:
         async for event in self._events_rx:
             for action in self.core.handle(event, trio.current_time()):
                 self._carry_out(action)
-            self._changed.set()
-            self._changed = trio.Event()
+            self._notify()
+
+    def _notify(self) -> None:
+        """Wake ``wait_until`` callers: the node's state changed."""
+        self._changed.set()
+        self._changed = trio.Event()
 
     async def wait_until(self, predicate: Callable[[NodeService], bool]) -> None:
-        """Return once ``predicate(self)`` holds; re-checked after every core event."""
+        """Return once ``predicate(self)`` holds; re-checked after every core event and
+        every failed merge."""
         while not predicate(self):
             await self._changed.wait()
 
@@ -370,6 +375,7 @@ class NodeService:
                 self.faults["merge"] += 1
                 self.merge_error = f"forge item v{len(ready)}: {exc}"
                 self._error(f"merge failed, serving {self.composer.digest[:16]}: {exc}")
+                self._notify()
                 continue
             self.merge_error = None
             self.post(p.MergeDone(wanted.order.head, digest))

@@ -460,3 +460,60 @@ def test_status_without_a_running_node_says_so(
     code, out = run(capsys, "status", "--home", str(network / "alice"))
     assert code == 2
     assert "no node is running" in out
+
+
+def test_a_plain_peft_adapter_commits_without_any_edit(
+    bundle: Path, network: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PEFT writes ``base_model_name_or_path: null`` and no medforge metadata: the shape
+    table decides, not a hand edit."""
+    from peft import LoraConfig, get_peft_model
+
+    from tests.conftest import TinyBase
+
+    out = network / "plain"
+    get_peft_model(TinyBase(), LoraConfig(r=2, target_modules=["q", "v"])).save_pretrained(out)
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+    code, text = run(capsys, "commit", "--home", str(network / "alice"), "--adapter", str(out),
+                     "--distilled", str(network / "distilled.safetensors"), "--task", "breast",
+                     "--coeffs", "1", "1", "--out", str(network / "plain-bundle"))
+    assert code == 0, text
+    assert verify(capsys, network / "plain-bundle")[0] == 0
+
+
+def test_an_exported_composite_commits_again(
+    bundle: Path, network: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, text = run(capsys, "merge", str(bundle), "--home", str(network / "alice"), "--export",
+                     str(network / "exported"))
+    assert code == 0, text
+    config = json.loads((network / "exported" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == BASE  # it names the base it was merged on
+    code, text = run(capsys, "commit", "--home", str(network / "bob"), "--adapter",
+                     str(network / "exported"), "--distilled",
+                     str(network / "distilled.safetensors"), "--task", "again", "--coeffs",
+                     "1", "1", "--out", str(network / "again"))
+    assert code == 0, text
+
+
+def test_a_refused_commit_uses_up_no_sequence_number(
+    bundle: Path,
+    network: Path,
+    make_adapter: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    home = network / "bob"
+    for bad in (["--coeffs", "9", "1"], ["--coeffs", "1", "1", "--classes", "a,b,c"]):
+        code, text = run(capsys, "commit", "--home", str(home), "--adapter", str(make_adapter()),
+                         "--distilled", str(network / "distilled.safetensors"), "--task", "t",
+                         "--out", str(network / "never"), *bad)
+        assert code == 2
+        assert text.splitlines()[-1].startswith("error: InvalidCommit: ")
+    assert not (home / "seq").exists()  # seq 0 is still free
+    garbage = network / "garbage.safetensors"
+    garbage.write_bytes(b"\x10\0\0\0\0\0\0\0{not a header}")
+    code, text = run(capsys, "commit", "--home", str(home), "--adapter", str(make_adapter()),
+                     "--distilled", str(garbage), "--task", "t", "--out", str(network / "never"))
+    assert code == 2
+    assert "Traceback" not in text
+    assert text.splitlines()[-1].startswith("error: ")

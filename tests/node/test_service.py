@@ -221,3 +221,38 @@ async def test_a_published_revocation_takes_the_commit_out_of_the_order(
     with trio.fail_after(30):
         await node.wait_until(lambda n: n.core.order.commits == ())
     node.stop()
+
+
+async def test_a_fold_that_fails_leaves_the_node_serving_its_last_composite(
+    tmp_path: Path, nursery: trio.Nursery, make_adapter: Callable[..., Path], distilled: Path
+) -> None:
+    """A blob gone from disk under a complete commit (a disk fault, not content) makes the
+    next refold fail: the node stays up, keeps its composite and says why."""
+    from crypto.records import Revocation
+    from node.metrics import render
+    from node.status import status
+
+    (home,) = _homes(tmp_path, ["alice"])
+    node = NodeService(home, transport=_memory(MemoryNetwork())(home))
+    await nursery.start(node.run)
+    first, blobs = _commit(home, make_adapter("a"), distilled, node.core.tip, (1.0, 1.0))
+    await node.publish(first, blobs)
+    second, blobs = _commit(home, make_adapter("b", seed=2), distilled, node.core.tip, (0.5, 1.0))
+    await node.publish(second, blobs)
+    with trio.fail_after(30):
+        await node.wait_until(lambda n: n.core.digest is not None and len(n.core.order.main) == 2)
+    serving = node.composer.digest
+    node.store.blob_path(first.blobs["adapter_model"].sha256).unlink()  # type: ignore[union-attr]
+    node.composer._adapters.clear()  # as after a restart: adapters are read from disk again
+    revocation = Revocation(home.genesis().network_id, home.identity().public, commit=second.id)
+    await node.publish(revocation.signed_by(home.identity()))  # the order shrinks: a refold
+    with trio.fail_after(30):
+        await node.wait_until(lambda n: n.merge_error is not None)
+    state = status(node)
+    assert not node.stopped.is_set()
+    assert state["serving_digest"] == serving
+    assert state["composite_digest"] is None  # no digest is claimed for the new order
+    assert first.id.hex()[:12] in state["merge_error"]
+    assert state["faults"]["merge"] == 1
+    assert "medforge_merge_failing 1" in render(state)
+    node.stop()
