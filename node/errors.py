@@ -16,7 +16,7 @@ counted and logged by the transport and the peer is disconnected; it never crash
     │   │   └── RateLimited              ... we asked too often
     │   └── RemoteProtocolError          the peer broke the protocol (garbage)
     │       ├── OversizedFrame           ... a frame longer than the limit for it
-    │       ├── TruncatedFrame           ... a stream ended mid-frame (not banned: see class)
+    │       ├── TruncatedFrame           ... a stream ended mid-frame (never blamed: see class)
     │       └── BlobMismatch             ... the bytes do not match the announced size/hash
     └── StoreError                       anything on disk
         ├── StoreLocked                  another process holds the store
@@ -76,9 +76,9 @@ class OversizedFrame(RemoteProtocolError):
 
 
 class TruncatedFrame(RemoteProtocolError):
-    """A stream ended in the middle of a frame. A peer that shuts down while sending does
-    exactly this, so it is disconnected and counted but not banned: a restarted honest peer
-    must be able to come back at once."""
+    """A stream ended in the middle of a frame (or a blob before its announced size). A
+    peer that shuts down while sending, or resets a stream it has no slot for, does exactly
+    this, so it is counted but neither disconnected nor banned: the exchange is retried."""
 
 
 class BlobMismatch(RemoteProtocolError):

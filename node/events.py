@@ -182,6 +182,8 @@ class Config:
     sync_interval: float = 30.0
     fetch_timeout: float = 20.0  # plus size / fetch_rate
     fetch_rate: float = 256 * 1024.0  # bytes/s below which a transfer counts as stalled
+    max_fetches_per_peer: int = 4  # in flight to one peer; the rest wait in a queue
+    fetch_retry: float = 2.0  # a refused / reset fetch with no other holder is retried after
     rebase_delay: float = 5.0
     rebase_retry: float = 300.0
     max_blob_bytes: int | None = None  # None: the genesis spec's limit (or 512 MiB)
@@ -219,4 +221,5 @@ class Statistics:
     garbage: int
     blobs: int
     fetching: int
+    queued: int
     peers: int

@@ -56,9 +56,13 @@ Rules:
   signed, and a valid member signed it.
 - A record is relayed (``recs``) once, when it becomes complete, to every peer not known to
   hold it. Whoever sends us a record holds it complete, so it is a holder of its blobs.
-- Each blob is fetched once, from one holder at a time; on failure or after the deadline the
-  next holder is tried (after a deadline with no other holder, the same one again); every
-  sync interval failed holders are tried again.
+- Each blob is fetched once, from one holder at a time, with at most
+  ``max_fetches_per_peer`` fetches in flight to any one peer (the rest wait in a queue, oldest
+  first). On failure or after the deadline the next holder is tried (after a deadline with no
+  other holder, the same one again; after a refusal, reset or truncation with no other holder,
+  the same ones after ``fetch_retry``); every sync interval failed holders are tried again.
+  Only bytes proven wrong (CORRUPT) blame the peer: refusals, resets, truncation and timeouts
+  are UNAVAILABLE.
 - Anti-entropy (``node.summary``) on connect and every ``sync_interval``: a summary to every
   peer; a peer whose root differs answers with its ids in the differing buckets; we push what
   it lacks. The summary carries the composite digest: ``convergence()`` reads them back.
@@ -213,6 +217,9 @@ class Core:
         self._holders: dict[bytes, dict[str, None]] = {}
         self._tried: dict[bytes, set[str]] = {}
         self._fetching: dict[bytes, tuple[str, float]] = {}
+        self._load: dict[str, int] = {}  # fetches in flight per peer (<= max_fetches_per_peer)
+        self._queued: dict[bytes, None] = {}  # blobs whose holders are all busy, oldest first
+        self._retry: dict[bytes, float] = {}  # blobs whose only holder refused: ask again at
         self._peers: dict[str, _Peer] = {}
         self._known_keys = {m.key.raw for m in genesis.members}
         self._roster_inputs: dict[bytes, RosterUpdate | Revocation] = {}
@@ -329,6 +336,7 @@ class Core:
             garbage=self._counts["garbage"],
             blobs=len(self._blobs),
             fetching=len(self._fetching),
+            queued=len(self._queued),
             peers=len(self._peers),
         )
 
@@ -349,8 +357,9 @@ class Core:
         if self._peers.pop(peer, None) is None:
             return
         for sha in [s for s, (p, _) in self._fetching.items() if p == peer]:
-            del self._fetching[sha]
+            self._end_fetch(sha)
             self._fetch(sha)
+        self._pump()
 
     def _garbage(self, peer: str, reason: str) -> None:
         self._counts["garbage"] += 1
@@ -608,36 +617,76 @@ class Core:
     # --- blobs ---
 
     def _fetch(self, sha: bytes) -> None:
+        """Start fetching ``sha`` from a holder with a free slot; with every holder busy it
+        waits in the queue (a peer serves a bounded number of streams: asking for more only
+        gets them reset, which must never look like the peer's fault)."""
         if sha in self._fetching or sha not in self._waiting:
             return
         tried = self._tried.get(sha, set())
+        limit = self.config.max_fetches_per_peer
+        busy = False
         for peer in self._holders.get(sha, {}):
-            if peer in self._peers and peer not in tried:
-                size, kind = self._blob_meta[sha]
-                deadline = self._now + self.config.fetch_timeout + size / self.config.fetch_rate
-                self._fetching[sha] = (peer, deadline)
-                self._wake(deadline)
-                self._out.append(FetchBlob(peer, sha, size, kind))
+            if peer not in self._peers or peer in tried:
+                continue
+            if self._load.get(peer, 0) >= limit:
+                busy = True
+                continue
+            size, kind = self._blob_meta[sha]
+            deadline = self._now + self.config.fetch_timeout + size / self.config.fetch_rate
+            self._fetching[sha] = (peer, deadline)
+            self._load[peer] = self._load.get(peer, 0) + 1
+            self._queued.pop(sha, None)
+            self._wake(deadline)
+            self._out.append(FetchBlob(peer, sha, size, kind))
+            return
+        if busy:
+            self._queued[sha] = None
+
+    def _end_fetch(self, sha: bytes) -> str:
+        """The fetch of ``sha`` is over (answered, timed out, peer gone): free its slot."""
+        peer, _ = self._fetching.pop(sha)
+        load = self._load.get(peer, 0) - 1
+        if load > 0:
+            self._load[peer] = load
+        else:
+            self._load.pop(peer, None)
+        return peer
+
+    def _pump(self) -> None:
+        """Start queued fetches while slots are free (oldest first)."""
+        limit = self.config.max_fetches_per_peer
+        for sha in list(self._queued):
+            if all(self._load.get(peer, 0) >= limit for peer in self._peers):
                 return
+            del self._queued[sha]  # _fetch queues it again if its holders are still busy
+            self._fetch(sha)
 
     def _on_blob(self, peer: str, sha: bytes, result: BlobResult) -> None:
         current = self._fetching.get(sha)
         if current is not None and current[0] == peer:
-            del self._fetching[sha]
+            self._end_fetch(sha)
         elif result is not BlobResult.VERIFIED or sha not in self._waiting:
             return  # a late answer to a fetch we gave up on
         if result is BlobResult.VERIFIED:
             self._blob_verified(sha)
         else:
             self._tried.setdefault(sha, set()).add(peer)
-            if result is BlobResult.CORRUPT:
+            if result is BlobResult.CORRUPT:  # bytes proven wrong: the only fault we blame
                 self._garbage(peer, f"served corrupt bytes for blob {sha.hex()[:12]}")
             self._fetch(sha)
+            if sha not in self._fetching and sha not in self._queued:
+                # Refused, reset or cut short, and no other holder is free: ask the same
+                # ones again soon (a busy or restarting peer is not a bad one).
+                self._retry[sha] = self._now + self.config.fetch_retry
+                self._wake(self._retry[sha])
+        self._pump()
 
     def _blob_verified(self, sha: bytes) -> None:
         self._blobs.add(sha)
         self._holders.pop(sha, None)
         self._tried.pop(sha, None)
+        self._retry.pop(sha, None)
+        self._queued.pop(sha, None)
         for cid in self._waiting.pop(sha, []):
             held = self._held[cid]
             held.missing.discard(sha)
@@ -653,12 +702,17 @@ class Core:
             self._next_sync = now + self.config.sync_interval
             self._sync()
         for sha in [s for s, (_, deadline) in self._fetching.items() if deadline <= now]:
-            peer, _ = self._fetching.pop(sha)
+            peer = self._end_fetch(sha)
             self._tried.setdefault(sha, set()).add(peer)
             self._fetch(sha)
             if sha not in self._fetching:  # no other holder: a lost transfer is retried
                 self._tried[sha].discard(peer)  # now (a timeout bounds the rate)
                 self._fetch(sha)
+        for sha in [s for s, at in self._retry.items() if at <= now]:
+            del self._retry[sha]
+            self._tried.pop(sha, None)
+            self._fetch(sha)
+        self._pump()
         for cid in [c for c, at in self._rebase_due.items() if at <= now]:
             del self._rebase_due[cid]
             self._rebase(cid)
@@ -708,6 +762,7 @@ class Core:
     def _rearm(self) -> None:
         times = [t for t in (self._next_sync,) if t is not None]
         times += [deadline for _, deadline in self._fetching.values()]
+        times += self._retry.values()
         times += self._rebase_due.values()
         times += self._rebase_asked.values()
         if times:

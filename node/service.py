@@ -27,9 +27,9 @@ from crypto.records import Commit, Record, decode_record
 from node import protocol as p
 from node.composer import Composer, FoldError
 from node.errors import (
+    BlobMismatch,
     CorruptBlob,
     NodeError,
-    RemoteProtocolError,
     StoreError,
     TransportError,
 )
@@ -306,9 +306,11 @@ class NodeService:
                 writer.commit()
             result = p.BlobResult.VERIFIED
         except (StoreError, TransportError) as exc:
-            # Wrong bytes (the stream's check or the store's) are the peer's fault; anything
-            # else (refused, timed out, disk) only means "try another holder".
-            corrupt = isinstance(exc, RemoteProtocolError | CorruptBlob)
+            # Only bytes proven wrong (size or sha256, by the stream's check or the store's)
+            # are the peer's fault; anything else (refused, reset, cut short, timed out,
+            # disk) only means "try again, or another holder". Frame garbage is the
+            # transport's to punish.
+            corrupt = isinstance(exc, BlobMismatch | CorruptBlob)
             result = p.BlobResult.CORRUPT if corrupt else p.BlobResult.UNAVAILABLE
             log.info("fetch of %s from %s failed: %s", sha.hex()[:12], self.name_of(peer), exc)
         self.post(p.BlobReceived(peer, sha, result))

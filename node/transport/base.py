@@ -205,13 +205,18 @@ class Transport(ABC):
         self._counted = trio.Event()
 
     async def _on_garbage(self, peer: PeerId, exc: RemoteProtocolError) -> None:
-        """A peer broke the protocol: count, log, and drop the connection."""
+        """A peer broke the protocol: count, log, and drop the connection. A stream cut
+        mid-frame is not that: a peer that restarts, or resets a stream it has no slot for,
+        does exactly this; it is counted and the exchange fails, nothing more."""
+        if isinstance(exc, TruncatedFrame):
+            self._count("truncated_frames")
+            log.info("stream from %s cut short: %s", peer, exc)
+            return
         self._count("remote_errors")
         self._count(_garbage_kind(exc))
         self._garbage[peer] += 1
-        if not isinstance(exc, TruncatedFrame):
-            self._banned[peer] = trio.current_time() + self.config.ban_seconds
-            self._count("bans")
+        self._banned[peer] = trio.current_time() + self.config.ban_seconds
+        self._count("bans")
         log.warning("disconnecting %s: %s", peer, exc)
         await self.disconnect(peer)
 

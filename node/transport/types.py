@@ -60,8 +60,8 @@ class TransportConfig:
     request_timeout: float = 30.0  # whole request/response round trip
     idle_timeout: float = 30.0  # longest silence inside one stream
     chunk_size: int = 256 * 1024
-    serve_rate: float = 2.0  # blob fetches a peer may start per second (token bucket)
-    serve_burst: int = 16
+    serve_rate: float = 50.0  # blob fetches a peer may start per second (token bucket)
+    serve_burst: int = 64  # a member catching up asks for thousands; the stream cap bounds load
     max_inbound_streams_per_peer: int = 16  # concurrent requests/fetches we serve a peer
     ban_seconds: float = 300.0  # a peer that sent garbage is refused for this long
     gossip_rate_per_topic: float = 1000.0  # gossipsub's default of 10/s drops bursts
@@ -94,10 +94,10 @@ class TransportStatistics:
     """A snapshot; counters only grow.
 
     Frame-level faults are counted where the transport detects them, on whichever side
-    (client or server) saw them. Each of ``oversized_frames``, ``truncated_frames``,
-    ``malformed_frames`` and ``blob_mismatches`` is a protocol violation: it also counts
-    in ``remote_errors`` and ``garbage_by_peer``, and the peer is disconnected (and,
-    except for a truncated frame, banned: ``bans``).
+    (client or server) saw them. Each of ``oversized_frames``, ``malformed_frames`` and
+    ``blob_mismatches`` is a protocol violation: it also counts in ``remote_errors`` and
+    ``garbage_by_peer``, and the peer is disconnected and banned (``bans``). A truncated
+    frame is not a violation (restarting peers and reset streams do it): counted only.
     """
 
     peer_id: PeerId
@@ -114,9 +114,9 @@ class TransportStatistics:
     blob_bytes_served: int
     handler_errors: int
     # protocol violations by peers; each one disconnects the peer
-    remote_errors: int  # all of them: the sum of the next four
+    remote_errors: int  # all of them: oversized + malformed + blob mismatches
     oversized_frames: int  # a frame announced a length over our limit (never read)
-    truncated_frames: int  # the stream ended mid-frame (disconnected, not banned)
+    truncated_frames: int  # the stream ended mid-frame (counted only: never blamed)
     malformed_frames: int  # unknown status byte, bytes after the end of a frame
     blob_mismatches: int  # a blob of the wrong size or sha256
     # exchanges aborted without garbage (the peer stays connected)

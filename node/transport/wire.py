@@ -179,7 +179,7 @@ async def receive_blob(
     while remaining:
         data = await _read_some(stream, min(chunk, remaining), idle)
         if not data:
-            raise BlobMismatch(f"blob ended {remaining} bytes short of {size}")
+            raise TruncatedFrame(f"blob ended {remaining} bytes short of {size}")
         digest.update(data)
         sink.write(data)
         remaining -= len(data)

@@ -552,3 +552,43 @@ def test_roster_updates_and_revocations_reorder_from_the_set() -> None:
     assert bob.order.commits == (a.id,)
     records = [decode_record(r) for r in bob.records()]
     assert bob.order == forge_order(GENESIS, records)
+
+
+def test_catching_up_from_one_peer_keeps_a_few_fetches_in_flight_and_blames_nobody() -> None:
+    net = Net([ALICE, BOB])
+    parent = ROOT
+    for seq in range(40):
+        c = commit(ALICE, seq, parent)
+        net.publish("p0", c)
+        parent = Entry.of(c).item
+    net.link("p0", "p1")
+    bob = net.nodes["p1"]
+    peak = 0
+    while net.pool:  # deliver one at a time, watching bob's fetches to alice
+        net.deliver(0)
+        stats = bob.core.statistics()
+        assert stats.fetching <= CONFIG.max_fetches_per_peer
+        peak = max(peak, stats.fetching)
+    assert peak == CONFIG.max_fetches_per_peer  # the queue was used, and filled the slots
+    assert len(bob.core.order.commits) == 40
+    assert not bob.disconnected
+
+
+def test_a_refused_fetch_from_the_only_holder_is_retried_without_blame() -> None:
+    net = pair()
+    c = commit(ALICE, 0)
+    net.publish("p0", c)
+    sha = c.blobs["adapter_model"].sha256
+    alice_blobs = set(net.nodes["p0"].blobs)
+    net.nodes["p0"].blobs.discard(sha)  # alice (busy, restarting) refuses it once
+    net.drain()
+    bob = net.nodes["p1"]
+    assert sha in bob.core.pending_blobs()
+    net.nodes["p0"].blobs = alice_blobs
+    net.now += CONFIG.fetch_retry  # well before the next sync round
+    assert bob.timer is not None
+    assert bob.timer <= net.now
+    net.handle("p1", Timer())
+    net.drain()
+    assert bob.core.order.commits == (c.id,)
+    assert not bob.disconnected
