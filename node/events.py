@@ -188,6 +188,12 @@ class Config:
     rebase_retry: float = 300.0
     max_blob_bytes: int | None = None  # None: the genesis spec's limit (or 512 MiB)
     errors_kept: int = 32
+    strangers: str = "read"  # peers the roster never named: "read" | "none" | "trust"
+    unknown_kept: int = 4096  # ids of records by unknown keys remembered (not decoded again)
+
+    def __post_init__(self) -> None:
+        if self.strangers not in ("read", "none", "trust"):
+            raise ValueError(f"strangers must be read, none or trust, got {self.strangers!r}")
 
 
 @dataclass(frozen=True)
@@ -219,6 +225,7 @@ class Statistics:
     ignored: int
     duplicates: int
     garbage: int
+    strangers: int
     blobs: int
     fetching: int
     queued: int

@@ -71,6 +71,12 @@ Rules:
   ``Disconnect``; it never raises out of ``handle``. Records by keys the roster has never
   named are ignored without blame (a roster update we do not hold yet may name them), so
   anti-entropy brings them back.
+- A peer whose key the roster never named (a *stranger*) gets only what a joining member
+  needs, per ``Config.strangers``: ``"read"`` (default) answers its summaries and id lists,
+  so it can pull records, but nothing it sends is decoded as a record, fetched or counted
+  towards convergence; ``"none"`` ignores it entirely; ``"trust"`` treats every peer as a
+  member (the simulator, whose peer names are not peer ids). Per-peer state is bounded by
+  our own: a peer's ``has`` set only keeps ids we hold.
 - Own orphans are rebased after ``rebase_delay`` scaled by a jitter taken from the commit id
   (so concurrent orphans do not re-collide), once per commit; a local commit that supersedes a
   commit that is no longer an orphan, or does not extend the tip, is refused as stale.
@@ -222,6 +228,10 @@ class Core:
         self._retry: dict[bytes, float] = {}  # blobs whose only holder refused: ask again at
         self._peers: dict[str, _Peer] = {}
         self._known_keys = {m.key.raw for m in genesis.members}
+        self._member_peers = {PublicKey(k).peer_id() for k in self._known_keys}
+        # Records by keys the roster never named, already decoded once: not again (bounded;
+        # forgotten when the roster changes, since an update may name their key).
+        self._unknown: dict[bytes, None] = {}
         self._roster_inputs: dict[bytes, RosterUpdate | Revocation] = {}
         self._roster = Roster.from_genesis(genesis)
         self._genesis_members: frozenset[bytes] | None = frozenset(self._known_keys)
@@ -235,7 +245,7 @@ class Core:
         self._next_sync: float | None = None
         self._timer_at: float | None = None
         self._errors: deque[tuple[float, str, str]] = deque(maxlen=self.config.errors_kept)
-        self._counts = {"ignored": 0, "duplicates": 0, "garbage": 0}
+        self._counts = {"ignored": 0, "duplicates": 0, "garbage": 0, "strangers": 0}
         self._summary_cache: tuple[tuple[bytes, bytes, str | None], bytes] | None = None
         self._now = 0.0
         self._out: list[Action] = []
@@ -334,6 +344,7 @@ class Core:
             ignored=self._counts["ignored"],
             duplicates=self._counts["duplicates"],
             garbage=self._counts["garbage"],
+            strangers=self._counts["strangers"],
             blobs=len(self._blobs),
             fetching=len(self._fetching),
             queued=len(self._queued),
@@ -368,7 +379,15 @@ class Core:
             self._out.append(Disconnect(peer, reason))
             self._drop_peer(peer)
 
+    def is_member(self, peer: str) -> bool:
+        """Whether ``peer`` is the node of a key the roster has ever named."""
+        return self.config.strangers == "trust" or peer in self._member_peers
+
     def _on_message(self, peer: str, data: bytes) -> None:
+        stranger = not self.is_member(peer)
+        if stranger and self.config.strangers == "none":
+            self._counts["strangers"] += 1
+            return
         if peer not in self._peers:  # a shell may deliver before PeerConnected
             self._peers[peer] = _Peer()
         try:
@@ -377,9 +396,11 @@ class Core:
             self._garbage(peer, str(exc))
             return
         if isinstance(message, Summary):
-            self._on_summary(peer, message)
+            self._on_summary(peer, message, stranger=stranger)
         elif isinstance(message, Ids):
             self._on_ids(peer, message)
+        elif stranger:  # read-only: a stranger may pull what we hold, nothing it sends counts
+            self._counts["strangers"] += 1
         else:
             for record in message.records:
                 if peer not in self._peers:  # disconnected for garbage mid-message
@@ -394,10 +415,11 @@ class Core:
             self._summary_cache = (key, messages.encode(message))
         return self._summary_cache[1]
 
-    def _on_summary(self, peer: str, message: Summary) -> None:
-        self._peers[peer].report = PeerReport(
-            message.root, message.count, message.head, message.digest, self._now
-        )
+    def _on_summary(self, peer: str, message: Summary, *, stranger: bool = False) -> None:
+        if not stranger:  # convergence counts members only
+            self._peers[peer].report = PeerReport(
+                message.root, message.count, message.head, message.digest, self._now
+            )
         if message.root == self._set.root:
             return
         theirs = SetSummary(message.root, message.count, message.bits, message.fingerprints)
@@ -408,8 +430,9 @@ class Core:
                 self._out.append(Send(peer, data))
 
     def _on_ids(self, peer: str, message: Ids) -> None:
-        known = self._peers[peer].has
-        known.update(message.ids)
+        # Only ids we hold are worth remembering (they spare a push): a peer cannot grow
+        # our state by naming ids, whatever it sends.
+        self._peers[peer].has.update(i for i in message.ids if i in self._held)
         if not message.buckets:
             return
         theirs = set(message.ids)
@@ -438,7 +461,9 @@ class Core:
         if peer is not None:
             self._peers[peer].has.add(cid)
         held = self._held.get(cid)
-        if held is not None or cid in self._rejected or cid in self._invalid:
+        if held is not None or cid in self._rejected or cid in self._invalid or (
+            cid in self._unknown
+        ):
             self._counts["duplicates"] += 1
             if held is not None and held.missing and peer is not None:
                 self._add_holder(held, peer)
@@ -499,6 +524,9 @@ class Core:
             self._garbage(peer, reason)
         else:
             self._counts["ignored"] += 1
+            self._unknown[cid] = None
+            if len(self._unknown) > self.config.unknown_kept:
+                del self._unknown[next(iter(self._unknown))]
 
     def _admit(
         self, cid: bytes, data: bytes, record: Record, peer: str | None, *, blobs_held: bool
@@ -605,9 +633,11 @@ class Core:
         combined: Any = record if previous is None else previous.combined(record)
         self._roster_inputs[record.id] = combined
         if isinstance(record, RosterUpdate):
-            self._known_keys.add(record.key.raw)
-            if record.new_key is not None:
-                self._known_keys.add(record.new_key.raw)
+            for key in (record.key, record.new_key):
+                if key is not None:
+                    self._known_keys.add(key.raw)
+                    self._member_peers.add(key.peer_id())
+            self._unknown.clear()  # records by the keys it names may now count
         self._roster = Roster.from_records(self.genesis, self._roster_inputs.values())
         self._genesis_members = None
         allowed = [(e, c) for e, c in self._commits.values() if self._may_author(c)]

@@ -155,6 +155,7 @@ class Simulation:
             sync_interval=self.s.sync_interval,
             fetch_timeout=self.s.fetch_timeout,
             rebase_delay=self.s.rebase_delay,
+            strangers="trust",  # simulated peer names are not peer ids
         )
         core = Core(
             self.world.genesis,

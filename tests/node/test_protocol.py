@@ -4,6 +4,7 @@ network whose deliveries (order, duplication, loss-free partitions that heal) th
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 
 from hypothesis import given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from crypto import canonical
 from crypto.identity import Identity
-from crypto.records import BLOB_KINDS, BlobRef, Commit, Genesis, Member
+from crypto.records import BLOB_KINDS, BlobRef, Commit, Genesis, Member, Record, decode_record
 from node import messages
 from node.order import Entry, forge_order, root_item
 from node.protocol import (
@@ -53,7 +54,8 @@ GENESIS = Genesis(
     nonce="test",
 )
 ROOT = root_item(GENESIS.network_id)
-CONFIG = Config(sync_interval=10.0, fetch_timeout=5.0, rebase_delay=1.0)
+# Peer names here ("p0", ...) are not peer ids: every peer is trusted as a member.
+CONFIG = Config(sync_interval=10.0, fetch_timeout=5.0, rebase_delay=1.0, strangers="trust")
 
 
 def blob(label: str, size: int = 100) -> BlobRef:
@@ -545,7 +547,7 @@ def test_roster_updates_and_revocations_reorder_from_the_set() -> None:
     net.drain()
     bob = net.nodes["p1"].core
     assert bob.order.commits == (late.id, a.id)
-    revoke = Revocation(network=GENESIS.network_id, key=dave.public, commit=late.id)
+    revoke = Revocation.of_commit(GENESIS.network_id, late.id)
     net.handle("p0", LocalRecord(revoke.signed_by(dave).encode()))
     net.drain()
     assert bob.order.excluded == {late.id}
@@ -592,3 +594,66 @@ def test_a_refused_fetch_from_the_only_holder_is_retried_without_blame() -> None
     net.drain()
     assert bob.core.order.commits == (c.id,)
     assert not bob.disconnected
+
+
+def _records_message(*cs: Commit) -> bytes:
+    return messages.encode(messages.Records(tuple(c.encode() for c in cs)))
+
+
+def _summary_of_an_empty_node() -> Send:
+    out = Core(GENESIS, config=Config()).handle(PeerConnected("x"), 0.0)
+    return next(a for a in out if isinstance(a, Send))
+
+
+def test_a_stranger_can_pull_but_nothing_it_sends_counts() -> None:
+    alice = Core(GENESIS, me=ALICE.public, config=Config(sync_interval=10.0))
+    stranger = MALLORY.public.peer_id()  # a key the roster never named
+    c = commit(ALICE, 0)
+    alice.handle(LocalRecord(c.encode()), 0.0)
+    alice.handle(Judged(hashlib.sha256(c.encode()).digest(), Verdict.VALID), 0.0)
+    assert alice.statistics().complete == 1
+    # It sends records (by a member, even) and a flood of ids: none is taken or remembered.
+    forged = commit(BOB, 0)
+    out = alice.handle(MessageReceived(stranger, _records_message(forged)), 1.0)
+    assert not [a for a in out if isinstance(a, FetchBlob | Validate)]
+    flood = messages.encode(messages.Ids(4, (), tuple(os.urandom(32) for _ in range(500))))
+    alice.handle(MessageReceived(stranger, flood), 1.0)
+    assert alice.statistics().strangers == 1
+    assert alice.statistics().pending == 0
+    assert alice.convergence().reporting == 0
+    # But what a joining member needs, it gets: our ids for its (empty) summary, then the
+    # records it says it lacks.
+    empty = _summary_of_an_empty_node()
+    answer = alice.handle(MessageReceived(stranger, empty.data), 2.0)
+    ids = [a for a in answer if isinstance(a, Send)]
+    assert ids
+    wants = messages.decode(ids[0].data)
+    assert isinstance(wants, messages.Ids)
+    ask = messages.encode(messages.Ids(wants.bits, wants.buckets, ()))
+    pushed = [a for a in alice.handle(MessageReceived(stranger, ask), 3.0) if isinstance(a, Send)]
+    records = messages.decode(pushed[0].data)
+    assert isinstance(records, messages.Records)
+    assert records.records == (c.encode(),)
+
+
+def test_strangers_none_gets_no_answer_at_all() -> None:
+    alice = Core(GENESIS, me=ALICE.public, config=Config(strangers="none"))
+    empty = _summary_of_an_empty_node()
+    out = alice.handle(MessageReceived(MALLORY.public.peer_id(), empty.data), 0.0)
+    assert not [a for a in out if isinstance(a, Send)]
+    assert alice.statistics().strangers == 1
+
+
+def test_a_record_by_an_unknown_key_is_decoded_once() -> None:
+    decoded: list[bytes] = []
+
+    def decode(data: bytes) -> Record:
+        decoded.append(data)
+        return decode_record(data, network=GENESIS.network_id)
+
+    bob = Core(GENESIS, me=BOB.public, config=CONFIG, decode=decode)
+    unknown = commit(MALLORY, 0)
+    for _ in range(20):
+        bob.handle(MessageReceived(ALICE.public.peer_id(), _records_message(unknown)), 0.0)
+    assert decoded == [unknown.encode()]
+    assert bob.statistics().ignored == 1
