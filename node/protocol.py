@@ -77,6 +77,8 @@ Rules:
   towards convergence; ``"none"`` ignores it entirely; ``"trust"`` treats every peer as a
   member (the simulator, whose peer names are not peer ids). Per-peer state is bounded by
   our own: a peer's ``has`` set only keeps ids we hold.
+- While commits restored from the store are being judged again, no ``Merge`` is asked and no
+  rebase is scheduled: the order of a half-restored set is transient.
 - Own orphans are rebased after ``rebase_delay`` scaled by a jitter taken from the commit id
   (so concurrent orphans do not re-collide), once per commit; a local commit that supersedes a
   commit that is no longer an orphan, or does not extend the tip, is refused as stale.
@@ -215,6 +217,7 @@ class Core:
         self._set = IdSet()
         self._rejected: set[bytes] = set()
         self._judging: set[bytes] = set()
+        self._restoring: set[bytes] = set()  # restored commits still being judged again
         self._local: set[bytes] = set()  # local records not yet stored or rejected
         self._invalid: dict[bytes, tuple[bytes, str]] = {}  # id -> (author key, reason)
         self._blobs: set[bytes] = set(blobs)
@@ -483,6 +486,8 @@ class Core:
         if peer is None and not restored:
             self._local.add(cid)
         self._admit(cid, data, record, peer, blobs_held=blobs_held)
+        if restored and cid in self._judging:
+            self._restoring.add(cid)
 
     def _check(self, record: Record, *, local: bool) -> tuple[str, bool]:
         """Why ``record`` is not taken ('' if it is), and whether the sender is to blame."""
@@ -568,6 +573,7 @@ class Core:
         if cid not in self._judging or held is None:
             return  # a late answer
         self._judging.discard(cid)
+        self._restoring.discard(cid)
         if event.verdict is Verdict.VALID:
             self._complete(cid, held)
         elif event.verdict is Verdict.INVALID:
@@ -759,6 +765,10 @@ class Core:
             self._fetch(sha)
 
     def _after(self) -> None:
+        if self._restoring:
+            # Restored commits are judged again in no particular order: until all are, the
+            # order is a transient one (own commits would look orphaned and be rebased).
+            return
         order = self._book.order
         if order is not self._merged and order.head != self._merged.head:
             self._merged = order

@@ -85,6 +85,8 @@ def status(node: NodeService) -> dict[str, Any]:
         "converged_with": conv.same_composite,
         "peers_reporting": conv.reporting,
         "garbage": stats.garbage,
+        "strangers": stats.strangers,  # messages from peers the roster never named, ignored
+        "fetch_queue": stats.queued,
         "validating": stats.validating,
         "invalid_commits": stats.invalid,
         "invalid_by_author": invalid_by_author(node),

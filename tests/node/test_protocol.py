@@ -657,3 +657,27 @@ def test_a_record_by_an_unknown_key_is_decoded_once() -> None:
         bob.handle(MessageReceived(ALICE.public.peer_id(), _records_message(unknown)), 0.0)
     assert decoded == [unknown.encode()]
     assert bob.statistics().ignored == 1
+
+
+def test_a_restore_judged_out_of_order_asks_no_merge_and_no_rebase_until_done() -> None:
+    chain, parent = [], ROOT
+    for seq in range(10):
+        c = commit(ALICE, seq, parent)
+        chain.append(c)
+        parent = Entry.of(c).item
+    blobs = [ref.sha256 for c in chain for ref in c.blobs.values()]
+    alice = Core(GENESIS, me=ALICE.public, config=CONFIG, blobs=blobs)
+    actions: list[Action] = []
+    for c in chain:
+        actions += alice.handle(LocalRecord(c.encode(), blobs_held=False, restored=True), 0.0)
+    judged = list(reversed(chain))  # the newest first: every other one looks orphaned
+    for k, c in enumerate(judged):
+        cid = hashlib.sha256(c.encode()).digest()
+        actions += alice.handle(Judged(cid, Verdict.VALID), 10.0 * k)  # timers pass too
+        actions += alice.handle(Timer(), 10.0 * k + 5)
+        if k < len(judged) - 1:
+            assert not [a for a in actions if isinstance(a, Merge | Rebase)]
+    merges = [a for a in actions if isinstance(a, Merge)]
+    assert len(merges) == 1
+    assert merges[0].order.commits == tuple(c.id for c in chain)
+    assert not [a for a in actions if isinstance(a, Rebase)]
