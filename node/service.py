@@ -68,10 +68,11 @@ class NodeService:
         self.config = home.config()
         self.genesis = home.genesis()
         self.store = Store.open(home.path)  # flock: a second node on this home fails here
+        self.recovery = self.store.recovery  # what Store.open repaired, for status
         self.core = p.Core(
             self.genesis,
             me=self.identity.public,
-            config=core_config,
+            config=core_config or p.Config(strangers=self.config.strangers),
             blobs=[sha for sha, _ in self.store.blobs()],
         )
         self.transport = transport or self._libp2p(transport_config)
@@ -117,7 +118,7 @@ class NodeService:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.transport.set_request_handler(self._on_request)
-                self.transport.set_blob_provider(self.store.blob_path)
+                self.transport.set_blob_provider(self.store.serving_path)  # rehashed first
                 transport_done = trio.Event()
                 await nursery.start(self._run_transport, transport_done)
                 self._restore()

@@ -91,8 +91,10 @@ def run_node(args: argparse.Namespace) -> int:
     from node.service import NodeService
 
     _setup_logging(args.log_json)
+    home = Home(Path(args.home)).require()
     service = NodeService(
-        Home(Path(args.home)).require(), core_config=Config(sync_interval=args.sync_interval)
+        home,
+        core_config=Config(sync_interval=args.sync_interval, strangers=home.config().strangers),
     )
 
     async def main() -> None:

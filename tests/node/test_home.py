@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from node.home import Config, Home, HomeError
+from crypto import identity as identity_module
+from crypto.errors import KeyFileError
+from crypto.identity import WeakPassphrase
+from node.home import PASSPHRASE_ENV, Config, Home, HomeError
 
 
 def test_config_round_trips_through_toml() -> None:
@@ -28,3 +31,65 @@ def test_home_is_private_and_sequence_numbers_survive_reopening(tmp_path: Path) 
         home.genesis()
     with pytest.raises(HomeError, match="not a medforge home"):
         Home(tmp_path / "nobody").identity()
+
+
+def test_an_existing_seq_file_keeps_counting(tmp_path: Path) -> None:
+    home = Home.init(tmp_path / "alice", "alice")
+    (home.path / "seq").write_text("41\n")  # written by an earlier release: same format
+    assert [home.next_seq(), home.next_seq()] == [41, 42]
+    assert (home.path / "seq").read_text() == "43\n"
+
+
+def test_a_damaged_seq_file_is_refused_not_restarted(tmp_path: Path) -> None:
+    home = Home.init(tmp_path / "alice", "alice")
+    for junk in ("", "seven\n", "-3\n"):
+        (home.path / "seq").write_text(junk)
+        with pytest.raises(HomeError, match="not a sequence number"):
+            home.next_seq()  # restarting at 0 would reuse numbers: equivocation
+
+
+def test_next_seq_clears_what_a_killed_writer_left(tmp_path: Path) -> None:
+    home = Home.init(tmp_path / "alice", "alice")
+    stale = home.path / ".tmp-seq-abandoned"
+    stale.write_text("7\n")
+    assert home.next_seq() == 0
+    assert not stale.exists()
+    assert sorted(p.name for p in home.path.iterdir()) == [
+        "config.toml",
+        "identity.pem",
+        "seq",
+        "seq.lock",
+    ]
+
+
+def test_encrypted_home_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(identity_module, "SCRYPT_N", 2**12)  # cost is test_identity's business
+    monkeypatch.setenv(PASSPHRASE_ENV, "correct horse battery")
+    home = Home.init(tmp_path / "alice", "alice")
+    assert home.identity_path.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert stat.S_IMODE(home.identity_path.stat().st_mode) == 0o600
+    public = home.identity().public
+    monkeypatch.delenv(PASSPHRASE_ENV)
+    with pytest.raises(KeyFileError, match="is encrypted"):
+        home.identity()
+    monkeypatch.setenv(PASSPHRASE_ENV, "correct horse batterz")
+    with pytest.raises(KeyFileError, match="wrong passphrase"):
+        home.identity()
+    monkeypatch.setenv(PASSPHRASE_ENV, "correct horse battery")
+    assert home.identity().public == public
+
+
+def test_init_with_a_short_passphrase_makes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from node.cli import main
+
+    monkeypatch.setenv(PASSPHRASE_ENV, "hunter2")
+    with pytest.raises(WeakPassphrase, match=f"{PASSPHRASE_ENV}: .*at least 12 characters"):
+        Home.init(tmp_path / "alice", "alice")
+    assert not (tmp_path / "alice").exists()
+    capsys.readouterr()
+    assert main(["init", "--home", str(tmp_path / "bob"), "--name", "bob"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: WeakPassphrase: ${PASSPHRASE_ENV}: a key passphrase needs")
+    assert not (tmp_path / "bob").exists()
