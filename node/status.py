@@ -50,15 +50,23 @@ def status(node: NodeService) -> dict[str, Any]:
     conv = core.convergence()
     order = core.order
     peers = []
+    now = trio.current_time()
+    # Liveness comes from traffic, not from the socket: every peer sends its summary each
+    # sync interval, so one silent for three of them is cut off, whatever TCP believes.
+    silent_after = 3 * core.config.sync_interval
     for peer, report in sorted(core.peers().items()):
+        heard = None if report is None else round(now - report.at, 1)
         peers.append(
             {
                 "peer_id": peer,
                 "name": node.name_of(peer),
+                "member": core.is_member(peer),
                 "same_composite": bool(
                     report and report.digest == core.digest and report.head == order.head
                 ),
                 "records": report.count if report else None,
+                "heard_s_ago": heard,
+                "live": heard is not None and heard <= silent_after,
             }
         )
     return {
@@ -70,6 +78,7 @@ def status(node: NodeService) -> dict[str, Any]:
         "uptime_s": round(time.time() - node.started_at, 1),
         "peers": peers,
         "peers_connected": stats.peers,
+        "peers_live": sum(1 for p in peers if p["live"]),
         "peers_known": len(node.store.peers()),
         "records": stats.complete,
         "pending_records": stats.pending,
@@ -95,6 +104,8 @@ def status(node: NodeService) -> dict[str, Any]:
             for cid, (key, why) in sorted(core.invalid().items())[:32]
         ],
         "frames": frame_faults(node),
+        "equivocators": sorted(node.name_of(PublicKey(k).peer_id()) for k in order.flagged),
+        "excluded": excluded(node),
         "serving_digest": node.composer.digest,
         "merge_error": node.merge_error,
         "faults": dict(node.faults),
@@ -109,6 +120,20 @@ def frame_faults(node: NodeService) -> dict[str, int]:
     """The transport's frame-level fault counters (below the core's message-level garbage)."""
     stats = node.transport.statistics()
     return {name: int(getattr(stats, name)) for name in FAULT_COUNTERS}
+
+
+def excluded(node: NodeService) -> list[dict[str, Any]]:
+    """Commits held but left out of the order: equivocation (one author, one seq, two
+    commits: both out) or revocation."""
+    order, out = node.core.order, []
+    for cid in sorted(order.excluded):
+        commit = node.core.commit(cid)
+        if commit is None:
+            continue
+        why = "equivocation" if commit.author.raw in order.flagged else "revoked"
+        out.append({"commit": cid.hex(), "author": node.name_of(commit.author.peer_id()),
+                    "seq": commit.seq, "why": why})
+    return out
 
 
 def invalid_by_author(node: NodeService) -> dict[str, int]:

@@ -121,7 +121,8 @@ def run_status(args: argparse.Namespace) -> int:
     )
     lines = [
         f"{s['name']}  ({s['peer_id']})  network {s['network']}  up {s['uptime_s']} s",
-        f"peers       {s['peers_connected']} connected, {s['peers_known']} known: {peers}",
+        f"peers       {s['peers_connected']} connected ({s['peers_live']} heard from lately), "
+        f"{s['peers_known']} known: {peers}",
         f"records     {s['records']} held, {s['pending_records']} pending, "
         f"{s['rejected_records']} rejected; blobs {s['blobs']}, missing {s['missing_blobs']}",
         f"forge item  v{s['forge_item']}  head {s['head'][:16]}  orphans {s['orphans']}",
@@ -133,6 +134,11 @@ def run_status(args: argparse.Namespace) -> int:
         ),
         "frames      "
         + (", ".join(f"{k} {v}" for k, v in s["frames"].items() if v) or "no faults"),
+        *(
+            [f"EQUIVOCATION by {', '.join(s['equivocators'])}: their clashing commits are out"]
+            if s["equivocators"]
+            else []
+        ),
         f"invalid     {s['invalid_commits']} commit(s) refused"
         + (
             " (" + ", ".join(f"{n}: {k}" for n, k in s["invalid_by_author"].items()) + ")"
@@ -158,7 +164,11 @@ def run_log(args: argparse.Namespace) -> int:
             f"v{e['item']:<3} {e['author']:<16} task {e['task']:<20} "
             f"w=({w1:+.4f}, {w2:+.4f}) commit {e['commit'][:12]}{tag}"
         )
-    emit(args, {"items": entries}, "\n".join(lines))
+    excluded = _call(args, "status")["excluded"]
+    for e in excluded:
+        lines.append(f"out  {e['author']:<16} seq {e['seq']:<3} ({e['why']}) commit "
+                     f"{e['commit'][:12]}")
+    emit(args, {"items": entries, "excluded": excluded}, "\n".join(lines))
     return 0
 
 
