@@ -203,7 +203,11 @@ def _scorer(
 
 
 def _minimize(objective: Callable[[np.ndarray], float], cfg: SearchSettings) -> tuple[float, float]:
-    param = ng.p.Array(init=np.full(2, cfg.init), lower=-cfg.bound, upper=cfg.bound)
+    # w1 (what is kept of the composite) lives in [keep_min, keep_max], w2 in ±bound: the
+    # same ranges every node's validity check enforces.
+    init = np.array([min(max(cfg.init, cfg.keep_min), cfg.keep_max), cfg.init])
+    lower, upper = np.array([cfg.keep_min, -cfg.bound]), np.array([cfg.keep_max, cfg.bound])
+    param = ng.p.Array(init=init, lower=lower, upper=upper)
     param.random_state = np.random.RandomState(cfg.seed)
     optimizer = ng.optimizers.NGOpt(parametrization=param, budget=cfg.budget)
     with warnings.catch_warnings():

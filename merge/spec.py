@@ -45,12 +45,21 @@ class SearchSettings:
     l1: float = 0.05
     objective: str = "logprob"
     seed: int = 0
+    # w1 scales everything merged before: bounded below so that no member can wipe the
+    # composite (w1 = 0) and above so that no run of commits can blow it up (w1 > 1 each).
+    keep_min: float = 0.5
+    keep_max: float = 1.0
 
     def __post_init__(self) -> None:
         _check_int("budget", self.budget, low=1)
         _check_float("bound", self.bound, positive=True)
         _check_float("init", self.init)
         _check_float("l1", self.l1)
+        _check_float("keep_min", self.keep_min)
+        _check_float("keep_max", self.keep_max)
+        if not 0 <= self.keep_min <= self.keep_max:
+            raise SpecError(f"need 0 <= keep_min <= keep_max, got {self.keep_min}, "
+                            f"{self.keep_max}")
         if abs(self.init) > self.bound:
             raise SpecError(f"init {self.init} lies outside the bounds ±{self.bound}")
         if self.l1 < 0:
@@ -58,7 +67,7 @@ class SearchSettings:
         if self.objective not in OBJECTIVES:
             raise SpecError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         _check_int("seed", self.seed, low=0, high=2**32 - 1)
-        for name in ("init", "bound", "l1"):  # ints accepted, stored as the float they mean
+        for name in ("init", "bound", "l1", "keep_min", "keep_max"):  # ints: the float they mean
             object.__setattr__(self, name, float(getattr(self, name)))
 
 

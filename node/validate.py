@@ -62,12 +62,15 @@ class Rules:
     base: str
     shapes: BaseShapes
     limits: Limits
-    bound: float
+    bound: float  # |w2| at most
+    keep: tuple[float, float]  # w1 within
 
     @classmethod
     def of(cls, genesis: Genesis) -> Rules:
         spec = merge_spec(genesis)
-        return cls(base_fingerprint(genesis), base_shapes(genesis), spec.limits, spec.search.bound)
+        search = spec.search
+        keep = (search.keep_min, search.keep_max)
+        return cls(base_fingerprint(genesis), base_shapes(genesis), spec.limits, search.bound, keep)
 
 
 def check_commit(commit: Commit, blobs: Mapping[str, bytes], rules: Rules) -> LoraAdapter:
@@ -116,14 +119,19 @@ def check_content(
 
 
 def check_coeffs(rules: Rules, coeffs: Sequence[float]) -> None:
-    """Finite, within ±bound of the network's search, representable in float32: a member
-    cannot scale the composite to inf or NaN on every node."""
+    """``w1`` (what is kept of everything merged before) within the network's keep range,
+    ``w2`` within ±bound, both finite and representable in float32: no member can wipe the
+    composite, blow it up, or turn it to inf or NaN on every node."""
     bound = min(rules.bound, _FLOAT32_MAX)
-    for w in coeffs:
-        if not isinstance(w, float) or not math.isfinite(w) or abs(w) > bound:
-            raise InvalidCommit(
-                "CoefficientBound", f"coefficients {tuple(coeffs)} must lie within ±{bound}"
-            )
+    low, high = rules.keep
+    if len(coeffs) != 2 or not all(isinstance(w, float) and math.isfinite(w) for w in coeffs):
+        raise InvalidCommit("CoefficientBound", f"coefficients {tuple(coeffs)} are not 2 floats")
+    w1, w2 = coeffs
+    if not low <= w1 <= high or abs(w2) > bound:
+        raise InvalidCommit(
+            "CoefficientBound",
+            f"coefficients {tuple(coeffs)}: w1 must lie in [{low}, {high}], w2 within ±{bound}",
+        )
 
 
 def _is(data: bytes, ref: BlobRef) -> bool:

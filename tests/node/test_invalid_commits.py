@@ -177,6 +177,7 @@ def bad_commits(adapter: Path, tmp: Path) -> dict[str, tuple[dict[str, bytes], t
         "DistilledError:input shape": ({"distilled": distilled("w", width=16)}, (1.0, 1.0)),
         "AdapterFormatError:truncated": ({"adapter_model": good["adapter_model"][:-9]}, (1.0, 1.0)),
         "CoefficientBound:1e39": ({}, (1e39, 1.0)),
+        "CoefficientBound:wipe": ({}, (0.0, 0.0)),  # would zero every node's composite
     }
     return {name: ({**good, **blobs}, coeffs) for name, (blobs, coeffs) in variants.items()}
 
