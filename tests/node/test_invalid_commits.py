@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -24,16 +23,15 @@ import torch
 import trio
 from safetensors.torch import load, save
 
-from crypto.records import Commit, Genesis, Member
+from crypto.records import Commit
 from node import messages
 from node.bundle import blob_ref
 from node.cli import main as cli
 from node.control import ControlError, call
 from node.errors import TransportError
 from node.home import Home
-from node.netspec import make_spec
 from node.transport.libp2p import Libp2pTransport
-from tests.conftest import BASE, TINY_SHAPES, write_distilled
+from tests.conftest import BASE, write_distilled
 from tests.node.test_service import FAST
 
 pytestmark = pytest.mark.slow
@@ -202,19 +200,6 @@ def sign(home: Home, seq: int, parent: bytes, blobs: dict[str, bytes],
 # --- the test ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def homes(tmp_path: Path) -> list[Home]:
-    homes = [Home.init(tmp_path / n, n) for n in ("alice", "bob", "carol", "mallory")]
-    genesis = Genesis(
-        name="matrix",
-        members=tuple(Member(h.config().name, h.identity().public) for h in homes),
-        threshold=1,
-        spec=make_spec("stack", BASE, TINY_SHAPES),
-        nonce=os.urandom(4).hex(),
-    )
-    for home in homes:
-        home.join(genesis)
-    return homes
 
 
 def commit_cli(home: Home, adapter: Path, distilled: Path, out: Path, *coeffs: str) -> int:
