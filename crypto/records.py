@@ -2,12 +2,18 @@
 
 Envelope (canonical CBOR, see ``crypto.canonical``)::
 
-    {"v": 1, "kind": "commit" | "genesis" | "roster" | "revocation",
+    {"v": <the kind's schema version>, "kind": "commit" | "genesis" | "roster" | "revocation",
      "body": {...}, "sigs": [{"key": <32 bytes>, "sig": <64 bytes>}, ...]}
 
-Every signature covers ``encode({"domain": DOMAIN, "kind": kind, "body": body})``; the record id
-is the sha256 of those same bytes. Signatures are *not* part of the id, so members who co-sign a
-roster update independently produce the same record, and their signatures combine by union.
+Schema versions are per kind (``VERSIONS``): genesis, commit and roster are version 1; a
+revocation is version 2 (version 1 named its signer's key in the body, so two members'
+revocations of one commit were two records that never combined; it is refused on decode).
+
+Every signature covers ``encode({"domain": DOMAIN, "kind": kind, "body": body})``, from version 2
+on ``encode({"domain": DOMAIN, "kind": kind, "v": v, "body": body})`` (version 1's bytes stay as
+they were: its ids, network ids among them, must not change); the record id is the sha256 of
+those same bytes. Signatures are *not* part of the id, so members who co-sign a roster update or
+a revocation independently produce the same record, and their signatures combine by union.
 The body of every record except the genesis names its network, so a signature made for one
 network can never be replayed into another.
 """
@@ -31,12 +37,13 @@ from crypto.errors import (
 )
 from crypto.identity import Identity, PublicKey
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # genesis, commit, roster; see VERSIONS for every kind
 DOMAIN = "medforge-record/1"
 MAX_RECORD_BYTES = 256 * 1024
 MAX_NAME = 200
 MAX_CLASSES = 4096
 MAX_SIGNATURES = 256
+MAX_REASON = 1000
 BLOB_KINDS = ("adapter_config", "adapter_model", "distilled")
 
 Kind = Literal["genesis", "commit", "roster", "revocation"]
@@ -57,8 +64,10 @@ class Signature:
     sig: bytes
 
 
-def _signing_bytes(kind: str, body: Mapping[str, Any]) -> bytes:
-    return canonical.encode({"domain": DOMAIN, "kind": kind, "body": body})
+def _signing_bytes(kind: str, version: int, body: Mapping[str, Any]) -> bytes:
+    if version == 1:  # version 1 predates binding the version: its ids must not change
+        return canonical.encode({"domain": DOMAIN, "kind": kind, "body": body})
+    return canonical.encode({"domain": DOMAIN, "kind": kind, "v": version, "body": body})
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class _Signed(ABC):
     """Shared machinery: body <-> fields, id, signatures, envelope."""
 
     KIND: ClassVar[str]
+    VERSION: ClassVar[int] = SCHEMA_VERSION
     sigs: tuple[Signature, ...] = field(default=(), kw_only=True, compare=False)
 
     @abstractmethod
@@ -75,15 +85,15 @@ class _Signed(ABC):
     @functools.cached_property
     def id(self) -> bytes:
         # Cached: the order and the core ask for ids constantly, and a record is immutable.
-        return canonical.sha256(_signing_bytes(self.KIND, self.body()))
+        return canonical.sha256(self.signing_bytes())
 
     def signing_bytes(self) -> bytes:
-        return _signing_bytes(self.KIND, self.body())
+        return _signing_bytes(self.KIND, self.VERSION, self.body())
 
     def encode(self) -> bytes:
         sigs = [{"key": s.key.raw, "sig": s.sig} for s in sorted(self.sigs, key=lambda s: s.key)]
         return canonical.encode(
-            {"v": SCHEMA_VERSION, "kind": self.KIND, "body": self.body(), "sigs": sigs}
+            {"v": self.VERSION, "kind": self.KIND, "body": self.body(), "sigs": sigs}
         )
 
     def signed_by(self, identity: Identity) -> Any:
@@ -208,24 +218,61 @@ class RosterUpdate(_Signed):
 
 @dataclass(frozen=True)
 class Revocation(_Signed):
-    """Revokes one commit (``commit`` + its ``key``: the author may always do this alone) or
-    a key from sequence number ``from_seq`` on (the key itself or the threshold)."""
+    """Revokes one commit (``commit``), or a key (``subject``) from sequence number
+    ``from_seq`` on. The body names only *what* is revoked and why; *who* revokes is in the
+    signatures alone, so members who sign the same revocation independently make one record
+    (one id) whose signatures combine. It counts (``crypto.roster``) when signed by the
+    commit's author, or by the key itself for a key revocation, or by the threshold of members.
+
+    Schema version 2. Build one with ``of_commit`` or ``of_key``."""
 
     network: bytes
-    key: PublicKey
     commit: bytes | None = None
+    subject: PublicKey | None = None
     from_seq: int | None = None
     reason: str = ""
     KIND: ClassVar[str] = "revocation"
+    VERSION: ClassVar[int] = 2
+
+    def __post_init__(self) -> None:
+        _check_revocation(self)
+
+    @classmethod
+    def of_commit(cls, network: bytes, commit: bytes, reason: str = "") -> Revocation:
+        return cls(network, commit=commit, reason=reason)
+
+    @classmethod
+    def of_key(
+        cls, network: bytes, subject: PublicKey, from_seq: int, reason: str = ""
+    ) -> Revocation:
+        return cls(network, subject=subject, from_seq=from_seq, reason=reason)
 
     def body(self) -> dict[str, Any]:
         return {
             "network": self.network,
-            "key": self.key.raw,
             "commit": self.commit,
+            "subject": self.subject.raw if self.subject is not None else None,
             "from_seq": self.from_seq,
             "reason": self.reason,
         }
+
+
+def _check_revocation(rev: Revocation) -> None:
+    if not isinstance(rev.network, bytes) or len(rev.network) != 32:
+        raise SchemaError("revocation.network must be a 32-byte hash")
+    if rev.commit is not None:
+        if not isinstance(rev.commit, bytes) or len(rev.commit) != 32:
+            raise SchemaError("revocation.commit must be a 32-byte commit id")
+        if rev.subject is not None or rev.from_seq is not None:
+            raise SchemaError("a revocation names a commit, or a key and from_seq, not both")
+    elif rev.subject is None or rev.from_seq is None:
+        raise SchemaError("a revocation names a commit, or a key (subject) and from_seq")
+    elif not isinstance(rev.subject, PublicKey):
+        raise SchemaError("revocation.subject must be a public key")
+    elif isinstance(rev.from_seq, bool) or not isinstance(rev.from_seq, int) or rev.from_seq < 0:
+        raise SchemaError("revocation.from_seq must be an integer >= 0")
+    if not isinstance(rev.reason, str) or len(rev.reason) > MAX_REASON:
+        raise SchemaError(f"revocation.reason must be text of at most {MAX_REASON} characters")
 
 
 Record: TypeAlias = Genesis | Commit | RosterUpdate | Revocation
@@ -257,11 +304,19 @@ def decode_record(
 def _envelope(envelope: Any) -> tuple[str, dict[str, Any], tuple[Signature, ...]]:
     if not isinstance(envelope, dict) or set(envelope) != {"v", "kind", "body", "sigs"}:
         raise SchemaError("a record is a map of exactly v, kind, body, sigs")
-    if envelope["v"] != SCHEMA_VERSION:
-        raise UnknownSchemaVersion(f"schema version {envelope['v']!r} is not supported")
-    kind = envelope["kind"]
-    if kind not in _PARSERS:
+    kind, version = envelope["kind"], envelope["v"]
+    if not isinstance(kind, str) or kind not in _PARSERS:
         raise SchemaError(f"unknown record kind {kind!r}")
+    if type(version) is not int or version != VERSIONS[kind]:
+        if kind == "revocation" and version == 1:
+            raise UnknownSchemaVersion(
+                "revocation schema version 1 (bound to its signer's key) is retired: "
+                "re-issue it with `medforge revoke` (version 2)"
+            )
+        raise UnknownSchemaVersion(
+            f"{kind} schema version {version!r} is not supported (this build reads "
+            f"version {VERSIONS[kind]})"
+        )
     if not isinstance(envelope["body"], dict):
         raise SchemaError("body must be a map")
     return kind, envelope["body"], _signatures(envelope["sigs"])
@@ -443,19 +498,14 @@ def _parse_roster(b: _Body) -> RosterUpdate:
 
 
 def _parse_revocation(b: _Body) -> Revocation:
-    b.exactly(("network", "key", "commit", "from_seq", "reason"))
-    revocation = Revocation(
+    b.exactly(("network", "commit", "subject", "from_seq", "reason"))
+    return Revocation(  # the shape rules are Revocation's own (_check_revocation)
         network=b.hash("network") or b"",
-        key=_key(b.body["key"], "revocation.key"),
         commit=b.hash("commit", optional=True),
+        subject=b.key("subject", optional=True),
         from_seq=b.get("from_seq", int, optional=True),
         reason=b.get("reason", str),
     )
-    if (revocation.commit is None) == (revocation.from_seq is None):
-        raise SchemaError("a revocation names either a commit or a from_seq, not both")
-    if revocation.from_seq is not None and revocation.from_seq < 0:
-        raise SchemaError("from_seq must be >= 0")
-    return revocation
 
 
 _PARSERS: dict[str, Any] = {
@@ -463,4 +513,7 @@ _PARSERS: dict[str, Any] = {
     "commit": _parse_commit,
     "roster": _parse_roster,
     "revocation": _parse_revocation,
+}
+VERSIONS: dict[str, int] = {
+    cls.KIND: cls.VERSION for cls in (Genesis, Commit, RosterUpdate, Revocation)
 }

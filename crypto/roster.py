@@ -7,9 +7,13 @@ Rules (every node computes the same roster from the same records, in any arrival
   ``e`` co-signed by at least ``threshold`` members of epoch ``e-1``; the one with the lowest id
   is applied. Epochs are applied in order and stop at the first epoch without a candidate.
 - A removed or rotated-out key keeps the commits it made up to ``keep_through_seq``.
-- A key revocation (``from_seq``) counts when signed by the key itself or by the threshold of
-  the final roster; commits of that key from ``from_seq`` on are invalid.
-- A commit revocation counts when signed by the commit's author or by the threshold.
+- Co-signatures combine: roster updates and revocations with one id (one body) count with the
+  union of their signatures, however many copies of them the set holds.
+- A key revocation (``subject``, ``from_seq``) counts when signed by that key or by the
+  threshold of the final roster's members; commits of that key from ``from_seq`` on are invalid.
+- A commit revocation counts when signed by the commit's author (its id binds the author), or
+  by at least the threshold of the final roster's members, whoever they are. Signatures by
+  keys that are not members never count towards the threshold.
 - Equivocation: one author, one sequence number, two different commits. Both are excluded and
   the author is flagged; arrival order never picks a winner.
 """
@@ -35,7 +39,8 @@ class Roster:
     retired: dict[PublicKey, int] = field(default_factory=dict)
     # Revoked keys: commits from this seq on are invalid.
     revoked_from: dict[PublicKey, int] = field(default_factory=dict)
-    # Commit revocations: by the threshold (any commit) or by a key (its own commits only).
+    # Commit revocations: ids revoked by the threshold; and for every commit id a revocation
+    # names, the keys that signed it (it counts if the commit's author is among them).
     revoked_by_quorum: set[bytes] = field(default_factory=set)
     revoked_by_key: dict[bytes, set[PublicKey]] = field(default_factory=dict)
 
@@ -46,9 +51,9 @@ class Roster:
     @classmethod
     def from_records(cls, genesis: Genesis, records: Iterable[Record]) -> Roster:
         roster = cls.from_genesis(genesis)
-        records = list(records)
-        roster._apply_updates([r for r in records if isinstance(r, RosterUpdate)])
-        roster._apply_revocations([r for r in records if isinstance(r, Revocation)])
+        inputs = combine_signatures(r for r in records if isinstance(r, RosterUpdate | Revocation))
+        roster._apply_updates([r for r in inputs if isinstance(r, RosterUpdate)])
+        roster._apply_revocations([r for r in inputs if isinstance(r, Revocation)])
         return roster
 
     # -- queries -------------------------------------------------------------------------
@@ -87,8 +92,21 @@ class Roster:
     def quorum(self, signers: Iterable[PublicKey]) -> bool:
         return len(set(signers) & self.members.keys()) >= self.threshold
 
+    def member_signers(self, record: RosterUpdate | Revocation) -> frozenset[PublicKey]:
+        """The signers of ``record`` that count towards the threshold: members only."""
+        return record.signers() & self.members.keys()
+
+    def revocation_counts(self, rev: Revocation, *, author: PublicKey | None = None) -> bool:
+        """Whether ``rev``'s signatures make it count under this roster: the threshold of
+        members, or the revoked key itself, or (for a commit revocation) the commit's
+        ``author``, when the caller knows who that is."""
+        if self.quorum(rev.signers()):
+            return True
+        owner = rev.subject if rev.commit is None else author
+        return owner is not None and owner in rev.signers()
+
     def check_quorum(self, record: RosterUpdate | Revocation) -> None:
-        have = len(record.signers() & self.members.keys())
+        have = len(self.member_signers(record))
         if have < self.threshold:
             raise ThresholdNotMet(
                 f"{record.KIND} {record.id.hex()[:12]}: "
@@ -129,16 +147,27 @@ class Roster:
         for rev in revocations:
             if rev.network != self.network:
                 continue
-            by_owner = rev.key in rev.signers()
-            if not (by_owner or self.quorum(rev.signers())):
-                continue
-            if rev.commit is not None and by_owner:
-                self.revoked_by_key.setdefault(rev.commit, set()).add(rev.key)
-            if rev.commit is not None and self.quorum(rev.signers()):
-                self.revoked_by_quorum.add(rev.commit)
-            elif rev.from_seq is not None:
-                previous = self.revoked_from.get(rev.key, rev.from_seq)
-                self.revoked_from[rev.key] = min(previous, rev.from_seq)
+            signers = rev.signers()
+            if rev.commit is not None:
+                # Who the author is, only the commit says (its id binds it): is_revoked asks.
+                self.revoked_by_key.setdefault(rev.commit, set()).update(signers)
+                if self.quorum(signers):
+                    self.revoked_by_quorum.add(rev.commit)
+            elif rev.subject is not None and rev.from_seq is not None:
+                if rev.subject in signers or self.quorum(signers):
+                    previous = self.revoked_from.get(rev.subject, rev.from_seq)
+                    self.revoked_from[rev.subject] = min(previous, rev.from_seq)
+
+
+def combine_signatures(
+    records: Iterable[RosterUpdate | Revocation],
+) -> list[RosterUpdate | Revocation]:
+    """One record per id, carrying the union of the signatures of every copy (in id order)."""
+    by_id: dict[bytes, RosterUpdate | Revocation] = {}
+    for record in records:
+        previous = by_id.get(record.id)
+        by_id[record.id] = record if previous is None else previous.combined(record)
+    return [by_id[i] for i in sorted(by_id)]
 
 
 def find_equivocations(commits: Iterable[Commit]) -> tuple[set[PublicKey], set[bytes]]:

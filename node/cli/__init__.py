@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "node.cli.distill_cmd",
     "node.cli.merge_cmd",
     "node.cli.node_cmd",
+    "node.cli.store_cmd",
     "node.cli.simulate_cmd",
     "node.cli.demo_cmd",
 )

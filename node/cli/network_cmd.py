@@ -8,13 +8,15 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from crypto.errors import CryptoError
 from crypto.identity import PublicKey
-from crypto.records import Genesis, Member, Revocation, RosterUpdate, decode_record
+from crypto.records import Commit, Genesis, Member, Revocation, RosterUpdate, decode_record
 from crypto.roster import Roster
 from merge.base_shapes import BaseShapes, shapes_of
 from merge.spec import MergeSpec
 from node.cli import UserError
 from node.cli.output import add_home, add_json, emit
+from node.control import ControlError, call
 from node.home import Home
 from node.netspec import make_spec
 
@@ -73,7 +75,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _register_roster(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    roster = sub.add_parser("roster", help="propose, co-sign and combine roster updates")
+    roster = sub.add_parser(
+        "roster", help="propose roster updates; co-sign and combine updates and revocations"
+    )
     cmds = roster.add_subparsers(dest="roster_command", required=True)
     propose = cmds.add_parser("propose", help="write a roster update signed by --home")
     add_home(propose)
@@ -89,26 +93,40 @@ def _register_roster(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     )
     propose.add_argument("--threshold", type=int, default=0)
     propose.add_argument("--out", type=Path, required=True)
+    add_json(propose)
     propose.set_defaults(func=run_propose)
 
-    sign = cmds.add_parser("sign", help="add --home's signature to an update")
+    sign = cmds.add_parser("sign", help="add --home's signature to a roster update or a revocation")
     add_home(sign)
-    sign.add_argument("update", type=Path)
+    sign.add_argument("record", type=Path, help="a file from `roster propose` or `revoke`")
     sign.add_argument("--out", type=Path, required=True)
+    add_json(sign)
     sign.set_defaults(func=run_sign)
 
-    combine = cmds.add_parser("combine", help="union of the signatures of copies of one update")
-    combine.add_argument("updates", type=Path, nargs="+")
+    combine = cmds.add_parser(
+        "combine",
+        help="union of the signatures of copies of one roster update or one revocation",
+    )
+    combine.add_argument("records", type=Path, nargs="+", help="copies of one record")
     combine.add_argument("--out", type=Path, required=True)
+    add_home(combine, required=False)  # only to say whether the threshold is met
+    add_json(combine)
     combine.set_defaults(func=run_combine)
 
-    revoke = sub.add_parser("revoke", help="revoke one of your commits, or your key from a seq on")
+    revoke = sub.add_parser(
+        "revoke",
+        help="revoke a commit (yours alone, anyone's with the threshold), or a key from a seq on",
+    )
     add_home(revoke)
     target = revoke.add_mutually_exclusive_group(required=True)
     target.add_argument("--commit", help="commit id (hex) to revoke")
-    target.add_argument("--from-seq", type=int, help="revoke --home's key from this seq on")
+    target.add_argument(
+        "--from-seq", type=int, help="revoke a key (--key, default --home's) from this seq on"
+    )
+    revoke.add_argument("--key", help="with --from-seq: the public key (hex) to revoke")
     revoke.add_argument("--reason", default="")
     revoke.add_argument("--out", type=Path, required=True)
+    add_json(revoke)
     revoke.set_defaults(func=run_revoke)
 
 
@@ -220,10 +238,10 @@ def _show(args: argparse.Namespace, genesis: Genesis, roster: Roster) -> None:
     emit(args, data, "\n".join(lines))
 
 
-def _read_update(path: Path) -> RosterUpdate:
+def _read_signable(path: Path) -> RosterUpdate | Revocation:
     record = decode_record(path.read_bytes())
-    if not isinstance(record, RosterUpdate):
-        raise UserError(f"{path} is not a roster update")
+    if not isinstance(record, RosterUpdate | Revocation):
+        raise UserError(f"{path} is a {record.KIND}, not a roster update or a revocation")
     return record
 
 
@@ -242,41 +260,153 @@ def run_propose(args: argparse.Namespace) -> int:
     ).signed_by(home.identity())
     decode_record(update.encode())  # the same checks every peer will run
     args.out.write_bytes(update.encode())
-    print(f"roster update {update.id.hex()[:16]} ({args.op} {member.name}) signed, 1 signature")
+    _report(args, update, home.genesis(), None, written=args.out)
     return 0
 
 
 def run_sign(args: argparse.Namespace) -> int:
     home = Home(Path(args.home))
-    update = _read_update(args.update)
-    if update.network != home.genesis().network_id:
-        raise UserError("this update belongs to another network")
-    signed = update.signed_by(home.identity())
+    record = _read_signable(args.record)
+    genesis = home.genesis()
+    if record.network != genesis.network_id:
+        raise UserError(f"this {_what(record)} belongs to another network")
+    signed = record.signed_by(home.identity())
     args.out.write_bytes(signed.encode())
-    print(f"roster update {signed.id.hex()[:16]}: {len(signed.sigs)} signature(s)")
+    _report(args, signed, genesis, _author_of(home, signed))
     return 0
 
 
 def run_combine(args: argparse.Namespace) -> int:
-    updates = [_read_update(p) for p in args.updates]
-    combined = updates[0]
-    for other in updates[1:]:
-        combined = combined.combined(other)
+    records = [_read_signable(p) for p in args.records]
+    combined = records[0]
+    for other in records[1:]:
+        combined = combined.combined(other)  # SchemaError unless the bodies are one
+    home = Home(Path(args.home)) if args.home else None
+    genesis = home.genesis() if home is not None else None
+    if genesis is not None and combined.network != genesis.network_id:
+        raise UserError(f"this {_what(combined)} belongs to another network")
     args.out.write_bytes(combined.encode())
-    print(f"roster update {combined.id.hex()[:16]}: {len(combined.sigs)} signature(s)")
+    _report(args, combined, genesis, _author_of(home, combined) if home else None)
     return 0
 
 
 def run_revoke(args: argparse.Namespace) -> int:
     home = Home(Path(args.home))
     identity = home.identity()
-    revocation = Revocation(
-        network=home.genesis().network_id,
-        key=identity.public,
-        commit=bytes.fromhex(args.commit) if args.commit else None,
-        from_seq=args.from_seq,
-        reason=args.reason,
-    ).signed_by(identity)
-    args.out.write_bytes(revocation.encode())
-    print(f"revocation {revocation.id.hex()[:16]} written to {args.out}")
+    genesis = home.genesis()
+    if args.commit is not None:
+        if args.key is not None:
+            raise UserError("--key names the key of a key revocation: use it with --from-seq")
+        commit = _commit_id(args.commit)
+        revocation = Revocation.of_commit(genesis.network_id, commit, args.reason)
+    else:
+        subject = _key(args.key) if args.key else identity.public
+        if args.from_seq < 0:
+            raise UserError("--from-seq must be >= 0")
+        revocation = Revocation.of_key(genesis.network_id, subject, args.from_seq, args.reason)
+    signed: Revocation = revocation.signed_by(identity)
+    decode_record(signed.encode())  # the same checks every peer will run
+    args.out.write_bytes(signed.encode())
+    _report(args, signed, genesis, _author_of(home, signed), written=args.out)
     return 0
+
+
+def _commit_id(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise UserError(f"--commit {text!r}: a commit id is 64 hex characters")
+    return raw
+
+
+def _what(record: RosterUpdate | Revocation) -> str:
+    return "roster update" if isinstance(record, RosterUpdate) else "revocation"
+
+
+def _author_of(home: Home | None, record: RosterUpdate | Revocation) -> PublicKey | None:
+    """The author of the commit a commit revocation names, if --home's running node holds
+    it on its main chain; None when that is not known here."""
+    if home is None or not isinstance(record, Revocation) or record.commit is None:
+        return None
+    try:
+        head = call(home.control_path, "head", timeout=5)
+        for entry in head["commits"]:
+            commit = decode_record(bytes.fromhex(entry["record"]))
+            if isinstance(commit, Commit) and commit.id == record.commit:
+                return commit.author
+    except (ControlError, OSError, CryptoError, KeyError, TypeError, ValueError):
+        pass
+    return None
+
+
+def _report(
+    args: argparse.Namespace,
+    record: RosterUpdate | Revocation,
+    genesis: Genesis | None,
+    author: PublicKey | None,
+    *,
+    written: Path | None = None,
+) -> None:
+    """How many signatures ``record`` has, and whether they meet the threshold (of the
+    genesis roster: roster updates this home has not seen are not taken into account)."""
+    if isinstance(record, RosterUpdate):
+        target = f"{record.op} {record.name}, epoch {record.epoch}"
+    elif record.commit is not None:
+        target = f"commit {record.commit.hex()[:16]}"
+    else:
+        assert record.subject is not None
+        target = f"key {record.subject.hex()[:16]} from seq {record.from_seq}"
+    data: dict[str, Any] = {
+        "kind": record.KIND,
+        "record": record.id.hex(),
+        "target": target,
+        "signatures": len(record.sigs),
+        "signers": sorted(k.hex() for k in record.signers()),
+    }
+    line = f"{_what(record)} {record.id.hex()[:16]} ({target}): {len(record.sigs)} signature(s)"
+    if genesis is None:
+        data["meets_threshold"] = None
+        line += "; pass --home to check them against the threshold"
+    else:
+        roster = Roster.from_genesis(genesis)
+        members = roster.member_signers(record)
+        names = sorted(roster.members[k].name for k in members)
+        outsiders = len(record.signers() - members)
+        met = len(members) >= roster.threshold
+        # Who may revoke alone: the commit's author (when known here) or the revoked key.
+        owner = (
+            None
+            if isinstance(record, RosterUpdate)
+            else ("the revoked key" if record.commit is None else "the commit's author")
+        )
+        key = None if isinstance(record, RosterUpdate) else record.subject or author
+        own = key is not None and key in record.signers()
+        data |= {
+            "member_signers": names,
+            "threshold": roster.threshold,
+            "members": len(roster.members),
+            "author": author.hex() if author is not None else None,
+            "signed_by_owner": own,
+            "meets_threshold": met or own,
+        }
+        line += f" by {len(members)} member(s)" + (f" ({', '.join(names)})" if names else "")
+        if outsiders:
+            line += f", {outsiders} by non-members (not counted)"
+        line += f"; threshold {roster.threshold} of {len(roster.members)}: "
+        if met:
+            line += "met" + (f", and signed by {owner}" if own else "")
+        elif own:
+            line += f"not met, but signed by {owner}: counts"
+        else:
+            need = roster.threshold - len(members)
+            line += f"not met ({need} more member signature(s) needed"
+            if owner is not None:
+                unknown = owner == "the commit's author" and author is None
+                line += f", or {owner}'s own signature" + (" (not known here)" if unknown else "")
+            line += ")"
+    if written is not None:
+        data["out"] = str(written)
+        line += f"\nwritten to {written}"
+    emit(args, data, line)

@@ -17,7 +17,7 @@ from crypto.errors import (
     WrongNetwork,
 )
 from crypto.identity import Identity
-from crypto.records import Commit, Genesis, decode_record
+from crypto.records import DOMAIN, VERSIONS, Commit, Genesis, Revocation, decode_record
 from tests.crypto.conftest import make_commit
 
 
@@ -127,3 +127,148 @@ def test_cosignatures_combine_and_keep_the_id(
     assert by_alice.id == by_bob.id == both.id
     assert both.signers() == {alice.public, bob.public}
     assert decode_record(both.encode()) == both
+
+
+# --- revocations (schema version 2): the body names what is revoked, never who revokes -----
+
+
+def _revocation(genesis: Genesis) -> Revocation:
+    return Revocation.of_commit(genesis.network_id, b"\x5c" * 32, "unsafe on pediatric scans")
+
+
+def test_a_revocation_signed_by_two_members_is_one_record(
+    alice: Identity, bob: Identity, genesis: Genesis
+) -> None:
+    by_alice = _revocation(genesis).signed_by(alice)
+    by_bob = _revocation(genesis).signed_by(bob)
+    assert by_alice.body() == by_bob.body()
+    assert alice.public.raw not in canonical.encode(by_alice.body())
+    assert by_alice.id == by_bob.id
+    assert by_alice.signing_bytes() == by_bob.signing_bytes()
+    both = by_alice.combined(by_bob)
+    assert both.id == by_alice.id
+    assert both.signers() == {alice.public, bob.public}
+    decoded = decode_record(both.encode(), network=genesis.network_id)
+    assert decoded == both
+    assert decoded.signers() == both.signers()
+    assert decoded.encode() == both.encode()
+    # Signing again is idempotent; the order of combining does not matter.
+    assert both.signed_by(alice).encode() == both.encode()
+    assert by_bob.combined(by_alice).encode() == both.encode()
+
+
+def test_key_revocations_round_trip_and_combine(
+    alice: Identity, bob: Identity, carol: Identity, genesis: Genesis
+) -> None:
+    rev = Revocation.of_key(genesis.network_id, carol.public, 4, "key on a stolen laptop")
+    both = rev.signed_by(alice).combined(rev.signed_by(bob))
+    decoded = decode_record(both.encode())
+    assert isinstance(decoded, Revocation)
+    assert (decoded.subject, decoded.from_seq, decoded.commit) == (carol.public, 4, None)
+    assert decoded.signers() == {alice.public, bob.public}
+
+
+def test_different_revocations_do_not_combine(
+    alice: Identity, bob: Identity, genesis: Genesis
+) -> None:
+    one = Revocation.of_commit(genesis.network_id, b"\1" * 32).signed_by(alice)
+    two = Revocation.of_commit(genesis.network_id, b"\2" * 32).signed_by(bob)
+    other_reason = Revocation.of_commit(genesis.network_id, b"\1" * 32, "why").signed_by(bob)
+    for other in (two, other_reason):
+        with pytest.raises(SchemaError, match="cannot combine"):
+            one.combined(other)
+
+
+def test_a_revocation_is_schema_version_2_and_signs_its_version(
+    alice: Identity, genesis: Genesis
+) -> None:
+    rev = _revocation(genesis).signed_by(alice)
+    assert canonical.decode(rev.encode())["v"] == VERSIONS["revocation"] == 2
+    assert canonical.decode(rev.signing_bytes())["v"] == 2
+    # Version 1 kinds sign what they always signed: their ids (network ids) do not move.
+    assert set(canonical.decode(genesis.signing_bytes())) == {"domain", "kind", "body"}
+    assert canonical.decode(make_commit(alice, genesis).encode())["v"] == 1
+
+
+def _with_body(
+    record: Revocation, version: int, body: dict[str, object], signer: Identity
+) -> bytes:
+    """An envelope around ``body``, signed over the bytes that version would sign."""
+    signing: dict[str, object] = {"domain": DOMAIN, "kind": "revocation", "body": body}
+    if version != 1:
+        signing["v"] = version
+    sig = signer.sign(canonical.encode(signing))
+    return canonical.encode(
+        {
+            "v": version,
+            "kind": "revocation",
+            "body": body,
+            "sigs": [{"key": signer.public.raw, "sig": sig}],
+        }
+    )
+
+
+def test_a_version_1_revocation_is_refused(alice: Identity, genesis: Genesis) -> None:
+    old = {
+        "network": genesis.network_id,
+        "key": alice.public.raw,
+        "commit": b"\5" * 32,
+        "from_seq": None,
+        "reason": "",
+    }
+    with pytest.raises(UnknownSchemaVersion, match="retired"):
+        decode_record(_with_body(_revocation(genesis), 1, old, alice))
+    new = _revocation(genesis).body()
+    for version in (1, 3):  # a version-2 body under any other version is not understood
+        with pytest.raises(UnknownSchemaVersion):
+            decode_record(_with_body(_revocation(genesis), version, new, alice))
+    assert decode_record(_with_body(_revocation(genesis), 2, new, alice)).signers() == {
+        alice.public
+    }
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"key": b"\1" * 32},  # the version-1 signer field
+        {"subject": b"\1" * 32},  # a commit and a key at once
+        {"commit": None},  # neither
+        {"commit": None, "subject": b"\1" * 32, "from_seq": -1},
+        {"commit": None, "subject": b"\1" * 32, "from_seq": True},
+        {"commit": b"\1" * 31},
+        {"reason": "x" * 1001},
+    ],
+)
+def test_malformed_revocations_are_refused(
+    alice: Identity, genesis: Genesis, change: dict[str, object]
+) -> None:
+    body = _revocation(genesis).body() | change
+    with pytest.raises(SchemaError):
+        decode_record(_with_body(_revocation(genesis), 2, body, alice))
+
+
+def test_malformed_revocations_are_refused_at_creation(alice: Identity, genesis: Genesis) -> None:
+    with pytest.raises(SchemaError):
+        Revocation(genesis.network_id)
+    with pytest.raises(SchemaError):
+        Revocation(genesis.network_id, commit=b"\1" * 32, subject=alice.public, from_seq=0)
+    with pytest.raises(SchemaError):
+        Revocation.of_key(genesis.network_id, alice.public, -1)
+
+
+def test_a_tampered_revocation_is_refused(alice: Identity, bob: Identity, genesis: Genesis) -> None:
+    both = _revocation(genesis).signed_by(alice).signed_by(bob)
+    encoded = both.encode()
+    for index in range(len(encoded)):
+        tampered = bytearray(encoded)
+        tampered[index] ^= 0x01
+        with pytest.raises(CryptoError):
+            decode_record(bytes(tampered), network=genesis.network_id)
+    # Another commit under the same signatures: refused, not a revocation of that commit.
+    retarget = replace(both, commit=b"\6" * 32)
+    with pytest.raises(BadSignature):
+        decode_record(retarget.encode())
+    with pytest.raises(BadSignature, match="not signed"):
+        decode_record(_revocation(genesis).encode())
+    with pytest.raises(WrongNetwork):
+        decode_record(encoded, network=b"\x09" * 32)

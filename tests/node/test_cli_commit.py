@@ -237,21 +237,128 @@ def test_a_revoked_commit_is_refused(
     bundle: Path, network: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     commit = decode_record((bundle / "commit.cbor").read_bytes())
-    code, _ = run(
-        capsys,
-        "revoke",
-        "--home",
-        str(network / "alice"),
-        "--commit",
-        commit.id.hex(),
-        "--out",
-        str(network / "rev.cbor"),
-    )
-    assert code == 0
-    assert isinstance(decode_record((network / "rev.cbor").read_bytes()), Revocation)
-    code, out = verify(capsys, bundle, "--records", str(network / "rev.cbor"))
+    code, out = revoke(capsys, network, "alice", "--commit", commit.id.hex())
+    assert code == 0, out
+    assert "1 signature(s) by 1 member(s) (alice)" in out
+    # No node runs here, so the CLI cannot tell alice wrote the commit: it says so.
+    assert "or the commit's author's own signature (not known here)" in out
+    rev = decode_record((network / "alice.rev").read_bytes())
+    assert isinstance(rev, Revocation)
+    assert (rev.commit, rev.subject, rev.from_seq) == (commit.id, None, None)
+    code, out = verify(capsys, bundle, "--records", str(network / "alice.rev"))
     assert code == 2
     assert "revoked" in out
+
+
+def revoke(
+    capsys: pytest.CaptureFixture[str], network: Path, who: str, *target: str
+) -> tuple[int, str]:
+    home, out = str(network / who), str(network / f"{who}.rev")
+    return run(capsys, "revoke", "--home", home, *target, "--out", out)
+
+
+def test_a_revocation_by_a_member_other_than_the_author_is_below_the_threshold(
+    bundle: Path, network: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commit = decode_record((bundle / "commit.cbor").read_bytes())
+    code, out = revoke(capsys, network, "bob", "--commit", commit.id.hex())
+    assert code == 0, out
+    assert "1 signature(s) by 1 member(s) (bob); threshold 2 of 2: not met" in out
+    code, out = verify(capsys, bundle, "--records", str(network / "bob.rev"))
+    assert code == 0, out  # bob alone changes nothing
+
+
+def test_two_members_revocations_combine_and_meet_the_threshold(
+    bundle: Path, network: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commit = decode_record((bundle / "commit.cbor").read_bytes())
+    for who in ("bob", "alice"):  # independently: neither sees the other's file
+        assert revoke(capsys, network, who, "--commit", commit.id.hex())[0] == 0
+    bob_rev = decode_record((network / "bob.rev").read_bytes())
+    alice_rev = decode_record((network / "alice.rev").read_bytes())
+    assert bob_rev.id == alice_rev.id
+    combined = network / "both.rev"
+    code, out = run(
+        capsys, "roster", "combine", str(network / "bob.rev"), str(network / "alice.rev"),
+        "--out", str(combined), "--home", str(network / "bob"),
+    )
+    assert code == 0, out
+    assert "revocation" in out
+    assert "2 signature(s) by 2 member(s) (alice, bob); threshold 2 of 2: met" in out
+    code, out = verify(capsys, bundle, "--records", str(combined))
+    assert code == 2
+    assert "revoked" in out
+    # Co-signing bob's file gives the very same record as combining the two files.
+    code, out = run(
+        capsys, "roster", "sign", "--home", str(network / "alice"), str(network / "bob.rev"),
+        "--out", str(network / "signed.rev"),
+    )
+    assert code == 0, out
+    assert "threshold 2 of 2: met" in out
+    assert (network / "signed.rev").read_bytes() == combined.read_bytes()
+    # Without --home, combine still combines, and says it cannot judge the threshold.
+    code, out = run(
+        capsys, "roster", "combine", str(combined), str(network / "bob.rev"),
+        "--out", str(network / "again.rev"), "--json",
+    )
+    assert code == 0, out
+    info = json.loads(out)
+    assert (info["kind"], info["signatures"], info["meets_threshold"]) == ("revocation", 2, None)
+    assert (network / "again.rev").read_bytes() == combined.read_bytes()
+
+
+def test_a_key_revocation_from_seq(
+    bundle: Path, network: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    alice = json.loads(run(capsys, "id", "--home", str(network / "alice"), "--json")[1])
+    code, out = revoke(capsys, network, "bob", "--from-seq", "0", "--key", alice["public_key"])
+    assert code == 0, out
+    assert "not met (1 more member signature(s) needed, or the revoked key's own signature)" in out
+    assert verify(capsys, bundle, "--records", str(network / "bob.rev"))[0] == 0
+    code, out = revoke(capsys, network, "alice", "--from-seq", "0")  # default: her own key
+    assert code == 0, out
+    assert "signed by the revoked key: counts" in out
+    rev = decode_record((network / "alice.rev").read_bytes())
+    assert isinstance(rev, Revocation)
+    assert rev.subject is not None
+    assert rev.subject.hex() == alice["public_key"]
+    code, out = verify(capsys, bundle, "--records", str(network / "alice.rev"))
+    assert code == 2
+    assert "RevokedKey" in out
+
+
+def test_revoke_and_roster_errors_are_typed(
+    bundle: Path, network: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    commit = decode_record((bundle / "commit.cbor").read_bytes())
+    code, out = revoke(capsys, network, "bob", "--commit", "abc")
+    assert (code, out.strip()) == (2, "error: UserError: --commit 'abc': a commit id is 64 hex "
+                                      "characters")
+    code, out = revoke(capsys, network, "bob", "--commit", commit.id.hex(), "--key", "00" * 32)
+    assert code == 2
+    assert out.startswith("error: UserError: --key")
+    code, out = revoke(capsys, network, "bob", "--from-seq", "-1")
+    assert code == 2
+    assert out.startswith("error: UserError:")
+    assert revoke(capsys, network, "bob", "--commit", commit.id.hex())[0] == 0
+    assert revoke(capsys, network, "alice", "--commit", "ab" * 32)[0] == 0
+    code, out = run(capsys, "roster", "combine", str(network / "bob.rev"),
+                    str(network / "alice.rev"), "--out", str(network / "x.rev"))
+    assert code == 2
+    assert out.startswith("error: SchemaError: cannot combine signatures of two different records")
+    code, out = run(capsys, "roster", "sign", "--home", str(network / "bob"),
+                    str(network / "genesis.cbor"), "--out", str(network / "x.rev"))
+    assert code == 2
+    assert "error: UserError:" in out
+    assert "is a genesis, not a roster update or a revocation" in out
+    tampered = bytearray((network / "bob.rev").read_bytes())
+    tampered[-1] ^= 1
+    (network / "bad.rev").write_bytes(bytes(tampered))
+    code, out = run(capsys, "roster", "sign", "--home", str(network / "alice"),
+                    str(network / "bad.rev"), "--out", str(network / "x.rev"))
+    assert code == 2
+    assert out.startswith("error: BadSignature:")
+    assert not (network / "x.rev").exists()
 
 
 def test_a_removed_member_is_refused(
@@ -517,3 +624,29 @@ def test_a_refused_commit_uses_up_no_sequence_number(
     assert code == 2
     assert "Traceback" not in text
     assert text.splitlines()[-1].startswith("error: ")
+
+
+def test_the_fingerprint_file_gives_the_network_its_base_shape_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`medforge fingerprint --out` on the real (shipped) MiniLM, then `network create`."""
+    code, out = run(capsys, "fingerprint", "--out", str(tmp_path / "base.json"), "--json")
+    assert code == 0, out
+    info = json.loads((tmp_path / "base.json").read_text())
+    modules = info["shapes"]["modules"]
+    assert modules["encoder.layer.0.attention.self.query"] == [384, 384]
+    assert info["shapes"]["input"] == {"kind": "text-embeds", "shape": [-1, 384]}
+    run(capsys, "init", "--home", str(tmp_path / "h"), "--name", "h")
+    code, out = run(capsys, "network", "create", "--home", str(tmp_path / "h"), "--name", "n",
+                    "--base", str(tmp_path / "base.json"), "--json")
+    assert code == 0, out
+    spec = json.loads(out)["spec"]
+    assert spec["base"] == info["fingerprint"]
+    assert spec["shapes"]["modules"] == modules
+    # The same from the fingerprint alone: the base is loaded to read the table.
+    run(capsys, "init", "--home", str(tmp_path / "h2"), "--name", "h2")
+    code, out = run(capsys, "network", "create", "--home", str(tmp_path / "h2"), "--name", "n",
+                    "--base", info["fingerprint"], "--json")
+    assert code == 0, out
+    shown, _ = json.JSONDecoder().raw_decode(out)  # stdout; loading the base logs after it
+    assert shown["spec"]["shapes"] == spec["shapes"]

@@ -223,7 +223,7 @@ def test_forge_order_applies_roster_and_revocation() -> None:
     b = _commit(bob, genesis, 0, Entry.of(a).item)
     outsider = _commit(mallory, genesis, 0, root)
     assert forge_order(genesis, [b, outsider, a]).commits == (a.id, b.id)
-    revoke = Revocation(network=genesis.network_id, key=alice.public, commit=a.id).signed_by(alice)
+    revoke = Revocation.of_commit(genesis.network_id, a.id).signed_by(alice)
     order = forge_order(genesis, [a, b, revoke])
     assert order.excluded == {a.id}
     assert order.commits == (b.id,)

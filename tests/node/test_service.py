@@ -213,7 +213,7 @@ async def test_a_published_revocation_takes_the_commit_out_of_the_order(
     await node.publish(commit, blobs)
     with trio.fail_after(30):
         await node.wait_until(lambda n: n.core.order.commits == (commit.id,))
-    revocation = Revocation(home.genesis().network_id, home.identity().public, commit=commit.id)
+    revocation = Revocation.of_commit(home.genesis().network_id, commit.id)
     path = tmp_path / "revoke.cbor"
     path.write_bytes(revocation.signed_by(home.identity()).encode())
     code = await trio.to_thread.run_sync(main, ["publish", "--home", str(home.path), str(path)])
@@ -244,7 +244,7 @@ async def test_a_fold_that_fails_leaves_the_node_serving_its_last_composite(
     serving = node.composer.digest
     node.store.blob_path(first.blobs["adapter_model"].sha256).unlink()  # type: ignore[union-attr]
     node.composer._adapters.clear()  # as after a restart: adapters are read from disk again
-    revocation = Revocation(home.genesis().network_id, home.identity().public, commit=second.id)
+    revocation = Revocation.of_commit(home.genesis().network_id, second.id)
     await node.publish(revocation.signed_by(home.identity()))  # the order shrinks: a refold
     with trio.fail_after(30):
         await node.wait_until(lambda n: n.merge_error is not None)
