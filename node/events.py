@@ -66,6 +66,13 @@ class Judged:
 
 
 @dataclass(frozen=True)
+class BlobLost:
+    """A held blob turned out damaged or gone (the shell dropped it): fetch it again."""
+
+    sha256: bytes
+
+
+@dataclass(frozen=True)
 class Timer:
     pass
 
@@ -85,6 +92,7 @@ Event: TypeAlias = (
     | Timer
     | MergeDone
     | Judged
+    | BlobLost
 )
 
 # --- actions ------------------------------------------------------------------------------
@@ -183,7 +191,8 @@ class Config:
     fetch_timeout: float = 20.0  # plus size / fetch_rate
     fetch_rate: float = 256 * 1024.0  # bytes/s below which a transfer counts as stalled
     max_fetches_per_peer: int = 4  # in flight to one peer; the rest wait in a queue
-    fetch_retry: float = 2.0  # a refused / reset fetch with no other holder is retried after
+    fetch_retry: float = 2.0  # a refused / reset fetch with no other holder: first retry
+    # after this, then twice as long each time, up to the sync interval
     rebase_delay: float = 5.0
     rebase_retry: float = 300.0
     max_blob_bytes: int | None = None  # None: the genesis spec's limit (or 512 MiB)

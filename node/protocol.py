@@ -19,6 +19,8 @@ Events (frozen dataclasses, defined in ``node.events`` and re-exported here)::
     Judged(id, verdict, reason, missing)  the answer to a Validate: VALID, INVALID (the
                                     validity function refused it) or MISSING (some held blob
                                     was not the commit's bytes: dropped, fetch it again)
+    BlobLost(sha256)                a held blob was found damaged or gone (when served or
+                                    folded) and dropped: fetch it again from the holders
     Timer()                         the time asked for by the last SetTimer has come
     MergeDone(item, digest)         the shell folded the order named ``item`` into ``digest``
 
@@ -100,6 +102,7 @@ from crypto.roster import Roster
 from node import messages
 from node.events import (
     Action,
+    BlobLost,
     BlobReceived,
     BlobResult,
     Broadcast,
@@ -153,6 +156,7 @@ __all__ = [
     "MessageReceived",
     "BlobResult",
     "BlobReceived",
+    "BlobLost",
     "LocalRecord",
     "Timer",
     "MergeDone",
@@ -229,6 +233,7 @@ class Core:
         self._load: dict[str, int] = {}  # fetches in flight per peer (<= max_fetches_per_peer)
         self._queued: dict[bytes, None] = {}  # blobs whose holders are all busy, oldest first
         self._retry: dict[bytes, float] = {}  # blobs whose only holder refused: ask again at
+        self._backoff: dict[bytes, float] = {}  # ... after this long (doubles to sync_interval)
         self._peers: dict[str, _Peer] = {}
         self._known_keys = {m.key.raw for m in genesis.members}
         self._member_peers = {PublicKey(k).peer_id() for k in self._known_keys}
@@ -261,6 +266,7 @@ class Core:
                 e.data, None, blobs_held=e.blobs_held, restored=e.restored, invalid=e.invalid
             ),
             Judged: self._on_judged,
+            BlobLost: lambda e: self._on_blob_lost(e.sha256),
             Timer: lambda e: self._on_timer(),
             MergeDone: self._on_merged,
         }
@@ -712,8 +718,10 @@ class Core:
             self._fetch(sha)
             if sha not in self._fetching and sha not in self._queued:
                 # Refused, reset or cut short, and no other holder is free: ask the same
-                # ones again soon (a busy or restarting peer is not a bad one).
-                self._retry[sha] = self._now + self.config.fetch_retry
+                # ones again soon (a busy or restarting peer is not a bad one), backing off.
+                delay = self._backoff.get(sha, self.config.fetch_retry)
+                self._backoff[sha] = min(2 * delay, self.config.sync_interval)
+                self._retry[sha] = self._now + delay
                 self._wake(self._retry[sha])
         self._pump()
 
@@ -722,12 +730,35 @@ class Core:
         self._holders.pop(sha, None)
         self._tried.pop(sha, None)
         self._retry.pop(sha, None)
+        self._backoff.pop(sha, None)
         self._queued.pop(sha, None)
         for cid in self._waiting.pop(sha, []):
             held = self._held[cid]
             held.missing.discard(sha)
             if not held.missing:
                 self._judge(cid, held)
+
+    def _on_blob_lost(self, sha: bytes) -> None:
+        """A blob of complete records is gone from the store: they stay complete (they were
+        judged valid, and validity does not depend on our disk), and the blob is fetched
+        again from the peers that hold them."""
+        if sha not in self._blobs:
+            return
+        self._blobs.discard(sha)
+        users = [  # content ids, as peers' ``has`` sets hold them
+            cid
+            for cid, held in self._held.items()
+            if isinstance(held.record, Commit)
+            and any(ref.sha256 == sha for ref in held.record.blobs.values())
+        ]
+        if not users:
+            return
+        self._waiting.setdefault(sha, [])
+        holders = self._holders.setdefault(sha, {})
+        for peer, p in self._peers.items():
+            if any(cid in p.has for cid in users):
+                holders[peer] = None
+        self._fetch(sha)
 
     # --- time ---
 

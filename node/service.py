@@ -118,7 +118,7 @@ class NodeService:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.transport.set_request_handler(self._on_request)
-                self.transport.set_blob_provider(self.store.serving_path)  # rehashed first
+                self.transport.set_blob_provider(self._serve_blob)  # rehashed first
                 transport_done = trio.Event()
                 await nursery.start(self._run_transport, transport_done)
                 self._restore()
@@ -180,6 +180,8 @@ class NodeService:
         async for event in self._events_rx:
             for action in self.core.handle(event, trio.current_time()):
                 self._carry_out(action)
+            if self.merge_error is not None and isinstance(event, p.BlobReceived):
+                self._merge_kick.set()  # a failed fold may have waited for this blob
             self._notify()
 
     def _notify(self) -> None:
@@ -239,6 +241,25 @@ class NodeService:
         if isinstance(record, Commit):
             self._finish_waiter(record.id, None)
 
+    def _serve_blob(self, sha: bytes) -> Path | None:
+        """The store's verified path for a blob a peer asks for; a copy found damaged is
+        dropped by the store, and the core fetches it again."""
+        damaged = len(self.store.damaged_at_serve)
+        path = self.store.serving_path(sha)
+        if path is None and len(self.store.damaged_at_serve) > damaged:
+            self.post(p.BlobLost(sha))
+        return path
+
+    def _lost_blobs(self, commits: list[Commit]) -> list[bytes]:
+        """Blobs of ``commits`` whose files are gone or damaged (a fold just failed): dropped
+        from the store and handed to the core to fetch again."""
+        lost = []
+        for sha in {ref.sha256 for c in commits for ref in c.blobs.values()}:
+            if self.store.blob_path(sha) is None or self.store.serving_path(sha) is None:
+                self.store.drop_blob(sha)
+                lost.append(sha)
+        return sorted(lost)
+
     def _store_invalid(self, record_id: bytes, data: bytes, reason: str) -> None:
         record = decode_record(data)
         author = record.author.peer_id() if isinstance(record, Commit) else "?"
@@ -269,7 +290,10 @@ class NodeService:
         async for event in self.transport.events:
             match event:
                 case PeerConnected(peer):
-                    self.store.upsert_peer(peer, ())
+                    try:
+                        self.store.upsert_peer(peer, ())
+                    except StoreError as exc:  # a full disk: the peer still counts
+                        self._error(f"could not record peer {self.name_of(peer)}: {exc}")
                     self.post(p.PeerConnected(peer))
                 case PeerDisconnected(peer):
                     outbox = self._outboxes.pop(peer, None)
@@ -378,6 +402,8 @@ class NodeService:
                 self.faults["merge"] += 1
                 self.merge_error = f"forge item v{len(ready)}: {exc}"
                 self._error(f"merge failed, serving {self.composer.digest[:16]}: {exc}")
+                for sha in self._lost_blobs(ready):  # a disk fault heals by fetching again
+                    self.post(p.BlobLost(sha))
                 self._notify()
                 continue
             self.merge_error = None

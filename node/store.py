@@ -53,6 +53,7 @@ LOCK_FILE = "LOCK"
 BLOB_DIR = "blobs"
 TMP_PREFIX = ".tmp-"
 _COPY_CHUNK = 1 << 20
+REVERIFY_AFTER = 600.0  # seconds a served blob's hash is trusted before it is hashed again
 SHORT_ID = 12  # hex characters of a blob id in summaries and logs
 SUMMARY_IDS = 8  # ids listed per category in a summary; the counts are always whole
 
@@ -240,7 +241,8 @@ class Store:
         self._lock_fd = lock_fd
         self._db = db
         self._tmp_names = itertools.count()
-        self._verified: dict[bytes, _FileStamp] = {}  # blobs hashed intact, as their files were
+        # blobs hashed intact: as their files were, and when (monotonic seconds)
+        self._verified: dict[bytes, tuple[_FileStamp, float]] = {}
         self.recovery = RecoveryReport()
         self.damaged_at_serve: list[bytes] = []  # blobs serving_path found rotten and dropped
 
@@ -306,15 +308,18 @@ class Store:
         requester asks another holder. Never raises for what is on disk.
 
         Runs on the caller's thread (the transport's, a trio thread): each blob costs one
-        hash per process. Rot that keeps size and mtime after the first check is not seen
-        until the next process (or ``medforge store check``)."""
+        hash per ``REVERIFY_AFTER`` seconds. Rot that keeps size and mtime is seen at the
+        next check after that (or by ``medforge store check``)."""
         size = self.blob_size(sha256)
         if size is None:
             return None
         path = self._blob_file(sha256)
         try:
             stamp = _stamp(path)
-            if self._verified.get(sha256) == stamp:
+            known = self._verified.get(sha256)
+            if known is not None and known[0] == stamp and (
+                time.monotonic() - known[1] < REVERIFY_AFTER
+            ):
                 return path
             if stamp[0] != size:
                 problem = f"{stamp[0]} bytes, indexed as {size}"
@@ -323,7 +328,7 @@ class Store:
             elif _stamp(path) != stamp:
                 problem = "it changed while it was being hashed"
             else:
-                self._verified[sha256] = stamp
+                self._verified[sha256] = (stamp, time.monotonic())
                 return path
         except OSError as exc:  # gone, or unreadable (EIO): not servable either way
             problem = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable: {exc}"

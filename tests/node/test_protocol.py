@@ -17,6 +17,7 @@ from node import messages
 from node.order import Entry, forge_order, root_item
 from node.protocol import (
     Action,
+    BlobLost,
     BlobReceived,
     BlobResult,
     Broadcast,
@@ -681,3 +682,48 @@ def test_a_restore_judged_out_of_order_asks_no_merge_and_no_rebase_until_done() 
     assert len(merges) == 1
     assert merges[0].order.commits == tuple(c.id for c in chain)
     assert not [a for a in actions if isinstance(a, Rebase)]
+
+
+def test_a_lost_blob_of_a_complete_commit_is_fetched_again() -> None:
+    net = pair()
+    c = commit(ALICE, 0)
+    net.publish("p0", c)
+    net.drain()
+    bob = net.nodes["p1"]
+    root = bob.core.root
+    sha = c.blobs["adapter_model"].sha256
+    bob.blobs.discard(sha)  # bob's shell found its copy rotten when serving it, and dropped it
+    net.handle("p1", BlobLost(sha))
+    assert sha in bob.core.pending_blobs()
+    assert bob.core.root == root  # the commit stays complete and in the order meanwhile
+    assert bob.core.order.commits == (c.id,)
+    net.drain()
+    assert sha in bob.blobs
+    assert not bob.core.pending_blobs()
+
+
+def test_refused_fetches_back_off() -> None:
+    net = pair()
+    c = commit(ALICE, 0)
+    net.publish("p0", c)
+    sha = c.blobs["adapter_model"].sha256
+    net.nodes["p0"].blobs.discard(sha)  # alice keeps refusing
+    net.drain()
+    bob = net.nodes["p1"]
+
+    def asks() -> int:
+        return sum(1 for n, a in net.sent(FetchBlob) if n == "p1" and a.sha256 == sha)
+
+    asked = []
+    while net.now < 60:
+        assert bob.timer is not None
+        before = asks()
+        net.now = bob.timer
+        net.handle("p1", Timer())
+        net.drain()
+        if asks() > before:
+            asked.append(net.now)
+    gaps = [b - a for a, b in zip(asked, asked[1:], strict=False)]
+    assert len(asked) < 20  # not once a second
+    assert max(gaps) >= 2 * min(gaps)
+    assert not bob.disconnected
