@@ -106,6 +106,8 @@ def status(node: NodeService) -> dict[str, Any]:
         "frames": frame_faults(node),
         "equivocators": sorted(node.name_of(PublicKey(k).peer_id()) for k in order.flagged),
         "excluded": excluded(node),
+        "store_recovery": node.recovery.as_dict(),  # what opening the store repaired
+        "blobs_dropped_when_served": len(node.store.damaged_at_serve),
         "serving_digest": node.composer.digest,
         "merge_error": node.merge_error,
         "faults": dict(node.faults),

@@ -139,6 +139,11 @@ def run_status(args: argparse.Namespace) -> int:
             if s["equivocators"]
             else []
         ),
+        *(
+            [f"store       recovered at start: {s['store_recovery']}"]
+            if not s["store_recovery"]["clean"]
+            else []
+        ),
         f"invalid     {s['invalid_commits']} commit(s) refused"
         + (
             " (" + ", ".join(f"{n}: {k}" for n, k in s["invalid_by_author"].items()) + ")"

@@ -215,6 +215,9 @@ async def test_a_damaged_blob_is_fetched_again_after_a_restart(
     b = nodes.start(bob, [a.addr])
     await until(lambda: same_digest([a, b], 1), "bob fetched the blob again")
     assert b.status()["composite_digest"] == digest
+    recovered = {"deleted": "missing_blobs", "truncated": "corrupt_blobs"}.get(damage)
+    if recovered is not None:  # found by the store's check at open: status says so
+        assert b.status()["store_recovery"][recovered] == 1
     assert b.status()["frames"]["bans"] == 0
     assert a.status()["frames"]["bans"] == 0
     assert path.read_bytes() == good
