@@ -4,6 +4,7 @@ frozen peer is reported silent although its socket stays open."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import trio
 from crypto.identity import Identity
 from crypto.records import BlobRef, Commit
 from node import messages
+from node.errors import TransportError
 from node.home import Home
 from node.order import root_item
 from node.transport.libp2p import Libp2pTransport
@@ -167,5 +169,65 @@ async def test_a_frozen_peer_is_reported_silent_while_its_socket_stays_open(
         finally:
             os.kill(nodes[1].proc.pid, signal.SIGCONT)
         await until(lambda: live(0) == [True], "bob is heard from again")
+    finally:
+        stop(nodes)
+
+
+async def test_no_byte_sequence_a_peer_sends_stops_a_node(
+    homes: list[Home], tmp_path: Path, make_adapter: Callable[..., Path]
+) -> None:
+    """Mallory (a member: her records get furthest) sends mutations of well-formed messages
+    and raw noise; the node stays up, and a good commit still goes through afterwards."""
+    import random
+
+    alice, mallory = homes[0], homes[3]
+    distilled = write_distilled(tmp_path / "distilled.safetensors")
+    nodes = start_line([alice])
+    rng = random.Random(7)
+    try:
+        blobs = {
+            "adapter_config": (make_adapter("m") / "adapter_config.json").read_bytes(),
+            "adapter_model": (make_adapter("m") / "adapter_model.safetensors").read_bytes(),
+            "distilled": distilled.read_bytes(),
+        }
+        record = sign(mallory, 0, root_item(alice.genesis().network_id), blobs, (1.0, 1.0))
+        seeds = [
+            messages.encode(messages.Records((record.encode(),))),
+            messages.encode(messages.Ids(4, (1, 2), (os.urandom(32),))),
+        ]
+        hostile = Libp2pTransport(mallory.identity().private_bytes(), FAST)
+
+        async def ignore(peer: str, payload: bytes) -> bytes:
+            return b""
+
+        hostile.set_request_handler(ignore)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(hostile.run)
+            sent = 0
+            for k in range(150):
+                if k % 10 == 9:
+                    data = os.urandom(rng.randrange(1, 2000))
+                else:
+                    data = bytearray(rng.choice(seeds))
+                    for _ in range(rng.randrange(1, 4)):
+                        data[rng.randrange(len(data))] = rng.randrange(256)
+                    data = bytes(data[: rng.randrange(1, len(data) + 1)])
+                try:  # alice disconnects (and may ban) a sender of garbage: dial again
+                    with trio.fail_after(5):
+                        peer = await hostile.connect(nodes[0].addr)
+                        await hostile.request(peer, data, max_response=16)
+                    sent += 1
+                except (TransportError, trio.TooSlowError):
+                    with contextlib.suppress(TransportError):  # forget the dropped connection
+                        await hostile.disconnect(alice.identity().public.peer_id())
+            hostile.stop()
+        assert sent > 0
+        assert nodes[0].proc.poll() is None, "the node died"
+        state = nodes[0].status()
+        assert state["garbage"] >= 1
+        assert state["merge_error"] is None
+        assert commit_cli(alice, make_adapter("good", seed=3), distilled, tmp_path / "c", "1",
+                          "1") == 0
+        await until(lambda: nodes[0].status()["forge_item"] == 1, "a good commit after all that")
     finally:
         stop(nodes)
