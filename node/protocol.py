@@ -321,6 +321,15 @@ class Core:
         held = self._commits.get(commit_id)
         return held[1] if held is not None else None
 
+    @property
+    def roster(self) -> Roster:
+        """The roster in force: the genesis plus every roster update and revocation held."""
+        return self._roster
+
+    def roster_records(self) -> list[RosterUpdate | Revocation]:
+        """The roster updates and revocations held (signatures combined)."""
+        return list(self._roster_inputs.values())
+
     def invalid(self) -> dict[bytes, tuple[bytes, str]]:
         """Commits judged invalid: id -> (author's public key, reason)."""
         return dict(self._invalid)

@@ -281,7 +281,11 @@ class NodeService:
         self.errors = [*self.errors[-31:], (time.time(), message)]
 
     def name_of(self, peer: PeerId) -> str:
-        """The member name of a peer, or the tail of its peer id."""
+        """The member name of a peer in the roster in force (or, for a former member, the
+        genesis), else the tail of its peer id."""
+        for member in self.core.roster.members.values():
+            if member.key.peer_id() == peer:
+                return member.name
         return self.names.get(peer, peer[-8:])
 
     # -- network -----------------------------------------------------------------------

@@ -159,7 +159,7 @@ def forge_log(node: NodeService) -> list[dict[str, Any]]:
                 "item": k + 1,
                 "item_id": order.items[k + 1].hex(),
                 "commit": cid.hex(),
-                "author": node.names.get(commit.author.peer_id(), commit.author.hex()[:16]),
+                "author": node.name_of(commit.author.peer_id()),
                 "seq": commit.seq,
                 "task": commit.task,
                 "classes": list(commit.classes),
@@ -191,7 +191,10 @@ def head(node: NodeService) -> dict[str, Any]:
 
 
 async def publish(node: NodeService, bundle_path: Path) -> dict[str, Any]:
-    bundle = await trio.to_thread.run_sync(verify_bundle, bundle_path, node.genesis)
+    # Checked against the roster in force (a member added by a roster update may commit),
+    # not the genesis alone.
+    records = node.core.roster_records()
+    bundle = await trio.to_thread.run_sync(verify_bundle, bundle_path, node.genesis, records)
     commit = bundle.commit
     blobs = {ref.sha256: bundle.blob_path(kind) for kind, ref in commit.blobs.items()}
     await node.publish(commit, blobs)
