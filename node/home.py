@@ -60,11 +60,21 @@ class Config:
         return cls(
             name=str(raw["name"]),
             listen=str(raw.get("listen", DEFAULT_LISTEN)),
-            bootstrap=[str(b) for b in raw.get("bootstrap", [])],
+            bootstrap=[_dialable(str(b)) for b in raw.get("bootstrap", [])],
             metrics_port=raw.get("metrics_port"),
             dht=bool(raw.get("dht", False)),
             strangers=_one_of("strangers", raw.get("strangers", "read"), ("read", "none")),
         )
+
+
+def _dialable(addr: str) -> str:
+    """A bootstrap address must name the peer it dials (Noise authenticates that key)."""
+    if "/p2p/" not in addr:
+        raise HomeError(
+            f"config.toml: bootstrap address {addr!r} lacks /p2p/<peer id> "
+            "(the peer id is what `medforge id` prints)"
+        )
+    return addr
 
 
 def _one_of(key: str, value: object, allowed: tuple[str, ...]) -> str:

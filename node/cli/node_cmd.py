@@ -105,9 +105,17 @@ def run_node(args: argparse.Namespace) -> int:
                 await nursery.start(service.run)
                 ready = {"event": "ready", "listen": list(service.listen_addrs)}
                 print(json.dumps(ready), flush=True)
-                async for _ in signals:
-                    service.stop()
-                    break
+
+                async def stop_on_signal() -> None:
+                    async for _ in signals:
+                        service.stop()
+                        return
+
+                # A signal or `medforge node stop` (the control socket) ends the node; either
+                # way the process exits once the service has closed everything.
+                nursery.start_soon(stop_on_signal)
+                await service.stopped.wait()
+                nursery.cancel_scope.cancel()
 
     trio.run(main)
     return 0

@@ -134,3 +134,37 @@ def test_sigterm_stops_the_node_cleanly(tmp_path: Path) -> None:
     assert not home.control_path.exists()
     assert "Traceback" not in stderr
     assert "ResourceWarning" not in stderr
+
+
+@pytest.mark.slow
+def test_node_stop_ends_the_process(tmp_path: Path) -> None:
+    from node.cli import main as cli
+
+    (home,) = _homes(tmp_path, ["alice"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "node", "run", "--home", str(home.path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["event"] == "ready"
+        assert cli(["node", "stop", "--home", str(home.path)]) == 0
+        assert proc.wait(timeout=30) == 0  # it used to close its listener and stay forever
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_a_bootstrap_address_without_a_peer_id_is_a_clear_error(tmp_path: Path) -> None:
+    from node.cli import main as cli
+
+    (home,) = _homes(tmp_path, ["alice"])
+    config = home.config()
+    config.bootstrap = ["/ip4/127.0.0.1/tcp/4001"]
+    home.save_config(config)
+    assert cli(["node", "run", "--home", str(home.path)]) == 2
