@@ -31,6 +31,10 @@ class ControlError(NodeError):
     """The node is not running, or it refused the request (the message says why)."""
 
 
+class NodeNotRunning(ControlError):
+    """No node answers on this home's control socket."""
+
+
 # -- server ---------------------------------------------------------------------------------
 
 
@@ -99,7 +103,7 @@ def call(path: Path, op: str, timeout: float = 600.0, **params: Any) -> Any:
         try:
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError):
-            raise ControlError(f"no node is running on {path.parent}") from None
+            raise NodeNotRunning(f"no node is running on {path.parent}") from None
         sock.sendall(json.dumps({"op": op, **params}).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):

@@ -16,7 +16,7 @@ from node.bundle import blob_ref, read_bundle_genesis, verify_bundle, write_bund
 from node.cli import UserError
 from node.cli.output import add_home, add_json, emit
 from node.composer import Composer
-from node.control import ControlError, call
+from node.control import NodeNotRunning, call
 from node.home import Home
 from node.netspec import merge_spec
 from node.order import root_item as item_zero
@@ -98,8 +98,8 @@ def _head(home: Home) -> dict[str, Any] | None:
     """The running node's tip and main chain, or None when no node runs on this home."""
     try:
         result: dict[str, Any] = call(home.control_path, "head", timeout=30)
-    except ControlError:
-        return None
+    except NodeNotRunning:
+        return None  # any other refusal is the node's answer: it propagates
     return result
 
 
@@ -183,6 +183,13 @@ def run_commit(args: argparse.Namespace) -> int:
         published = call(home.control_path, "publish", bundle=str(args.out.resolve()))
         data["published"] = published
         human += f"\npublished: forge item v{published['forge_item']}"
+    else:
+        data["published"] = None
+        human += (
+            f"\nnot published: no node is running on {home.path} (coefficients were searched "
+            f"against the empty composite); start it and run `medforge publish --home "
+            f"{home.path} {args.out}`"
+        )
     emit(args, data, human)
     return 0
 

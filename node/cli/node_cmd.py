@@ -41,10 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     log.set_defaults(func=run_log)
 
     publish = sub.add_parser(
-        "publish", help="hand roster updates or revocations to the running node to gossip"
+        "publish", help="hand roster updates, revocations or commit bundles to the running node"
     )
     add_home(publish)
-    publish.add_argument("records", type=Path, nargs="+", help="files from `roster` or `revoke`")
+    publish.add_argument(
+        "records", type=Path, nargs="+", help="files from `roster` or `revoke`, or commit bundles"
+    )
     publish.set_defaults(func=run_publish)
 
     export = sub.add_parser("export", help="write the current composite (PEFT dir or mixture)")
@@ -187,6 +189,12 @@ def run_log(args: argparse.Namespace) -> int:
 
 def run_publish(args: argparse.Namespace) -> int:
     for path in args.records:
+        if path.is_dir():  # a commit bundle written by `medforge commit`
+            result = _call(args, "publish", bundle=str(path.resolve()))
+            where = f"forge item v{result['forge_item']}" + (" (orphan)" if result["orphan"]
+                                                           else "")
+            print(f"published commit {result['commit'][:16]} from {path}: {where}")
+            continue
         result = _call(args, "publish_record", file=str(path.resolve()))
         print(f"published {result['kind']} {result['record'][:16]} from {path}")
     return 0
