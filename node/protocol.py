@@ -321,6 +321,10 @@ class Core:
         held = self._commits.get(commit_id)
         return held[1] if held is not None else None
 
+    def holds(self, record_id: bytes) -> bool:
+        """Whether the record with this content id is held complete (in the set)."""
+        return record_id in self._set
+
     @property
     def roster(self) -> Roster:
         """The roster in force: the genesis plus every roster update and revocation held."""

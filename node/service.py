@@ -13,6 +13,7 @@ it, reported in ``status``, and the last composite keeps being served.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -42,6 +43,7 @@ from node.validate import BlobsMismatch, InvalidCommit, Rules, check_commit
 
 log = logging.getLogger("node.service")
 MAX_MESSAGE = 16 * 1024 * 1024  # a batch of records; the core splits bigger batches
+PUBLISH_TIMEOUT = 120.0  # a local commit is judged within this (validation queue included)
 
 
 @dataclass
@@ -239,7 +241,7 @@ class NodeService:
         except StoreError as exc:
             self._error(f"could not store {record_id.hex()[:12]}: {exc}")
         if isinstance(record, Commit):
-            self._finish_waiter(record.id, None)
+            self._finish_waiter(record_id, None)
 
     def _serve_blob(self, sha: bytes) -> Path | None:
         """The store's verified path for a blob a peer asks for; a copy found damaged is
@@ -431,14 +433,25 @@ class NodeService:
         for sha, path in (blobs or {}).items():
             # SQLite objects stay on the trio thread; a local file copy is quick enough.
             self.store.put_blob(path, sha)
+        data = record.encode()
+        content_id = hashlib.sha256(data).digest()  # what the core's actions name
         waiter = _Waiter()
-        if isinstance(record, Commit):
-            self._waiters[record.id] = waiter
+        if isinstance(record, Commit) and content_id in self.core.invalid():
+            raise NodeError(f"refused: {self.core.invalid()[content_id][1]}")
+        if not isinstance(record, Commit) or self.core.holds(content_id):
+            waiter.done.set()  # nothing to wait for (a record, or a commit already held)
         else:
-            waiter.done.set()
-        self.post(p.LocalRecord(record.encode()))
-        with trio.fail_after(60):
-            await waiter.done.wait()
+            self._waiters[content_id] = waiter
+        self.post(p.LocalRecord(data))
+        try:
+            with trio.fail_after(PUBLISH_TIMEOUT):
+                await waiter.done.wait()
+        except trio.TooSlowError:
+            self._waiters.pop(content_id, None)
+            raise NodeError(
+                f"the node neither took nor refused {record.KIND} {content_id.hex()[:12]} in "
+                f"{PUBLISH_TIMEOUT:.0f} s (see its log)"
+            ) from None
         if waiter.error is not None:
             raise NodeError(waiter.error)
 

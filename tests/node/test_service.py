@@ -256,3 +256,26 @@ async def test_a_fold_that_fails_leaves_the_node_serving_its_last_composite(
     assert state["faults"]["merge"] == 1
     assert "medforge_merge_failing 1" in render(state)
     node.stop()
+
+
+async def test_a_refused_local_commit_says_why_at_once(
+    tmp_path: Path, nursery: trio.Nursery, make_adapter: Callable[..., Path], distilled: Path
+) -> None:
+    """A manual `--supersedes` of a commit on the main chain is a stale rebase: the caller
+    hears the reason, not a time-out; publishing a commit already held returns at once."""
+    from dataclasses import replace
+
+    from node.errors import NodeError
+
+    (home,) = _homes(tmp_path, ["alice"])
+    node = NodeService(home, transport=_memory(MemoryNetwork())(home))
+    await nursery.start(node.run)
+    first, blobs = _commit(home, make_adapter("a"), distilled, node.core.tip, (1.0, 1.0))
+    await node.publish(first, blobs)
+    with trio.fail_after(10):
+        await node.publish(first, blobs)  # again: already held
+    stale, blobs = _commit(home, make_adapter("b", seed=2), distilled, node.core.tip, (1.0, 1.0))
+    stale = replace(stale, supersedes=first.id, sigs=()).signed_by(home.identity())
+    with trio.fail_after(10), pytest.raises(NodeError, match="stale rebase"):
+        await node.publish(stale, blobs)
+    node.stop()
