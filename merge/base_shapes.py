@@ -14,12 +14,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from merge.errors import SpecError
+
+if TYPE_CHECKING:  # torch is imported where a model is read, not by every CLI command
+    from torch import nn
 
 INPUT_KINDS = ("text-embeds", "pixels")
 ANY = -1  # a distilled input dimension that may take any length
@@ -91,6 +91,8 @@ def _dim(value: object) -> bool:
 
 def linear_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
     """``{module path: (out, in)}`` of every ``nn.Linear`` in ``model`` (what PEFT wraps)."""
+    from torch import nn
+
     return {
         name: (int(m.out_features), int(m.in_features))
         for name, m in model.named_modules()
@@ -102,6 +104,8 @@ def shapes_of(backend: Any) -> BaseShapes:
     """The table of a loaded ``DualEncoder``: its model's Linears and its distilled inputs.
 
     Text inputs are ``[seq, hidden]`` with any sequence length; pixels are exact."""
+    import torch
+
     example = tuple(backend.synthetic_noise(1, torch.Generator().manual_seed(0)).shape[1:])
     if backend.input_kind == "text-embeds":
         example = (ANY, *example[1:])

@@ -31,7 +31,7 @@ from merge.errors import (
     UnexpectedTensorError,
 )
 from merge.lora_blob import read_safetensors
-from merge.lora_config import MAX_CONFIG_BYTES, LoraScales, parse_config
+from merge.lora_config import CONFIG_NAME, MAX_CONFIG_BYTES, WEIGHTS_NAME, LoraScales, parse_config
 from merge.spec import Limits
 
 __all__ = [
@@ -39,8 +39,6 @@ __all__ = [
     "load_adapter", "load_adapter_bytes",
 ]
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 FACTOR_SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B"}
 _NORM_CHUNK = 1 << 16

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 from merge.errors import AdapterFormatError, UnsupportedAdapterError
 
 MAX_CONFIG_BYTES = 1 << 20
+CONFIG_NAME = "adapter_config.json"  # the two files of a PEFT adapter directory
+WEIGHTS_NAME = "adapter_model.safetensors"
 _T = TypeVar("_T")
 
 # Keys that do not change what a saved adapter means at inference (or are checked below).

@@ -24,14 +24,16 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from crypto.records import BLOB_KINDS, BlobRef, Commit, Genesis
 from merge.base_shapes import BaseShapes
-from merge.distilled_blob import check_distilled
 from merge.errors import MergeError
-from merge.lora import LoraAdapter, load_adapter_bytes
 from merge.spec import Limits
 from node.netspec import base_fingerprint, base_shapes, merge_spec
+
+if TYPE_CHECKING:  # the tensor side is imported when a commit is checked, not on import
+    from merge.lora import LoraAdapter
 
 _FLOAT32_MAX = 3.4028234663852886e38
 
@@ -103,6 +105,9 @@ def check_content(
         raise InvalidCommit("SchemaError", f"blobs {sorted(blobs)}, expected {sorted(BLOB_KINDS)}")
     if not classes:
         raise InvalidCommit("SchemaError", "a commit names at least one class")
+    from merge.distilled_blob import check_distilled
+    from merge.lora import load_adapter_bytes
+
     try:
         adapter = load_adapter_bytes(
             blobs["adapter_config"],

@@ -6,21 +6,22 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crypto.records import Commit, Genesis, Record, decode_record
-from merge.lora import CONFIG_NAME, WEIGHTS_NAME, LoraAdapter
-from merge.search import SearchResult
-from node import author
+from merge.lora_config import CONFIG_NAME, WEIGHTS_NAME
 from node.bundle import blob_ref, read_bundle_genesis, verify_bundle, write_bundle
 from node.cli import UserError
 from node.cli.output import add_home, add_json, emit
-from node.composer import Composer
 from node.control import NodeNotRunning, call
 from node.home import Home
 from node.netspec import merge_spec
 from node.order import root_item as item_zero
 from node.validate import Rules, check_coeffs, check_content
+
+if TYPE_CHECKING:  # torch and nevergrad load only when a commit is searched or signed
+    from merge.lora import LoraAdapter
+    from merge.search import SearchResult
 
 ADAPTER_CONFIG = CONFIG_NAME
 ADAPTER_MODEL = WEIGHTS_NAME
@@ -114,10 +115,14 @@ def _search(
     else:
         commits, paths = _head_commits(head)
         tip = bytes.fromhex(head["tip"])
+    from merge.search import SearchResult
+
     if args.coeffs is not None:
         w1, w2 = float(args.coeffs[0]), float(args.coeffs[1])
         return tip, SearchResult((w1, w2), {})
     from merge.distill import load_distilled
+    from node import author
+    from node.composer import Composer
 
     spec = merge_spec(genesis)
     composer = Composer(spec, Rules.of(genesis), lambda sha: paths[sha].read_bytes())
@@ -159,6 +164,8 @@ def run_commit(args: argparse.Namespace) -> int:
     if args.parent:
         parent = bytes.fromhex(args.parent)
     check_coeffs(rules, [float(w) for w in result.coeffs])
+    from node import author
+
     commit = author.sign_commit(
         home.identity(),
         genesis,

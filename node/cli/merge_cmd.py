@@ -10,7 +10,6 @@ from merge.spec import MODES
 from node.bundle import Bundle, read_bundle_genesis, verify_bundle
 from node.cli import UserError
 from node.cli.output import add_json, emit
-from node.composer import Composer
 from node.home import Home
 from node.netspec import merge_spec
 from node.validate import Rules
@@ -45,6 +44,8 @@ def _genesis(args: argparse.Namespace) -> Genesis:
 
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
+
+    from node.composer import Composer
 
     genesis = _genesis(args)
     bundles: list[Bundle] = [verify_bundle(path, genesis) for path in args.bundles]

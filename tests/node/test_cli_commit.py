@@ -650,3 +650,22 @@ def test_the_fingerprint_file_gives_the_network_its_base_shape_table(
     assert code == 0, out
     shown, _ = json.JSONDecoder().raw_decode(out)  # stdout; loading the base logs after it
     assert shown["spec"]["shapes"] == spec["shapes"]
+
+
+def test_the_cli_does_not_load_torch_to_parse_or_answer_id() -> None:
+    """`medforge --help`, `id` and `status` should answer at once: the tensor side (torch,
+    nevergrad) is imported only by the commands that compute."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from node.cli import build_parser\n"
+        "build_parser()\n"
+        "heavy = sorted(m for m in ('torch', 'nevergrad', 'transformers', 'peft') "
+        "if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == ""
