@@ -8,6 +8,7 @@ counted and logged by the transport and the peer is disconnected; it never crash
     ├── TransportError                   anything on the wire
     │   ├── TransportClosed              the transport is not running (we closed it)
     │   ├── PayloadTooLarge              we tried to send more than the configured cap
+    │   ├── PortInUse                    our listen port is taken by another process
     │   ├── PeerUnreachable              dial failed, or the peer is not connected
     │   ├── PeerTimeout                  the peer did not answer in time
     │   ├── ConnectionLost               the stream or connection broke mid-exchange
@@ -41,6 +42,10 @@ class TransportClosed(TransportError):
 
 class PayloadTooLarge(TransportError):
     """We tried to send more than the configured cap (a local misuse, nothing was sent)."""
+
+
+class PortInUse(TransportError):
+    """The configured listen port is already bound by another process."""
 
 
 class PeerUnreachable(TransportError):

@@ -93,7 +93,10 @@ def run_node(args: argparse.Namespace) -> int:
     from node.service import NodeService
 
     _setup_logging(args.log_json)
+    from node.transport.libp2p import ensure_port_free
+
     home = Home(Path(args.home)).require()
+    ensure_port_free(home.config().listen)
     service = NodeService(
         home,
         core_config=Config(sync_interval=args.sync_interval, strangers=home.config().strangers),

@@ -52,7 +52,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
-from node.errors import ConnectionLost, PeerTimeout, PeerUnreachable
+from node.errors import ConnectionLost, PeerTimeout, PeerUnreachable, PortInUse
 from node.transport import wire
 from node.transport.base import Transport
 from node.transport.types import PeerId, TransportConfig
@@ -223,6 +223,30 @@ class _Notifee(INotifee):
 
     async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
         pass
+
+
+def ensure_port_free(listen_addr: str) -> None:
+    """Refuse a fixed TCP port another process already listens on. py-libp2p binds with
+    SO_REUSEPORT (for hole punching), so a second node on one port would silently share it
+    and receive half of its peers' connections."""
+    import socket
+
+    try:
+        addr = multiaddr.Multiaddr(listen_addr)
+        port = int(addr.value_for_protocol("tcp"))
+        family, host = socket.AF_INET, addr.value_for_protocol("ip4")
+    except Exception:  # noqa: BLE001 - not a plain ip4/tcp address: libp2p judges it
+        return
+    if port == 0:
+        return
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR (a restart over TIME_WAIT is fine) but not SO_REUSEPORT: the bind
+        # fails while any socket listens on the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise PortInUse(f"{listen_addr}: port {port} is in use ({exc.strerror})") from None
 
 
 class Libp2pTransport(Transport):

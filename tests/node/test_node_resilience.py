@@ -168,3 +168,38 @@ def test_a_bootstrap_address_without_a_peer_id_is_a_clear_error(tmp_path: Path) 
     config.bootstrap = ["/ip4/127.0.0.1/tcp/4001"]
     home.save_config(config)
     assert cli(["node", "run", "--home", str(home.path)]) == 2
+
+
+@pytest.mark.slow
+def test_a_second_node_on_a_port_in_use_refuses_to_start(tmp_path: Path) -> None:
+    import socket
+
+    from node.cli import main as cli
+
+    alice, bob = _homes(tmp_path, ["alice", "bob"])
+    with socket.socket() as s:  # a free port, for alice to take
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for home in (alice, bob):
+        config = home.config()
+        config.listen = f"/ip4/127.0.0.1/tcp/{port}"
+        home.save_config(config)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "node", "run", "--home", str(alice.path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["event"] == "ready"
+        assert cli(["node", "run", "--home", str(bob.path)]) == 2  # PortInUse, one line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout is not None
+        proc.stdout.close()
+    # Once alice is gone, the port is free again (a restart is not refused).
+    from node.transport.libp2p import ensure_port_free
+
+    ensure_port_free(f"/ip4/127.0.0.1/tcp/{port}")
