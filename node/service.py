@@ -171,6 +171,9 @@ class NodeService:
     def _restore(self) -> None:
         """Replay the store into the core. Commits are judged again (their blobs may have
         gone since: the core then fetches them again); a commit judged invalid stays so."""
+        # The empty composite is the composite of the empty order: claimed at once, so an
+        # empty network reports one digest and convergence instead of "(merging)".
+        self.post(p.MergeDone(self.core.order.head, self.composer.digest))
         for stored in self.store.records():
             verdict = self.store.verification(stored.id)
             invalid = verdict.reason if verdict is not None and not verdict.ok else None
@@ -296,12 +299,14 @@ class NodeService:
         async for event in self.transport.events:
             match event:
                 case PeerConnected(peer):
+                    log.info("peer %s connected", self.name_of(peer))
                     try:
                         self.store.upsert_peer(peer, ())
                     except StoreError as exc:  # a full disk: the peer still counts
                         self._error(f"could not record peer {self.name_of(peer)}: {exc}")
                     self.post(p.PeerConnected(peer))
                 case PeerDisconnected(peer):
+                    log.info("peer %s disconnected", self.name_of(peer))
                     outbox = self._outboxes.pop(peer, None)
                     if outbox is not None:
                         outbox.close()
@@ -414,8 +419,15 @@ class NodeService:
                 continue
             self.merge_error = None
             self.post(p.MergeDone(wanted.order.head, digest))
+            last = ready[-1] if ready else None
             log.info(
-                "forge item v%d %s digest %s", len(ready), wanted.order.head.hex()[:12], digest[:16]
+                "forge item v%d %s digest %s%s",
+                len(ready),
+                wanted.order.head.hex()[:12],
+                digest[:16],
+                f" (last: {self.name_of(last.author.peer_id())}, task {last.task!r})"
+                if last is not None
+                else "",
             )
 
     def _paths_of(self, commits: list[Commit]) -> dict[bytes, Path]:

@@ -29,12 +29,22 @@ class UserError(Exception):
     """A mistake in how the command was called; printed without a traceback."""
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("medforge")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medforge",
         description="Build a medical foundation model together: signed LoRA plugins, "
         "merged on every node, with no central server.",
     )
+    parser.add_argument("--version", action="version", version=f"medforge {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:

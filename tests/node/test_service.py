@@ -279,3 +279,28 @@ async def test_a_refused_local_commit_says_why_at_once(
     with trio.fail_after(10), pytest.raises(NodeError, match="stale rebase"):
         await node.publish(stale, blobs)
     node.stop()
+
+
+async def test_an_empty_network_reports_one_digest_and_convergence(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    from merge.digest import composite_digest
+    from merge.fold import empty
+    from node.status import status
+
+    network = MemoryNetwork()
+    homes = _homes(tmp_path, ["alice", "bob"])
+    nodes = [NodeService(h, transport=_memory(network)(h), core_config=Config(sync_interval=1.0))
+             for h in homes]
+    for node in nodes:
+        await nursery.start(node.run)
+    await nodes[1].connect(nodes[0].listen_addrs[0])
+    with trio.fail_after(30):
+        for node in nodes:
+            await node.wait_until(lambda n: n.core.convergence().same_composite == 1)
+    state = status(nodes[0])
+    assert state["composite_digest"] == composite_digest(empty("stack"))
+    assert state["converged_with"] == 1
+    assert [p["same_composite"] for p in state["peers"]] == [True]
+    for node in nodes:
+        node.stop()
