@@ -1,8 +1,9 @@
-"""Fixtures of the node tests: a network of four real homes."""
+"""Fixtures of the node tests: networks of real homes, and no node process left behind."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,19 +12,32 @@ from crypto.records import Genesis, Member
 from node.home import Home
 from node.netspec import make_spec
 from tests.conftest import BASE, TINY_SHAPES
+from tests.node import procs
 
 
-@pytest.fixture
-def homes(tmp_path: Path) -> list[Home]:
-    """alice, bob, carol and mallory: founding members of one stack network (threshold 1)."""
-    homes = [Home.init(tmp_path / n, n) for n in ("alice", "bob", "carol", "mallory")]
+def make_homes(tmp_path: Path, names: list[str], *, threshold: int = 1) -> list[Home]:
+    """One home per name, all founding members of one stack network over TinyBase."""
+    homes = [Home.init(tmp_path / n, n) for n in names]
     genesis = Genesis(
-        name="matrix",
+        name="test-net",
         members=tuple(Member(h.config().name, h.identity().public) for h in homes),
-        threshold=1,
+        threshold=threshold,
         spec=make_spec("stack", BASE, TINY_SHAPES),
         nonce=os.urandom(4).hex(),
     )
     for home in homes:
         home.join(genesis)
     return homes
+
+
+@pytest.fixture
+def homes(tmp_path: Path) -> list[Home]:
+    """alice, bob, carol and mallory: founding members of one network (threshold 1)."""
+    return make_homes(tmp_path, ["alice", "bob", "carol", "mallory"])
+
+
+@pytest.fixture(autouse=True)
+def reap_nodes() -> Iterator[None]:
+    """Whatever node process a test started and did not stop is killed after it."""
+    yield
+    procs.reap()

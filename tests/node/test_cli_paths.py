@@ -11,7 +11,7 @@ import pytest
 from node.cli import main as cli
 from node.home import Home
 from tests.conftest import write_distilled
-from tests.node.test_invalid_commits import same_digest, start_line, stop, until
+from tests.node.procs import same_digest, start_line, stop, until
 
 pytestmark = pytest.mark.slow
 

@@ -24,16 +24,9 @@ from node.home import Home
 from node.order import root_item
 from node.transport.libp2p import Libp2pTransport
 from tests.conftest import BASE, write_distilled
-from tests.node.test_invalid_commits import (
-    FAST,
-    ROOT,
-    commit_cli,
-    same_digest,
-    sign,
-    start_line,
-    stop,
-    until,
-)
+from tests.node.procs import ROOT, commit_cli, same_digest, start_line, stop, until
+from tests.node.test_invalid_commits import sign
+from tests.node.test_service import FAST
 
 pytestmark = pytest.mark.slow
 

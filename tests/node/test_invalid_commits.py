@@ -9,12 +9,8 @@ and a restart of every node changes nothing."""
 from __future__ import annotations
 
 import contextlib
-import json
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,89 +22,14 @@ from safetensors.torch import load, save
 from crypto.records import Commit
 from node import messages
 from node.bundle import blob_ref
-from node.cli import main as cli
-from node.control import ControlError, call
 from node.errors import TransportError
 from node.home import Home
 from node.transport.libp2p import Libp2pTransport
 from tests.conftest import BASE, write_distilled
+from tests.node.procs import commit_cli, same_digest, start_line, stop, until
 from tests.node.test_service import FAST
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
-WAIT = 90
-
-
-@dataclass
-class Node:
-    home: Home
-    proc: subprocess.Popen[str]
-    addr: str
-    log: Path  # stderr goes to a file: a full pipe would stall the node
-
-    def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = call(self.home.control_path, "status", timeout=10)
-        return result
-
-
-def start(home: Home, bootstrap: list[str]) -> Node:
-    config = home.config()
-    config.bootstrap = bootstrap
-    home.save_config(config)
-    log = home.path / f"node-{len(list(home.path.glob('node-*.log')))}.log"
-    with log.open("w") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "node", "run", "--home", str(home.path),
-             "--sync-interval", "1"],
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            cwd=ROOT,
-        )
-    assert proc.stdout is not None
-    ready = json.loads(proc.stdout.readline())
-    assert ready["event"] == "ready", ready
-    peer = home.identity().public.peer_id()
-    return Node(home, proc, f"{ready['listen'][0]}/p2p/{peer}", log)
-
-
-def start_line(homes: list[Home]) -> list[Node]:
-    nodes: list[Node] = []
-    for home in homes:
-        nodes.append(start(home, [nodes[-1].addr] if nodes else []))
-    return nodes
-
-
-def stop(nodes: list[Node]) -> list[str]:
-    """SIGTERM each; every one must exit 0. Returns their stderr."""
-    errs = []
-    for node in nodes:
-        node.proc.send_signal(signal.SIGTERM)
-    for node in nodes:
-        assert node.proc.wait(timeout=30) == 0
-        assert node.proc.stdout is not None
-        node.proc.stdout.close()
-        errs.append(node.log.read_text())
-    return errs
-
-
-async def until(predicate: Callable[[], bool], what: str) -> None:
-    """Re-check another process's state until it holds (there is no event to await)."""
-    with trio.fail_after(WAIT):
-        while not await trio.to_thread.run_sync(predicate):  # noqa: ASYNC110 - another
-            await trio.sleep(0.1)  # process's state: there is no event to await
-    assert predicate(), what
-
-
-def same_digest(nodes: list[Node], items: int) -> bool:
-    try:
-        states = [n.status() for n in nodes]
-    except ControlError:
-        return False
-    digests = {s["composite_digest"] for s in states}
-    return len(digests) == 1 and None not in digests and all(
-        s["forge_item"] == items for s in states
-    )
 
 
 # --- what mallory signs --------------------------------------------------------------------
@@ -200,11 +121,6 @@ def sign(home: Home, seq: int, parent: bytes, blobs: dict[str, bytes],
 # --- the test ------------------------------------------------------------------------------
 
 
-
-
-def commit_cli(home: Home, adapter: Path, distilled: Path, out: Path, *coeffs: str) -> int:
-    return cli(["commit", "--home", str(home.path), "--adapter", str(adapter), "--distilled",
-                str(distilled), "--task", f"t-{out.name}", "--coeffs", *coeffs, "--out", str(out)])
 
 
 async def test_no_commit_a_member_sends_stops_a_node(

@@ -8,54 +8,34 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from crypto.records import Genesis, Member, Revocation, decode_record
+from crypto.records import Revocation, decode_record
 from node.cli import main as cli
 from node.home import Home
-from node.netspec import make_spec
-from tests.conftest import BASE, TINY_SHAPES, write_distilled
-from tests.node.test_invalid_commits import Node, commit_cli, same_digest, start, stop, until
+from tests.conftest import write_distilled
+from tests.node.conftest import make_homes
+from tests.node.procs import Node, commit_cli, same_digest, start_line, stop, until
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def homes(tmp_path: Path) -> list[Home]:
-    homes = [Home.init(tmp_path / n, n) for n in ("alice", "bob", "carol")]
-    genesis = Genesis(
-        name="recourse",
-        members=tuple(Member(h.config().name, h.identity().public) for h in homes),
-        threshold=2,
-        spec=make_spec("stack", BASE, TINY_SHAPES),
-        nonce=os.urandom(4).hex(),
-    )
-    for home in homes:
-        home.join(genesis)
-    return homes
+    return make_homes(tmp_path, ["alice", "bob", "carol"], threshold=2)
 
 
 @contextlib.contextmanager
 def line_of_nodes(homes: list[Home], logs: list[str]) -> Iterator[list[Node]]:
-    """Start the nodes in a line (each bootstraps from the one before, as `start_line`); stop
-    them all on the way out, whatever happened, killing any that does not stop."""
-    nodes: list[Node] = []
+    """Nodes in a line (``procs.start_line``), stopped on the way out; their logs kept."""
+    nodes = start_line(homes)
     try:
-        for home in homes:
-            nodes.append(start(home, [nodes[-1].addr] if nodes else []))
         yield nodes
     finally:
-        try:
-            logs.extend(stop(nodes))
-        finally:
-            for node in nodes:
-                if node.proc.poll() is None:
-                    node.proc.kill()
-                    node.proc.wait(timeout=10)
+        logs.extend(stop(nodes))
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -138,10 +118,8 @@ async def test_members_other_than_the_author_revoke_a_commit_together(
             assert state["merge_error"] is None
             log = json.loads(run(capsys, "log", "--home", str(node.home.path), "--json"))
             assert [e["commit"] for e in log["items"]] == [first]
-            if "excluded" in state:  # status names what the order leaves out, and why
-                assert [(e["commit"], e["why"]) for e in state["excluded"]] == [
-                    (second, "revoked")
-                ]
+            # status names what the order leaves out, and why
+            assert [(e["commit"], e["why"]) for e in state["excluded"]] == [(second, "revoked")]
     assert not any("Traceback" in e for e in logs), logs
 
     # A restart of every node reads the revocations back from the store: nothing changes.

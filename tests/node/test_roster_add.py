@@ -5,17 +5,15 @@ publishes through it; every node merges the commit and names its author."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from crypto.records import Genesis, Member
 from node.home import Home
-from node.netspec import make_spec
-from tests.conftest import BASE, TINY_SHAPES, write_distilled
-from tests.node.test_invalid_commits import commit_cli, same_digest, start, stop, until
+from tests.conftest import write_distilled
+from tests.node.conftest import make_homes
+from tests.node.procs import commit_cli, same_digest, start, stop, until
 from tests.node.test_revocation import line_of_nodes, run
 
 pytestmark = pytest.mark.slow
@@ -24,17 +22,9 @@ pytestmark = pytest.mark.slow
 async def test_a_member_added_by_a_roster_update_commits(
     tmp_path: Path, make_adapter: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    founders = [Home.init(tmp_path / n, n) for n in ("alice", "bob", "carol")]
-    dave = Home.init(tmp_path / "dave", "dave")
-    genesis = Genesis(
-        name="growing",
-        members=tuple(Member(h.config().name, h.identity().public) for h in founders),
-        threshold=2,
-        spec=make_spec("stack", BASE, TINY_SHAPES),
-        nonce=os.urandom(4).hex(),
-    )
-    for home in [*founders, dave]:
-        home.join(genesis)
+    founders = make_homes(tmp_path, ["alice", "bob", "carol"], threshold=2)
+    dave = Home.init(tmp_path / "dave", "dave")  # not a founder: joins the same genesis
+    dave.join(founders[0].genesis())
     alice, bob, _ = founders
     dave_key = dave.identity().public.hex()  # what dave sends the founders (`medforge id`)
     logs: list[str] = []

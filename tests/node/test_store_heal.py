@@ -13,142 +13,23 @@ Real `medforge node run` processes on loopback (threshold-1 network, TinyBase ad
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from crypto.records import Genesis, Member
-from node.cli import main as cli
-from node.control import ControlError, call
 from node.home import Home
-from node.netspec import make_spec
-from tests.conftest import BASE, TINY_SHAPES, write_distilled
+from tests.conftest import write_distilled
+from tests.node.procs import ROOT, commit_cli, same_digest, start, stop, until
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[2]
-WAIT = 90
-
-
-@dataclass
-class Node:
-    home: Home
-    proc: subprocess.Popen[str]
-    addr: str
-    log: Path  # stderr goes to a file: a full pipe would stall the node
-
-    def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = call(self.home.control_path, "status", timeout=10)
-        return result
-
-
-class Nodes:
-    """Starts node processes and makes sure every one is gone at the end of the test."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def start(self, home: Home, bootstrap: list[str]) -> Node:
-        config = home.config()
-        config.bootstrap = bootstrap
-        home.save_config(config)
-        log = home.path / f"node-{len(list(home.path.glob('node-*.log')))}.log"
-        with log.open("w") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "node.cli", "node", "run", "--home", str(home.path),
-                 "--sync-interval", "1"],
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                cwd=ROOT,
-            )
-        self.procs.append(proc)
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line, f"{home.path.name} exited before ready:\n{log.read_text()}"
-        ready = json.loads(line)
-        assert ready["event"] == "ready", ready
-        peer = home.identity().public.peer_id()
-        return Node(home, proc, f"{ready['listen'][0]}/p2p/{peer}", log)
-
-    def stop(self, *nodes: Node) -> list[str]:
-        """SIGTERM each; every one must exit 0. Returns their stderr."""
-        for node in nodes:
-            node.proc.send_signal(signal.SIGTERM)
-        for node in nodes:
-            assert node.proc.wait(timeout=30) == 0, node.log.read_text()
-            assert node.proc.stdout is not None
-            node.proc.stdout.close()
-        logs = [node.log.read_text() for node in nodes]
-        assert not any("Traceback" in text for text in logs), logs
-        return logs
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=30)
-            if proc.stdout is not None:
-                proc.stdout.close()
-
-
-@pytest.fixture
-def nodes() -> Iterator[Nodes]:
-    running = Nodes()
-    try:
-        yield running
-    finally:
-        running.kill_all()
-
-
-@pytest.fixture
-def homes(tmp_path: Path) -> list[Home]:
-    homes = [Home.init(tmp_path / n, n) for n in ("alice", "bob", "carol")]
-    genesis = Genesis(
-        name="heal",
-        members=tuple(Member(h.config().name, h.identity().public) for h in homes),
-        threshold=1,
-        spec=make_spec("stack", BASE, TINY_SHAPES),
-        nonce=os.urandom(4).hex(),
-    )
-    for home in homes:
-        home.join(genesis)
-    return homes
-
-
-async def until(predicate: Callable[[], bool], what: str) -> None:
-    """Re-check another process's state until it holds (there is no event to await)."""
-    with trio.fail_after(WAIT):
-        while not await trio.to_thread.run_sync(predicate):  # noqa: ASYNC110 - another
-            await trio.sleep(0.1)  # process's state: there is no event to await
-    assert predicate(), what
-
-
-def same_digest(nodes: list[Node], items: int) -> bool:
-    try:
-        states = [n.status() for n in nodes]
-    except ControlError:
-        return False
-    digests = {s["composite_digest"] for s in states}
-    return len(digests) == 1 and None not in digests and all(
-        s["forge_item"] == items for s in states
-    )
-
-
-def commit(home: Home, adapter: Path, distilled: Path, out: Path) -> None:
-    assert cli(["commit", "--home", str(home.path), "--adapter", str(adapter), "--distilled",
-                str(distilled), "--task", "t", "--coeffs", "1", "1", "--out", str(out)]) == 0
 
 
 def biggest_blob(home: Home) -> tuple[bytes, Path]:
@@ -194,25 +75,24 @@ NOTICED = {
 async def test_a_damaged_blob_is_fetched_again_after_a_restart(
     damage: str,
     homes: list[Home],
-    nodes: Nodes,
     tmp_path: Path,
     make_adapter: Callable[..., Path],
 ) -> None:
     alice, bob = homes[:2]
-    a = nodes.start(alice, [])
-    b = nodes.start(bob, [a.addr])
-    commit(alice, make_adapter("a1", seed=1), write_distilled(tmp_path / "d.safetensors"),
-           tmp_path / "c1")
+    a = start(alice, [])
+    b = start(bob, [a.addr])
+    assert commit_cli(alice, make_adapter("a1", seed=1),
+                      write_distilled(tmp_path / "d.safetensors"), tmp_path / "c1", "1", "1") == 0
     await until(lambda: same_digest([a, b], 1), "the commit reached bob")
     digest = a.status()["composite_digest"]
-    nodes.stop(b)
+    stop([b])
 
     sha, path = biggest_blob(bob)
     good = path.read_bytes()
     assert hashlib.sha256(good).digest() == sha
     DAMAGE[damage](path)
 
-    b = nodes.start(bob, [a.addr])
+    b = start(bob, [a.addr])
     await until(lambda: same_digest([a, b], 1), "bob fetched the blob again")
     assert b.status()["composite_digest"] == digest
     recovered = {"deleted": "missing_blobs", "truncated": "corrupt_blobs"}.get(damage)
@@ -221,29 +101,28 @@ async def test_a_damaged_blob_is_fetched_again_after_a_restart(
     assert b.status()["frames"]["bans"] == 0
     assert a.status()["frames"]["bans"] == 0
     assert path.read_bytes() == good
-    bob_log = nodes.stop(b)[0]
+    bob_log = stop([b])[0]
     assert NOTICED[damage].format(short=sha.hex()[:12]) in bob_log
     code, report, err = store_check(bob)
     assert (code, err) == (0, "")
     assert report is not None
     assert report["clean"]
     assert report["unheld"] == []
-    nodes.stop(a)
+    stop([a])
 
 
 async def test_a_blob_that_rots_is_never_served(
-    homes: list[Home], nodes: Nodes, tmp_path: Path, make_adapter: Callable[..., Path]
+    homes: list[Home], tmp_path: Path, make_adapter: Callable[..., Path]
 ) -> None:
-    alice, bob, carol = homes
-    c = nodes.start(carol, [])
-    a = nodes.start(alice, [c.addr])
+    alice, bob, carol = homes[:3]
+    c = start(carol, [])
+    a = start(alice, [c.addr])
     # Carol authors (her blobs are her own files); alice fetches them and has served none.
-    commit(carol, make_adapter("carol-adapter", seed=1),
-           write_distilled(tmp_path / "d.safetensors"),
-           tmp_path / "c1")
+    assert commit_cli(carol, make_adapter("carol-adapter", seed=1),
+                      write_distilled(tmp_path / "d.safetensors"), tmp_path / "c1", "1", "1") == 0
     await until(lambda: same_digest([a, c], 1), "the commit reached alice")
     digest = a.status()["composite_digest"]
-    nodes.stop(c)  # for now, alice is the only holder
+    stop([c])  # for now, alice is the only holder
 
     sha, path = biggest_blob(alice)
     flip_bit(path)  # while alice runs
@@ -261,7 +140,7 @@ async def test_a_blob_that_rots_is_never_served(
     assert err.startswith("error: StoreLocked: a node is running on"), err
 
     # Bob joins late, from a fresh home, and can only ask alice: she refuses, never sends.
-    b = nodes.start(bob, [a.addr])
+    b = start(bob, [a.addr])
     await until(lambda: f"stored blob {sha.hex()} is damaged" in a.log.read_text(),
                 "alice checked the blob before serving it")
     await until(lambda: b.status()["records"] == 0 and b.status()["missing_blobs"] == 1,
@@ -282,19 +161,19 @@ async def test_a_blob_that_rots_is_never_served(
     assert report["unheld"] == [sha.hex()]
 
     # Carol, who kept a good copy, comes back: bob gets the blob from her.
-    c = nodes.start(carol, [a.addr, b.addr])
+    c = start(carol, [a.addr, b.addr])
     await until(lambda: same_digest([b, c], 1), "bob fetched the blob from carol")
     assert b.status()["composite_digest"] == digest
     assert b.status()["frames"]["bans"] == 0
     assert c.status()["frames"]["bans"] == 0
 
     # Alice, restarted, fetches her lost blob back from a peer.
-    nodes.stop(a)
-    a = nodes.start(alice, [c.addr, b.addr])
+    stop([a])
+    a = start(alice, [c.addr, b.addr])
     await until(lambda: same_digest([a, b, c], 1), "alice fetched the blob back")
     assert a.status()["composite_digest"] == digest
     assert hashlib.sha256(path.read_bytes()).digest() == sha
-    nodes.stop(a, b, c)
+    stop([a, b, c])
     code, report, _ = store_check(alice)
     assert code == 0
     assert report is not None
