@@ -54,6 +54,10 @@ class Composer:
     def base(self) -> str:
         return self.rules.base
 
+    def admit(self, commit_id: bytes, adapter: LoraAdapter) -> None:
+        """Hand over an adapter the validity function already produced for ``commit_id``."""
+        self._adapters[commit_id] = adapter
+
     def adapter(self, commit: Commit) -> LoraAdapter:
         cached = self._adapters.get(commit.id)
         if cached is None:

@@ -25,6 +25,7 @@ from typing import Any
 import trio
 
 from crypto.records import Commit, Record, decode_record
+from merge.lora import LoraAdapter
 from node import protocol as p
 from node.composer import Composer, FoldError
 from node.errors import (
@@ -82,6 +83,7 @@ class NodeService:
         self.composer = Composer(merge_spec(self.genesis), self.rules, self._read_blob)
         self.started_at = time.time()
         self.names = {m.key.peer_id(): m.name for m in self.genesis.members}
+        self._roster_names: tuple[object, dict[str, str]] = (None, {})
         self._events_tx, self._events_rx = trio.open_memory_channel[p.Event](math.inf)
         self._outboxes: dict[PeerId, trio.MemorySendChannel[bytes]] = {}
         self._validate_tx, self._validate_rx = trio.open_memory_channel[p.Validate](math.inf)
@@ -249,21 +251,18 @@ class NodeService:
     def _serve_blob(self, sha: bytes) -> Path | None:
         """The store's verified path for a blob a peer asks for; a copy found damaged is
         dropped by the store, and the core fetches it again."""
-        damaged = len(self.store.damaged_at_serve)
+        held = self.store.has_blob(sha)
         path = self.store.serving_path(sha)
-        if path is None and len(self.store.damaged_at_serve) > damaged:
+        if path is None and held:
             self.post(p.BlobLost(sha))
         return path
 
     def _lost_blobs(self, commits: list[Commit]) -> list[bytes]:
         """Blobs of ``commits`` whose files are gone or damaged (a fold just failed): dropped
         from the store and handed to the core to fetch again."""
-        lost = []
-        for sha in {ref.sha256 for c in commits for ref in c.blobs.values()}:
-            if self.store.blob_path(sha) is None or self.store.serving_path(sha) is None:
-                self.store.drop_blob(sha)
-                lost.append(sha)
-        return sorted(lost)
+        # serving_path rehashes and drops what fails; None also for what was never held.
+        shas = {ref.sha256 for c in commits for ref in c.blobs.values()}
+        return sorted(sha for sha in shas if self.store.serving_path(sha) is None)
 
     def _store_invalid(self, record_id: bytes, data: bytes, reason: str) -> None:
         record = decode_record(data)
@@ -288,10 +287,11 @@ class NodeService:
     def name_of(self, peer: PeerId) -> str:
         """The member name of a peer in the roster in force (or, for a former member, the
         genesis), else the tail of its peer id."""
-        for member in self.core.roster.members.values():
-            if member.key.peer_id() == peer:
-                return member.name
-        return self.names.get(peer, peer[-8:])
+        roster = self.core.roster
+        if self._roster_names[0] is not roster:  # peer ids derived once per roster change
+            names = {m.key.peer_id(): m.name for m in roster.members.values()}
+            self._roster_names = (roster, names)
+        return self._roster_names[1].get(peer) or self.names.get(peer, peer[-8:])
 
     # -- network -----------------------------------------------------------------------
 
@@ -376,7 +376,7 @@ class NodeService:
         if gone:
             return p.Judged(record_id, p.Verdict.MISSING, missing=gone)
         try:
-            await trio.to_thread.run_sync(self._check_stored, commit, paths)
+            adapter = await trio.to_thread.run_sync(self._check_stored, commit, paths)
         except InvalidCommit as exc:
             return p.Judged(record_id, p.Verdict.INVALID, str(exc))
         except BlobsMismatch as exc:
@@ -388,12 +388,13 @@ class NodeService:
             self.faults["validation"] += 1
             self._error(f"could not judge commit {record_id.hex()[:12]}: {exc!r}")
             return None
+        self.composer.admit(commit.id, adapter)  # judged once: the fold need not load it again
         return p.Judged(record_id, p.Verdict.VALID)
 
-    def _check_stored(self, commit: Commit, paths: dict[str, Path | None]) -> None:
+    def _check_stored(self, commit: Commit, paths: dict[str, Path | None]) -> LoraAdapter:
         """Runs in a worker thread: reads the blob files and applies the validity function."""
         blobs = {kind: path.read_bytes() for kind, path in paths.items() if path is not None}
-        check_commit(commit, blobs, self.rules)
+        return check_commit(commit, blobs, self.rules)
 
     async def _merge_loop(self) -> None:
         while True:

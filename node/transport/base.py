@@ -12,6 +12,7 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from collections import Counter
+from dataclasses import fields
 from typing import Any
 
 import trio
@@ -358,32 +359,11 @@ class Transport(ABC):
             await trio.sleep(self.config.backoff_min)
 
 
+# Every int counter of the statistics (everything but its identity fields and the map).
 _COUNTERS = frozenset(
-    {
-        "gossip_published",
-        "gossip_received",
-        "gossip_dropped",
-        "oversized_gossip",
-        "requests_sent",
-        "requests_served",
-        "blobs_fetched",
-        "blobs_served",
-        "blob_bytes_fetched",
-        "blob_bytes_served",
-        "handler_errors",
-        "remote_errors",
-        "oversized_frames",
-        "truncated_frames",
-        "malformed_frames",
-        "blob_mismatches",
-        "resets",
-        "timeouts",
-        "refused_streams",
-        "rate_limited",
-        "bans",
-        "banned_streams",
-        "banned_connections",
-    }
+    f.name
+    for f in fields(TransportStatistics)
+    if f.name not in ("peer_id", "peers", "garbage_by_peer")
 )
 
 
