@@ -16,8 +16,9 @@ Workarounds (numbers from shared/notes/libp2p-0.8.1.md):
   #7  the per-topic spam limit (10 msg/s) is raised, so announcement bursts survive.
   log importing libp2p turns off propagation of its logger; we turn it back on. Two
       kinds of libp2p lines are demoted to DEBUG (``_Demote``), nothing else: the
-      ERROR each time a peer without gossipsub connects, and the auto-connector's
-      INFO lines every 10 s that say nothing changed.
+      ERROR each time a peer without gossipsub connects, the auto-connector's
+      INFO lines every 10 s that say nothing changed, and identify's ERROR (with a
+      traceback) when the peer it answers has just closed the connection.
   Bootstrap redial is ours (``Transport._keep_connected``): libp2p's own loop forgets a
   peer after a few failures and runs outside any nursery.
 libp2p exceptions are translated to ``node.errors`` only here (``_mapped``).
@@ -124,8 +125,21 @@ def _auto_connector_cycle(record: logging.LogRecord) -> bool:
     return record.levelno == logging.INFO and bool(_AUTO_CONNECTOR_CYCLE.match(record.getMessage()))
 
 
+def _identify_to_a_gone_peer(record: logging.LogRecord) -> bool:
+    """identify's ERROR, with a full traceback, when the peer it answers has just closed
+    the connection (a node stopping, a peer cut off): nothing an operator can act on. Any
+    other identify failure stays an ERROR."""
+    msg = record.getMessage()
+    return (
+        record.levelno == logging.ERROR
+        and msg.startswith("Error sending identify response to ")
+        and ("reset by remote peer" in msg or "Broken pipe" in msg or "closed" in msg)
+    )
+
+
 _Demote.install("libp2p.host.basic_host", _pubsub_unsupported)
 _Demote.install("libp2p.network.auto_connector", _auto_connector_cycle)
+_Demote.install("libp2p.identity.identify.identify", _identify_to_a_gone_peer)
 
 
 @contextmanager

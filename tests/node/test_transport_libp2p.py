@@ -322,3 +322,18 @@ async def test_only_connect_dials(alice: Libp2pTransport) -> None:
         bob.stop()
     with pytest.raises(SwarmException, match="stopped"):
         await bob.host.get_network().dial_peer(ID.from_base58(alice.peer_id))
+
+
+def test_identify_to_a_peer_that_just_left_is_debug(caplog: pytest.LogCaptureFixture) -> None:
+    """Seen when nodes stop together: identify answers a peer whose socket is gone and
+    libp2p logs an ERROR with a traceback. Demoted; any other identify error stays."""
+    import node.transport.libp2p  # noqa: F401 - installs the filters
+
+    logger = logging.getLogger("libp2p.identity.identify.identify")
+    with caplog.at_level(logging.INFO):
+        logger.error("Error sending identify response to 12D3Koo: Write operation failed: TCP "
+                     "connection reset by remote peer: [Errno 32] Broken pipe")
+        logger.error("Error sending identify response to 12D3Koo: protobuf encoding failed")
+    assert [r.getMessage()[-24:] for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "protobuf encoding failed"
+    ]
