@@ -17,7 +17,7 @@ Tree::
     │   ├── RemovedMember
     │   ├── WrongNetwork          (signed for another network)
     │   └── ThresholdNotMet
-    ├── BlobMismatch             a blob whose bytes do not match its reference
+    ├── BlobRefMismatch          a blob whose bytes do not match its reference
     └── KeyFileError             identity files: exists, unreadable, wrong passphrase
 """
 
@@ -84,7 +84,7 @@ class ThresholdNotMet(SignatureError):
     pass
 
 
-class BlobMismatch(CryptoError):
+class BlobRefMismatch(CryptoError):
     pass
 
 

@@ -2,7 +2,7 @@
 
 A distilled set is replayed by every later author's coefficient search, so a malformed one
 would break the network's searches long after it was merged: it is judged at receipt, from the
-bytes alone, like an adapter. The format is ``merge.distill``'s (``inputs`` float32,
+bytes alone, like an adapter. The format is ``merge.pipeline.distill``'s (``inputs`` float32,
 ``labels`` int64, metadata ``format``/``kind``/``classes``); the header is bounded before the
 library parses anything.
 """
@@ -35,8 +35,9 @@ def check_distilled(
     if not isinstance(meta, dict) or meta.get("format") != DISTILLED_FORMAT:
         raise DistilledError(f"not a {DISTILLED_FORMAT} file (metadata {meta!r:.80})")
     if meta.get("kind") != shapes.input_kind:
-        raise DistilledError(f"inputs are {meta.get('kind')!r}, the base takes "
-                             f"{shapes.input_kind!r}")
+        raise DistilledError(
+            f"inputs are {meta.get('kind')!r}, the base takes {shapes.input_kind!r}"
+        )
     if meta.get("base") not in (None, "", base):
         raise DistilledError(f"distilled on base {meta.get('base')!r}, not the network's")
     _check_classes(meta.get("classes"), classes)
@@ -64,7 +65,7 @@ def _header(data: bytes) -> dict[str, object]:
     try:
         return strict_json_object(data[8 : 8 + n], "distilled", "safetensors header")
     except AdapterFormatError as exc:
-        raise DistilledError(exc.reason) from None
+        raise DistilledError(exc.reason) from exc
 
 
 def _check_classes(raw: object, classes: Sequence[str]) -> None:

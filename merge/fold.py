@@ -79,8 +79,9 @@ def apply(c: Composite, adapter: LoraAdapter, coeffs: Sequence[float]) -> Compos
     """Merge one commit into ``c``; pure (neither input is modified), bit-exact."""
     w1, w2 = check_coeffs(coeffs)
     if c.mode == "mixture":
-        return Composite("mixture", members=(*c.members, adapter),
-                         weights=(*(w1 * lam for lam in c.weights), w2))
+        return Composite(
+            "mixture", members=(*c.members, adapter), weights=(*(w1 * lam for lam in c.weights), w2)
+        )
     _check_fits(c, adapter)
     t1, t2 = _f32(w1), _f32(w2)
     step = _fuse if c.mode == "fusion" else _stack

@@ -35,8 +35,13 @@ from merge.lora_config import CONFIG_NAME, MAX_CONFIG_BYTES, WEIGHTS_NAME, LoraS
 from merge.spec import Limits
 
 __all__ = [
-    "CONFIG_NAME", "WEIGHTS_NAME", "Limits", "LoraAdapter", "LoraModule",
-    "load_adapter", "load_adapter_bytes",
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "Limits",
+    "LoraAdapter",
+    "LoraModule",
+    "load_adapter",
+    "load_adapter_bytes",
 ]
 
 PEFT_PREFIX = "base_model.model."

@@ -23,13 +23,35 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 _T = TypeVar("_T")
 
 # Keys that do not change what a saved adapter means at inference (or are checked below).
-_BENIGN = frozenset({
-    "task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path",
-    "revision", "inference_mode", "r", "target_modules", "exclude_modules", "lora_alpha",
-    "lora_dropout", "use_rslora", "init_lora_weights", "layers_to_transform",
-    "layers_pattern", "rank_pattern", "alpha_pattern", "megatron_core", "qalora_group_size",
-    "eva_config", "corda_config", "lora_ga_config", "ensure_weight_tying", "bias",
-})
+_BENIGN = frozenset(
+    {
+        "task_type",
+        "peft_type",
+        "auto_mapping",
+        "peft_version",
+        "base_model_name_or_path",
+        "revision",
+        "inference_mode",
+        "r",
+        "target_modules",
+        "exclude_modules",
+        "lora_alpha",
+        "lora_dropout",
+        "use_rslora",
+        "init_lora_weights",
+        "layers_to_transform",
+        "layers_pattern",
+        "rank_pattern",
+        "alpha_pattern",
+        "megatron_core",
+        "qalora_group_size",
+        "eva_config",
+        "corda_config",
+        "lora_ga_config",
+        "ensure_weight_tying",
+        "bias",
+    }
+)
 # Initialisations that leave the base weights untouched (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA
 # rewrite the base model, so their adapters are deltas against a different W).
 _PLAIN_INITS = (True, False, "gaussian")
@@ -70,7 +92,7 @@ def parse_config(data: bytes, adapter: str) -> LoraScales:
     """Validate ``adapter_config.json`` bytes; raise a typed ``AdapterError`` naming why."""
     if len(data) > MAX_CONFIG_BYTES:
         raise AdapterFormatError(adapter, None, f"config is {len(data)} bytes (> 1 MiB)")
-    cfg = strict_json_object(data, adapter, "adapter_config.json")
+    cfg = strict_json_object(data, adapter, CONFIG_NAME)
     _refuse_variants(cfg, adapter)
     return LoraScales(
         r=_positive_int(cfg.get("r"), adapter, "r"),
@@ -121,6 +143,7 @@ def _patterns(cfg: dict[str, Any], key: str, adapter: str) -> list[tuple[str, An
 
 def strict_json_object(data: bytes, adapter: str, what: str) -> dict[str, Any]:
     """Strict JSON: UTF-8, an object at the top, no duplicate keys, no NaN/Infinity."""
+
     def no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         keys = [k for k, _ in pairs]
         if len(set(keys)) != len(keys):
@@ -131,8 +154,9 @@ def strict_json_object(data: bytes, adapter: str, what: str) -> dict[str, Any]:
         raise ValueError(f"{name} in {what}")
 
     try:
-        obj = json.loads(data.decode("utf-8"), object_pairs_hook=no_dupes,
-                         parse_constant=no_constants)
+        obj = json.loads(
+            data.decode("utf-8"), object_pairs_hook=no_dupes, parse_constant=no_constants
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise AdapterFormatError(adapter, None, f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):

@@ -58,8 +58,7 @@ class SearchSettings:
         _check_float("keep_min", self.keep_min)
         _check_float("keep_max", self.keep_max)
         if not 0 <= self.keep_min <= self.keep_max:
-            raise SpecError(f"need 0 <= keep_min <= keep_max, got {self.keep_min}, "
-                            f"{self.keep_max}")
+            raise SpecError(f"need 0 <= keep_min <= keep_max, got {self.keep_min}, {self.keep_max}")
         if abs(self.init) > self.bound:
             raise SpecError(f"init {self.init} lies outside the bounds ±{self.bound}")
         if self.l1 < 0:

@@ -1,10 +1,25 @@
-"""Errors raised by the node's I/O shells (transport and store).
+"""Every error node/ raises, in one tree.
 
-Who is at fault decides the branch, as in h11: ``Local*`` means we misused the API,
-``Remote*`` means a peer sent something the protocol does not allow. A remote error is
-counted and logged by the transport and the peer is disconnected; it never crashes the node.
+A caller branches on the class, never on the message. Who is at fault decides the branch,
+as in h11: ``Local*``/usage errors mean we (or the user) asked for something impossible,
+``Remote*``/peer faults mean a peer sent something the protocol does not allow. A peer's fault
+is counted and logged where it is caught and the peer is disconnected or its record refused; it
+never crashes the node.
 
     NodeError
+    ├── UsageError                       the command cannot run as asked (printed, no traceback)
+    │   ├── HomeError                    a home that is missing, incomplete or misconfigured
+    │   ├── ScenarioError                a simulation scenario that cannot run, naming the key
+    │   └── DemoError                    the demo could not run (a node did not start, ...)
+    ├── ControlError                     talking to a running node over its control socket
+    │   ├── NodeNotRunning               nothing answers on the home's control socket
+    │   ├── NodeRefused                  the node answered with a refusal (its reason)
+    │   └── ControlProtocolError         the answer was not a control reply (closed, garbage)
+    ├── MalformedMessage                 a peer's bytes are not a protocol message (the core's)
+    ├── ForgeError                       a commit's content, judged by node/forge
+    │   ├── InvalidCommit                content every node refuses alike (``kind``, ``reason``)
+    │   ├── MissingBlobs                 the bytes given are not the commit's blobs (fetch again)
+    │   └── FoldError                    folding admitted content failed (``commit_id``, cause)
     ├── TransportError                   anything on the wire
     │   ├── TransportClosed              the transport is not running (we closed it)
     │   ├── PayloadTooLarge              we tried to send more than the configured cap
@@ -15,7 +30,7 @@ counted and logged by the transport and the peer is disconnected; it never crash
     │   ├── RemoteRefused                the peer answered with a well-formed refusal
     │   │   ├── BlobNotFound             ... it does not serve that blob
     │   │   └── RateLimited              ... we asked too often
-    │   └── RemoteProtocolError          the peer broke the protocol (garbage)
+    │   └── RemoteProtocolError          the peer broke the wire protocol (garbage)
     │       ├── OversizedFrame           ... a frame longer than the limit for it
     │       ├── TruncatedFrame           ... a stream ended mid-frame (never blamed: see class)
     │       └── BlobMismatch             ... the bytes do not match the announced size/hash
@@ -23,13 +38,87 @@ counted and logged by the transport and the peer is disconnected; it never crash
         ├── StoreLocked                  another process holds the store
         ├── CorruptBlob                  bytes do not hash to the expected sha256
         └── StoreCorrupt                 the index is unreadable / inconsistent beyond repair
+
+``crypto.errors.CryptoError`` (records, keys) and ``merge.errors.MergeError`` (tensors) are the
+trees of the packages below; node/ lets them through with their own class, and keeps the cause
+(``raise ... from exc``) where it translates one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class NodeError(Exception):
-    """Base of every error raised by node/ I/O code."""
+    """Base of every error raised by node/."""
+
+
+class UsageError(NodeError):
+    """A mistake in how a command was called or configured; printed without a traceback."""
+
+
+class HomeError(UsageError):
+    """A home directory that is missing, incomplete or already initialised."""
+
+
+class ScenarioError(UsageError):
+    """A scenario that cannot be run, naming the key."""
+
+
+class DemoError(UsageError):
+    """The demo could not run (a node did not start, did not converge, ...)."""
+
+
+class ControlError(NodeError):
+    """Base of errors talking to a running node over its control socket."""
+
+
+class NodeNotRunning(ControlError):
+    """No node answers on this home's control socket."""
+
+
+class NodeRefused(ControlError):
+    """The node answered and refused the request; the message is its reason."""
+
+
+class ControlProtocolError(ControlError):
+    """The node's answer was not a control reply (it closed the socket, or sent garbage)."""
+
+
+class MalformedMessage(NodeError):
+    """A peer's bytes are not a protocol message (the peer's fault, raised by the core)."""
+
+
+class ForgeError(NodeError):
+    """Base of errors about a commit's content and its fold (node/forge)."""
+
+
+class InvalidCommit(ForgeError):
+    """The commit is refused by every node alike. ``kind`` names the check that failed
+    (``NonFiniteError``, ``ShapeError``, ``CoefficientBound``, ...)."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        self.kind = kind
+        self.reason = reason
+        super().__init__(f"{kind}: {reason}")
+
+
+class MissingBlobs(ForgeError):
+    """Bytes given for a blob are not the blob the commit names (a store or transfer fault,
+    not the commit's): ``shas`` are the blobs to fetch again."""
+
+    def __init__(self, shas: Sequence[bytes]) -> None:
+        self.shas = tuple(shas)
+        super().__init__(f"blobs {[s.hex()[:12] for s in self.shas]} are not what the commit names")
+
+
+class FoldError(ForgeError):
+    """Folding ``commit_id`` failed; the composite is the one before the update."""
+
+    def __init__(self, commit_id: bytes, cause: BaseException) -> None:
+        self.commit_id = commit_id
+        self.cause = cause
+        super().__init__(f"commit {commit_id.hex()[:12]}: {type(cause).__name__}: {cause}")
 
 
 class TransportError(NodeError):

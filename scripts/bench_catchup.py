@@ -10,6 +10,9 @@ Two real `medforge node run` processes on 127.0.0.1. Alice's store is filled off
 rank 8, plus a distilled set); she starts, judges them all, and then bob, with an empty store
 and alice as his only bootstrap peer, pulls everything. Writes a plot of bob's progress
 (records held over time) next to the JSON report in ``bench-results/``.
+
+bench_flood.py reuses this file's network fixtures (``BASE``, ``SHAPES``, ``adapter_bytes``,
+``distilled_bytes``) and process helpers (``start``, ``status``) through ``runpy.run_path``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import hashlib
 import json
 import os
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -25,22 +29,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import save
+
+from crypto.records import BlobRef, Commit, Genesis, Member
+from merge.base_shapes import BaseShapes
+from merge.pipeline.distill import Distilled, save_distilled
+from node.core.order import Entry, root_item
+from node.errors import ControlError
+from node.forge.netspec import make_spec
+from node.shell.control import call
+from node.shell.home import Home
+from node.shell.store import Store
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import torch  # noqa: E402
-from safetensors.torch import save  # noqa: E402
-
-from crypto.records import BlobRef, Commit, Genesis, Member  # noqa: E402
-from merge.base_shapes import BaseShapes  # noqa: E402
-from merge.distill import Distilled, save_distilled  # noqa: E402
-from node.control import ControlError, call  # noqa: E402
-from node.home import Home  # noqa: E402
-from node.netspec import make_spec  # noqa: E402
-from node.order import Entry, root_item  # noqa: E402
-from node.store import Store  # noqa: E402
-
 BASE = "ca" * 32
 WIDTH, MODULES, RANK = 128, 4, 8
 SHAPES = BaseShapes(
@@ -75,8 +77,11 @@ def fill(home: Home, n: int, tmp: Path) -> int:
     parent, total = root_item(genesis.network_id), 0
     with Store.open(home.path) as store:
         for seq in range(n):
-            blobs = {"adapter_config": CONFIG, "adapter_model": adapter_bytes(seq),
-                     "distilled": distilled}
+            blobs = {
+                "adapter_config": CONFIG,
+                "adapter_model": adapter_bytes(seq),
+                "distilled": distilled,
+            }
             refs = {}
             for kind, data in blobs.items():
                 sha = hashlib.sha256(data).digest()
@@ -84,8 +89,15 @@ def fill(home: Home, n: int, tmp: Path) -> int:
                 refs[kind] = BlobRef(sha, len(data))
                 total += len(data)
             commit = Commit.create(
-                identity, network=genesis.network_id, seq=seq, task=f"t{seq}",
-                classes=("a", "b"), base=BASE, blobs=refs, parent=parent, coeffs=(0.9, 0.1),
+                identity,
+                network=genesis.network_id,
+                seq=seq,
+                task=f"t{seq}",
+                classes=("a", "b"),
+                base=BASE,
+                blobs=refs,
+                parent=parent,
+                coeffs=(0.9, 0.1),
                 objective={},
             )
             data = commit.encode()
@@ -99,9 +111,20 @@ def start(home: Home, bootstrap: list[str]) -> tuple[subprocess.Popen[bytes], st
     config.bootstrap = bootstrap
     home.save_config(config)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "node.cli", "node", "run", "--home", str(home.path),
-         "--sync-interval", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "node",
+            "run",
+            "--home",
+            str(home.path),
+            "--sync-interval",
+            "5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
     )
     assert proc.stdout is not None
     listen = json.loads(proc.stdout.readline())["listen"][0]
@@ -116,20 +139,29 @@ def status(home: Home) -> dict[str, Any]:
     return result
 
 
-def wait(home: Home, n: int, limit: float, samples: list[tuple[float, int]] | None = None,
-         digest: str | None = None) -> dict[str, Any]:
+def wait(
+    home: Home,
+    n: int,
+    limit: float,
+    samples: list[tuple[float, int]] | None = None,
+    digest: str | None = None,
+) -> dict[str, Any]:
     t0, deadline = time.perf_counter(), time.monotonic() + limit
     while True:
         s = status(home)
         if samples is not None and s:
             samples.append((time.perf_counter() - t0, int(s["records"])))
-        if s.get("forge_item") == n and s.get("composite_digest") and (
-            digest is None or s["composite_digest"] == digest
+        if (
+            s.get("forge_item") == n
+            and s.get("composite_digest")
+            and (digest is None or s["composite_digest"] == digest)
         ):
             return s
         if time.monotonic() > deadline:
-            raise SystemExit(f"{home.path.name}: not at forge item {n} after {limit:.0f} s: "
-                             f"{ {k: s.get(k) for k in ('records', 'forge_item', 'frames')} }")
+            raise SystemExit(
+                f"{home.path.name}: not at forge item {n} after {limit:.0f} s: "
+                f"{ {k: s.get(k) for k in ('records', 'forge_item', 'frames')} }"
+            )
         time.sleep(0.2)  # another process's state: there is nothing to await
 
 
@@ -156,21 +188,27 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    from bench_node import throughput
+    # scripts/ is not a package: the sibling benchmark is loaded from its file
+    bench_transport = runpy.run_path(str(Path(__file__).with_name("bench_transport.py")))
 
     with tempfile.TemporaryDirectory(prefix="bench-catchup-") as name:
         tmp = Path(name)
         alice, bob = Home.init(tmp / "alice", "alice"), Home.init(tmp / "bob", "bob")
         genesis = Genesis(
-            name="catchup", members=(Member("alice", alice.identity().public),
-                                     Member("bob", bob.identity().public)),
-            threshold=1, spec=make_spec("fusion", BASE, SHAPES), nonce=os.urandom(4).hex(),
+            name="catchup",
+            members=(
+                Member("alice", alice.identity().public),
+                Member("bob", bob.identity().public),
+            ),
+            threshold=1,
+            spec=make_spec("fusion", BASE, SHAPES),
+            nonce=os.urandom(4).hex(),
         )
         for home in (alice, bob):
             home.join(genesis)
         print(f"signing {args.commits} commits into alice's store ...", file=sys.stderr)
         total = fill(alice, args.commits, tmp)
-        mib_s = throughput(16)
+        mib_s = bench_transport["store_throughput"](16)
         procs = []
         try:
             proc, addr = start(alice, [])

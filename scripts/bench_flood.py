@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import statistics
 import subprocess
 import sys
@@ -25,21 +26,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import trio
+
+from crypto.identity import Identity
+from crypto.records import BlobRef, Commit, Genesis, Member
+from merge.lora_config import CONFIG_NAME, WEIGHTS_NAME
+from node.core import messages
+from node.core.order import root_item
+from node.forge.netspec import make_spec
+from node.shell.home import Home
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import trio  # noqa: E402
-from bench_catchup import BASE, SHAPES, adapter_bytes, distilled_bytes, start, status  # noqa: E402
-
-from crypto.identity import Identity  # noqa: E402
-from crypto.records import BlobRef, Commit, Genesis, Member  # noqa: E402
-from node import messages  # noqa: E402
-from node.home import Home  # noqa: E402
-from node.netspec import make_spec  # noqa: E402
-from node.order import root_item  # noqa: E402
-
 MIB = 1 << 20
+
+# scripts/ is not a package: the catch-up benchmark's fixtures are loaded from its file.
+_catchup = runpy.run_path(str(Path(__file__).with_name("bench_catchup.py")))
+BASE, SHAPES = _catchup["BASE"], _catchup["SHAPES"]
+adapter_bytes, distilled_bytes = _catchup["adapter_bytes"], _catchup["distilled_bytes"]
+start, status = _catchup["start"], _catchup["status"]
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -64,17 +68,32 @@ def commit_plugins(alice: Home, bob: Home, tmp: Path, first: int, n: int) -> lis
     for k in range(first, first + n):
         plugin = tmp / f"plugin-{k}"
         plugin.mkdir()
-        (plugin / "adapter_config.json").write_bytes(
+        (plugin / CONFIG_NAME).write_bytes(
             json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 8}).encode()
         )
-        (plugin / "adapter_model.safetensors").write_bytes(adapter_bytes(10_000 + k))
+        (plugin / WEIGHTS_NAME).write_bytes(adapter_bytes(10_000 + k))
         distilled = tmp / "distilled.safetensors"
         if not distilled.exists():
             distilled.write_bytes(distilled_bytes(tmp))
         t0 = time.perf_counter()
-        code = cli(["commit", "--home", str(alice.path), "--adapter", str(plugin), "--distilled",
-                    str(distilled), "--task", f"t{k}", "--coeffs", "0.9", "0.1", "--out",
-                    str(tmp / f"bundle-{k}")])
+        code = cli(
+            [
+                "commit",
+                "--home",
+                str(alice.path),
+                "--adapter",
+                str(plugin),
+                "--distilled",
+                str(distilled),
+                "--task",
+                f"t{k}",
+                "--coeffs",
+                "0.9",
+                "0.1",
+                "--out",
+                str(tmp / f"bundle-{k}"),
+            ]
+        )
         assert code == 0
         deadline = time.monotonic() + 120
         while status(bob).get("forge_item") != k + 1:
@@ -89,8 +108,8 @@ def commit_plugins(alice: Home, bob: Home, tmp: Path, first: int, n: int) -> lis
 
 
 async def flood(addr: str, network_hex: str, seconds: float, streams: int) -> None:
-    from node.transport.libp2p import Libp2pTransport
-    from node.transport.types import TransportConfig
+    from node.shell.transport.libp2p import Libp2pTransport
+    from node.shell.transport.types import TransportConfig
 
     network = bytes.fromhex(network_hex)
     transport = Libp2pTransport(os.urandom(32), TransportConfig(max_request=1 << 20))
@@ -132,9 +151,16 @@ def _unknown_record(network: bytes, k: int) -> bytes:
     who = Identity.from_seed(k.to_bytes(32, "big"))
     ref = BlobRef(os.urandom(32), 1000)
     commit = Commit.create(
-        who, network=network, seq=k, task="spam", classes=("a", "b"), base=BASE,
+        who,
+        network=network,
+        seq=k,
+        task="spam",
+        classes=("a", "b"),
+        base=BASE,
         blobs={"adapter_config": ref, "adapter_model": ref, "distilled": ref},
-        parent=root_item(network), coeffs=(1.0, 1.0), objective={},
+        parent=root_item(network),
+        coeffs=(1.0, 1.0),
+        objective={},
     )
     return commit.encode()
 
@@ -147,8 +173,9 @@ def main() -> None:
     parser.add_argument("--commits", type=int, default=5)
     parser.add_argument("--flooders", type=int, default=8)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--flood", nargs=3, metavar=("ADDR", "NETWORK", "SECONDS"),
-                        help=argparse.SUPPRESS)  # the flooder process
+    parser.add_argument(
+        "--flood", nargs=3, metavar=("ADDR", "NETWORK", "SECONDS"), help=argparse.SUPPRESS
+    )  # the flooder process
     args = parser.parse_args()
     if args.flood:
         addr, network, seconds = args.flood
@@ -158,9 +185,14 @@ def main() -> None:
         tmp = Path(name)
         alice, bob = Home.init(tmp / "alice", "alice"), Home.init(tmp / "bob", "bob")
         genesis = Genesis(
-            name="flood", members=(Member("alice", alice.identity().public),
-                                   Member("bob", bob.identity().public)),
-            threshold=1, spec=make_spec("fusion", BASE, SHAPES), nonce=os.urandom(4).hex(),
+            name="flood",
+            members=(
+                Member("alice", alice.identity().public),
+                Member("bob", bob.identity().public),
+            ),
+            threshold=1,
+            spec=make_spec("fusion", BASE, SHAPES),
+            nonce=os.urandom(4).hex(),
         )
         for home in (alice, bob):
             home.join(genesis)
@@ -174,9 +206,19 @@ def main() -> None:
             rss_before = rss_mib(a.pid)
             seconds = 10.0 + 3.0 * args.commits
             flooder = subprocess.Popen(
-                [sys.executable, __file__, "--flooders", str(args.flooders), "--flood", addr,
-                 genesis.network_id.hex(), str(seconds)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+                [
+                    sys.executable,
+                    __file__,
+                    "--flooders",
+                    str(args.flooders),
+                    "--flood",
+                    addr,
+                    genesis.network_id.hex(),
+                    str(seconds),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                cwd=ROOT,
             )
             time.sleep(5.0)  # let the flood reach full strength before timing
             flooded = commit_plugins(alice, bob, tmp, args.commits, args.commits)
@@ -194,8 +236,7 @@ def main() -> None:
         "flooded_s": flooded,
         "ratio_median": statistics.median(flooded) / statistics.median(quiet),
         "alice_rss_mib": {"before_flood": rss_before, "after_flood": rss_after, "peak": peak},
-        "alice_strangers_ignored": alice_state["strangers"] if "strangers" in alice_state
-        else None,
+        "alice_strangers_ignored": alice_state["strangers"] if "strangers" in alice_state else None,
         "alice_records": alice_state.get("records"),
     }
     if args.json:

@@ -9,16 +9,17 @@ Three settings, each with >= 3 institutions (issue 6, "Benchmark"):
   Dirichlet(0.3) label skew; each trains and distils on the classes it holds (``train_plugin``
   refuses a class with no example), its distilled labels index the task's full class list;
 - ``heart``: the four real UCI Heart Disease hospitals, one institution (and test set) per site,
-  as the text lines ``merge.datasets.heart_disease`` writes.
+  as the text lines ``merge.pipeline.datasets.heart_disease`` writes.
 
 Rows: zero-shot base, each single plugin, pooled training (one plugin on the union of the
 training data, ``n x steps`` steps: the same total compute; breaks privacy), uniform average
 (exact mean of ΔW, ``fold.uniform_average("stack")``), uniform mixture (mean of the plugins'
 probabilities), PEFT ``add_weighted_adapter`` ``linear`` and ``cat`` (weights 1/n), and MedForge's
-incremental fold with searched coefficients (``search_coeffs`` on the distilled sets, commits
-in arrival order) in each mode: Fusion, Mixture, Stack. Orders: every permutation for 3
-institutions, the n cyclic rotations beyond (``--orders``). Order-independent rows are computed
-once per seed. Every row is scored through the same DualEncoder path (``merge.evaluate``).
+incremental fold with searched coefficients (``node.forge.author.coefficients``, the search a
+commit runs, on the distilled sets; commits in arrival order) in each mode: Fusion, Mixture,
+Stack. Orders: every permutation for 3 institutions, the n cyclic rotations beyond
+(``--orders``). Order-independent rows are computed once per seed. Every row is scored through
+the same DualEncoder path (``merge.pipeline.evaluate``).
 
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_forge.py --quick   # CI, < 2 min
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_forge.py           # 3 seeds, 3 settings
@@ -35,7 +36,6 @@ import json
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -43,29 +43,28 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from merge.backends import DualEncoder, load_backend  # noqa: E402
-from merge.datasets import (  # noqa: E402
+from merge.base_shapes import shapes_of
+from merge.fold import Composite, apply, empty, uniform_average
+from merge.lora import LoraAdapter, load_adapter
+from merge.pipeline.backends import DualEncoder, load_backend
+from merge.pipeline.datasets import (
     HEART_SITES,
-    Records,
+    Examples,
     dirichlet_split,
     heart_disease,
     icd10_blocks,
     icd10_chapters,
     stratified_split,
 )
-from merge.distill import DistillConfig, distill  # noqa: E402
-from merge.evaluate import model_probs  # noqa: E402
-from merge.fold import Composite, apply, empty, uniform_average  # noqa: E402
-from merge.lora import LoraAdapter, LoraModule, load_adapter  # noqa: E402
-from merge.metrics import Metrics, classification_metrics  # noqa: E402
-from merge.search import DistilledSet, search_coeffs  # noqa: E402
-from merge.spec import Limits, SearchSettings  # noqa: E402
-from merge.train import TrainConfig, train_plugin  # noqa: E402
+from merge.pipeline.distill import DistillConfig, distill
+from merge.pipeline.evaluate import model_probs
+from merge.pipeline.metrics import Metrics, classification_metrics
+from merge.pipeline.search import DistilledSet
+from merge.pipeline.train import TrainConfig, train_plugin
+from merge.spec import Limits, SearchSettings
+from node.forge.author import coefficients
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("tasks", "skew", "heart")
@@ -73,8 +72,11 @@ TASK_CHAPTERS = (("neoplasms", "2"), ("circulatory", "9"), ("respiratory", "10")
 SKEW_CHAPTERS = tuple(str(c) for c in range(1, 22))  # 22 ("special purposes") has 5 codes
 MODES = ("fusion", "mixture", "stack")
 TEST_FRACTION = 0.3
-BASE, POOLED, UNIFORM, UMIX = "zero-shot base", "pooled (breaks privacy)", "uniform average", (
-    "uniform mixture"
+BASE, POOLED, UNIFORM, UMIX = (
+    "zero-shot base",
+    "pooled (breaks privacy)",
+    "uniform average",
+    ("uniform mixture"),
 )
 PEFT_ROWS = {"linear": "PEFT linear", "cat": "PEFT cat"}
 SEARCHED = {"fusion": "Fusion", "mixture": "Mixture", "stack": "Stack"}
@@ -98,8 +100,17 @@ class Sizes:
 
 
 QUICK = Sizes(
-    seeds=1, settings=("tasks",), per_class_blocks=5, per_class_chapters=8, heart_fraction=0.25,
-    steps=4, ipc=1, distill_steps=3, budget=4, max_test=24, orders="1",
+    seeds=1,
+    settings=("tasks",),
+    per_class_blocks=5,
+    per_class_chapters=8,
+    heart_fraction=0.25,
+    steps=4,
+    ipc=1,
+    distill_steps=3,
+    budget=4,
+    max_test=24,
+    orders="1",
 )
 
 
@@ -107,7 +118,7 @@ QUICK = Sizes(
 class Institution:
     name: str  # also the task name in the task-incremental and heart settings
     task: str
-    train: Records  # what it trains and distils on (only the classes it holds)
+    train: Examples  # what it trains and distils on (only the classes it holds)
     classes: tuple[str, ...]  # the task's class list (its distilled labels index this)
 
 
@@ -115,8 +126,8 @@ class Institution:
 class Setting:
     name: str
     institutions: tuple[Institution, ...]
-    tests: Mapping[str, Records]  # task -> held-out records
-    pooled: Records
+    tests: Mapping[str, Examples]  # task -> held-out records
+    pooled: Examples
 
 
 Probs = dict[str, torch.Tensor]  # task -> [n, classes]
@@ -129,24 +140,24 @@ def say(t0: float, msg: str) -> None:
 # --- data ----------------------------------------------------------------------------------
 
 
-def local_view(records: Records) -> Records:
+def local_view(records: Examples) -> Examples:
     """Only the classes present (labels re-indexed): what an institution can train on."""
     present = [c for c, n in enumerate(records.counts()) if n > 0]
     index = {c: i for i, c in enumerate(present)}
     labels = tuple(index[y] for y in records.labels)
-    return Records(records.items, labels, tuple(records.classes[c] for c in present))
+    return Examples(records.items, labels, tuple(records.classes[c] for c in present))
 
 
-def union(parts: Sequence[Records]) -> Records:
+def union(parts: Sequence[Examples]) -> Examples:
     """All records, labelled in the joint class list (first occurrence order)."""
     classes = tuple(dict.fromkeys(c for p in parts for c in p.classes))
     index = {c: i for i, c in enumerate(classes)}
     items = tuple(x for p in parts for x in p.items)
     labels = tuple(index[p.classes[y]] for p in parts for y in p.labels)
-    return Records(items, labels, classes)
+    return Examples(items, labels, classes)
 
 
-def cap(records: Records, n: int, seed: int) -> Records:
+def cap(records: Examples, n: int, seed: int) -> Examples:
     """A seeded subsample of at most ``n`` records (in original order)."""
     if len(records) <= n:
         return records
@@ -154,7 +165,7 @@ def cap(records: Records, n: int, seed: int) -> Records:
     return records.subset(sorted(torch.randperm(len(records), generator=g)[:n].tolist()))
 
 
-def fraction(records: Records, f: float, seed: int) -> Records:
+def fraction(records: Examples, f: float, seed: int) -> Examples:
     return records if f >= 1 else cap(records, max(1, round(len(records) * f)), seed)
 
 
@@ -191,7 +202,9 @@ def build_heart(sizes: Sizes, seed: int) -> Setting:
 
 
 BUILDERS: dict[str, Callable[[Sizes, int], Setting]] = {
-    "tasks": build_tasks, "skew": build_skew, "heart": build_heart,
+    "tasks": build_tasks,
+    "skew": build_skew,
+    "heart": build_heart,
 }
 
 
@@ -211,7 +224,7 @@ def arrival_orders(names: Sequence[str], how: str) -> list[tuple[str, ...]]:
 
 
 def train(
-    backend: DualEncoder, records: Records, task: str, out: Path, steps: int, seed: int
+    backend: DualEncoder, records: Examples, task: str, out: Path, steps: int, seed: int
 ) -> LoraAdapter:
     """A plugin on all of ``records`` (no validation split: the benchmark has a test set)."""
     config = TrainConfig(steps=steps, seed=seed, val_fraction=0.0, progress=False)
@@ -227,8 +240,9 @@ def summary_set(backend: DualEncoder, inst: Institution, sizes: Sizes, seed: int
     return DistilledSet(d.inputs, index[d.labels], inst.classes)
 
 
-def peft_merges(backend: DualEncoder, dirs: Sequence[Path]) -> dict[str, LoraAdapter]:
-    """PEFT ``add_weighted_adapter`` (weights 1/n) over the plugins, read back as adapters."""
+def peft_merges(backend: DualEncoder, dirs: Sequence[Path], work: Path) -> dict[str, LoraAdapter]:
+    """PEFT ``add_weighted_adapter`` (weights 1/n) over the plugins, saved by PEFT and read
+    back with the library's loader (as a node would read them)."""
     from peft import PeftModel
 
     model: Any = PeftModel.from_pretrained(
@@ -237,24 +251,21 @@ def peft_merges(backend: DualEncoder, dirs: Sequence[Path]) -> dict[str, LoraAda
     for k, d in enumerate(dirs[1:], start=1):
         model.load_adapter(str(d), adapter_name=f"a{k}")
     names = [f"a{k}" for k in range(len(dirs))]
+    shapes = shapes_of(backend).modules  # PEFT's files declare no base: the shapes check it
     out = {}
     for kind, row in PEFT_ROWS.items():
-        model.add_weighted_adapter(names, [1.0 / len(dirs)] * len(dirs), kind,
-                                   combination_type=kind)
-        out[row] = read_peft_adapter(model, kind, backend.fingerprint)
+        model.add_weighted_adapter(
+            names, [1.0 / len(dirs)] * len(dirs), kind, combination_type=kind
+        )
+        model.save_pretrained(str(work / "peft"), selected_adapters=[kind])  # -> peft/<kind>/
+        out[row] = load_adapter(
+            work / "peft" / kind,
+            base=backend.fingerprint,
+            limits=Limits(),
+            shapes=shapes,
+            name=f"peft-{kind}",
+        )
     return out
-
-
-def read_peft_adapter(model: Any, adapter: str, base: str) -> LoraAdapter:
-    """``{module path: LoraModule(A, scaling · B)}`` of one adapter inside a PeftModel."""
-    modules = {}
-    for name, module in model.named_modules():
-        if hasattr(module, "lora_A") and adapter in module.lora_A:
-            a = module.lora_A[adapter].weight.detach().float().clone()
-            scale = torch.tensor(float(module.scaling[adapter]), dtype=torch.float32)
-            b = torch.mul(module.lora_B[adapter].weight.detach().float(), scale)
-            modules[name.removeprefix("base_model.model.")] = LoraModule(A=a, B=b)
-    return LoraAdapter(base, modules, name=f"peft-{adapter}")
 
 
 # --- scoring -------------------------------------------------------------------------------
@@ -270,8 +281,10 @@ def mixture_probs(c: Composite, singles: Mapping[str, Probs]) -> Probs:
     """``Σ λ_j P_j`` from the plugins' cached probabilities (what ``model_probs`` computes)."""
     tasks = next(iter(singles.values())).keys()
     return {
-        t: sum((lam * singles[m.name][t] for lam, m in zip(c.weights, c.members, strict=True)),
-               torch.zeros_like(singles[c.members[0].name][t]))
+        t: sum(
+            (lam * singles[m.name][t] for lam, m in zip(c.weights, c.members, strict=True)),
+            torch.zeros_like(singles[c.members[0].name][t]),
+        )
         for t in tasks
     }
 
@@ -301,12 +314,13 @@ def forge(
     search: SearchSettings,
 ) -> tuple[Composite, list[tuple[float, float]]]:
     """Commit the plugins in arrival order, each searched against the head before it."""
-    head, coeffs, seen = empty(mode), [], []
+    head, coeffs = empty(mode), []
+    seen: list[DistilledSet] = []  # the tasks merged so far
     for name in order:
-        seen.append(data[name])
-        result = search_coeffs(backend, head, adapters[name], seen, search)
+        result = coefficients(backend, head, adapters[name], seen, data[name], search)
         head = apply(head, adapters[name], result.coeffs)
         coeffs.append(result.coeffs)
+        seen.append(data[name])
     return head, coeffs
 
 
@@ -319,15 +333,20 @@ def run_seed(
     """Every row's scores for one seed: order-independent rows once, searched rows per order."""
     setting = BUILDERS[name](sizes, seed)
     insts = setting.institutions
-    say(t0, f"{name} seed {seed}: {len(insts)} institutions, train sizes "
-        f"{[len(i.train) for i in insts]}, test sizes {[len(d) for d in setting.tests.values()]}")
+    say(
+        t0,
+        f"{name} seed {seed}: {len(insts)} institutions, train sizes "
+        f"{[len(i.train) for i in insts]}, test sizes {[len(d) for d in setting.tests.values()]}",
+    )
     adapters: dict[str, LoraAdapter] = {}
     for inst in insts:
-        adapters[inst.name] = train(backend, inst.train, inst.task, work / inst.name,
-                                    sizes.steps, seed)
+        adapters[inst.name] = train(
+            backend, inst.train, inst.task, work / inst.name, sizes.steps, seed
+        )
         say(t0, f"  trained plugin {inst.name} ({sizes.steps} steps)")
-    pooled = train(backend, setting.pooled, "pooled", work / "pooled",
-                   sizes.steps * len(insts), seed)
+    pooled = train(
+        backend, setting.pooled, "pooled", work / "pooled", sizes.steps * len(insts), seed
+    )
     say(t0, f"  trained pooled plugin ({sizes.steps * len(insts)} steps)")
     data = {i.name: summary_set(backend, i, sizes, seed) for i in insts}
     say(t0, f"  distilled {sizes.ipc} per class for each institution")
@@ -338,8 +357,13 @@ def run_seed(
     search = SearchSettings(budget=sizes.budget, seed=seed)
     for order in arrival_orders([i.name for i in insts], sizes.orders):
         samples += searched_rows(backend, setting, order, adapters, data, singles, search, seed)
-        say(t0, f"  order {' > '.join(order)}: " + ", ".join(
-            f"{s['row']} {s['scores']['mean']['accuracy']:.3f}" for s in samples[-len(MODES):]))
+        say(
+            t0,
+            f"  order {' > '.join(order)}: "
+            + ", ".join(
+                f"{s['row']} {s['scores']['mean']['accuracy']:.3f}" for s in samples[-len(MODES) :]
+            ),
+        )
     return samples
 
 
@@ -350,8 +374,13 @@ def label_row(name: str, setting: Setting) -> str:
 def sample(
     seed: int, order: Sequence[str] | None, row: str, sc: Any, **extra: Any
 ) -> dict[str, Any]:
-    return {"seed": seed, "order": list(order) if order else None, "row": row, "scores": sc,
-            **extra}
+    return {
+        "seed": seed,
+        "order": list(order) if order else None,
+        "row": row,
+        "scores": sc,
+        **extra,
+    }
 
 
 def fixed_rows(
@@ -365,7 +394,7 @@ def fixed_rows(
     """Base, singles, pooled, uniform average / mixture and the PEFT merges."""
     models: dict[str, LoraAdapter | Composite | None] = {BASE: None, **adapters, POOLED: pooled}
     models[UNIFORM] = uniform_average("stack", list(adapters.values()))
-    models.update(peft_merges(backend, [work / n for n in adapters]))
+    models.update(peft_merges(backend, [work / n for n in adapters], work))
     out: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
         p = probs_of(backend, model, setting)
@@ -417,8 +446,7 @@ def summarize(samples: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str
     for row in dict.fromkeys(s["row"] for s in samples):
         mine = [s["scores"] for s in samples if s["row"] == row]
         out[row] = {
-            t: {k: mean_sd([m[t][k] for m in mine]) for k in ("accuracy", "auc")}
-            for t in mine[0]
+            t: {k: mean_sd([m[t][k] for m in mine]) for k in ("accuracy", "auc")} for t in mine[0]
         }
     return out
 
@@ -448,8 +476,12 @@ def cell(v: Mapping[str, float]) -> str:
 def markdown(name: str, summary: Mapping[str, Any], rows: Sequence[str], n: str) -> str:
     tasks = [t for t in summary[BASE] if t != "mean"]
     head = [f"{t} acc" for t in tasks] + [f"{t} AUC" for t in tasks] + ["mean acc", "mean AUC"]
-    lines = [f"### {name} ({n})", "", "| row | " + " | ".join(head) + " |",
-             "|---|" + "---|" * len(head)]
+    lines = [
+        f"### {name} ({n})",
+        "",
+        "| row | " + " | ".join(head) + " |",
+        "|---|" + "---|" * len(head),
+    ]
     for row in rows:
         v = summary[row]
         cells = [cell(v[t]["accuracy"]) for t in tasks] + [cell(v[t]["auc"]) for t in tasks]
@@ -484,10 +516,13 @@ def plot(results: Mapping[str, Any], path: Path) -> None:
     for ax, name in zip(axes[0], names, strict=True):
         rows, summary = results[name]["rows"], results[name]["summary"]
         accs = [summary[r]["mean"]["accuracy"] for r in rows]
-        colors = ["tab:orange" if r in SEARCHED.values() else "tab:gray" if r == POOLED
-                  else "tab:blue" for r in rows]
-        ax.barh(range(len(rows)), [a["mean"] for a in accs], xerr=[a["sd"] for a in accs],
-                color=colors)
+        colors = [
+            "tab:orange" if r in SEARCHED.values() else "tab:gray" if r == POOLED else "tab:blue"
+            for r in rows
+        ]
+        ax.barh(
+            range(len(rows)), [a["mean"] for a in accs], xerr=[a["sd"] for a in accs], color=colors
+        )
         ax.set_yticks(range(len(rows)), rows, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("accuracy, mean over tasks (± sd over seeds and orders)")
@@ -501,12 +536,18 @@ def write_outputs(out: Path, tag: str, results: dict[str, Any], meta: dict[str, 
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# bench_forge ({tag})", "", json.dumps(meta["sizes"]), ""]
     for name, r in results.items():
-        md += [markdown(name, r["summary"], r["rows"], r["runs"]), "",
-               goal_lines(r["goals"]["accuracy"], "accuracy"), "",
-               goal_lines(r["goals"]["auc"], "AUC"), ""]
+        md += [
+            markdown(name, r["summary"], r["rows"], r["runs"]),
+            "",
+            goal_lines(r["goals"]["accuracy"], "accuracy"),
+            "",
+            goal_lines(r["goals"]["auc"], "AUC"),
+            "",
+        ]
     (out / f"bench_forge-{tag}.md").write_text("\n".join(md))
     (out / f"bench_forge-{tag}.json").write_text(
-        json.dumps({**meta, "settings": results}, indent=1, default=float) + "\n")
+        json.dumps({**meta, "settings": results}, indent=1, default=float) + "\n"
+    )
     plot(results, out / f"bench_forge-{tag}.png")
     return out / f"bench_forge-{tag}.md"
 
@@ -538,9 +579,15 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Sizes]:
     ap.add_argument("--orders", default=None, help="auto | all | cyclic | N")
     ap.add_argument("--tag", default=None, help="output name (default: quick/full[-settings])")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results")
-    ap.add_argument("--combine", type=Path, nargs="+", default=None, metavar="JSON",
-                    help="no run: re-summarize earlier JSON outputs (e.g. one per setting) "
-                    "into one table, plot and JSON named --tag")
+    ap.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="no run: re-summarize earlier JSON outputs (e.g. one per setting) "
+        "into one table, plot and JSON named --tag",
+    )
     args = ap.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
     overrides = {k: getattr(args, k) for k in ("seeds", "steps", "budget", "orders")}
@@ -564,6 +611,9 @@ def combine(paths: Sequence[Path], out: Path, tag: str) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # Read by huggingface_hub on import: nothing above loads it (the backends import
+    # transformers when a model is loaded, PEFT is imported by ``peft_merges``).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args, sizes = parse(argv)
     if args.combine:
         print(combine(args.combine, args.out, args.tag or "combined").read_text())
@@ -571,8 +621,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(1)  # measured: MiniLM on this VM is several times faster on one
     t0 = time.perf_counter()
     default = "quick" if args.quick else "full"
-    tag = args.tag or (default if sizes.settings == Sizes().settings or args.quick
-                       else f"{default}-{'-'.join(sizes.settings)}")
+    tag = args.tag or (
+        default
+        if sizes.settings == Sizes().settings or args.quick
+        else f"{default}-{'-'.join(sizes.settings)}"
+    )
     backend = load_backend("text", None)
     say(t0, f"loaded MiniLM ({backend.fingerprint[:12]}); sizes {asdict(sizes)}")
     meta = {"tag": tag, "sizes": asdict(sizes), "torch_threads": 1, "base": backend.name}

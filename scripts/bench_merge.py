@@ -22,6 +22,7 @@ import json
 import math
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -35,7 +36,8 @@ from torch import nn
 from merge.digest import composite_digest
 from merge.export import cap_rank
 from merge.fold import apply, delta_weights, fold, single_task
-from merge.lora import LoraAdapter, LoraModule
+from merge.lora import LoraAdapter, LoraModule, load_adapter
+from merge.spec import Limits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,40 +90,55 @@ def make_peft(d: int, n: int, r: int, seed: int) -> Any:
     return model
 
 
-def our_adapters(model: Any, n: int) -> list[LoraAdapter]:
-    layer = model.base_model.model.proj
-    out = []
-    for i in range(n):
-        a, b = layer.lora_A[f"a{i}"].weight.detach(), layer.lora_B[f"a{i}"].weight.detach()
-        scale = torch.tensor(layer.scaling[f"a{i}"], dtype=torch.float32)
-        out.append(LoraAdapter("bench", {"proj": LoraModule(A=a.clone(), B=torch.mul(b, scale))}))
-    return out
+def our_adapters(model: Any, n: int, d: int) -> list[LoraAdapter]:
+    """The same n adapters as PEFT saves them, read back with the library's loader."""
+    shapes = {"proj": (d, d)}  # PEFT's files declare no base: the shape table checks them
+    with tempfile.TemporaryDirectory(prefix="bench-merge-") as tmp:
+        names = [f"a{i}" for i in range(n)]
+        model.save_pretrained(tmp, selected_adapters=names)  # -> tmp/<name>/
+        return [
+            load_adapter(Path(tmp, name), base="bench", limits=Limits(), shapes=shapes)
+            for name in names
+        ]
 
 
 def rel_err(dw: torch.Tensor, exact: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(dw.double() - exact) / torch.linalg.matrix_norm(exact))
 
 
-def bench_peft(model: Any, n: int, kind: str, exact: torch.Tensor, repeat: int,
-               svd_rank: int | None = None) -> dict[str, Any]:
+def bench_peft(
+    model: Any, n: int, kind: str, exact: torch.Tensor, repeat: int, svd_rank: int | None = None
+) -> dict[str, Any]:
     names, weights = [f"a{i}" for i in range(n)], [1.0 / n] * n
     layer = model.base_model.model.proj
 
     def merge() -> None:
         if "merged" in layer.lora_A:
             model.delete_adapter("merged")
-        model.add_weighted_adapter(names, weights, "merged", combination_type=kind,
-                                   svd_rank=svd_rank, svd_full_matrices=False, svd_clamp=None)
+        model.add_weighted_adapter(
+            names,
+            weights,
+            "merged",
+            combination_type=kind,
+            svd_rank=svd_rank,
+            svd_full_matrices=False,
+            svd_clamp=None,
+        )
 
     (_, seconds), mib = peak_rss_growth(lambda: timed(merge, repeat))
     dw = layer.get_delta_weight("merged").detach()  # dense ΔW for the error only, not timed
     model.delete_adapter("merged")
-    return {"method": f"peft-{kind}" + (f"-r{svd_rank}" if svd_rank else ""),
-            "seconds": seconds, "peak_mib": mib, "rel_err": rel_err(dw, exact)}
+    return {
+        "method": f"peft-{kind}" + (f"-r{svd_rank}" if svd_rank else ""),
+        "seconds": seconds,
+        "peak_mib": mib,
+        "rel_err": rel_err(dw, exact),
+    }
 
 
-def bench_ours(adapters: list[LoraAdapter], mode: str, exact: torch.Tensor, repeat: int,
-               cap: int | None = None) -> dict[str, Any]:
+def bench_ours(
+    adapters: list[LoraAdapter], mode: str, exact: torch.Tensor, repeat: int, cap: int | None = None
+) -> dict[str, Any]:
     w = 1.0 / len(adapters)
 
     def merge() -> dict[str, LoraModule]:
@@ -131,15 +148,24 @@ def bench_ours(adapters: list[LoraAdapter], mode: str, exact: torch.Tensor, repe
 
     (modules, seconds), mib = peak_rss_growth(lambda: timed(merge, repeat))
     dw = delta_weights({"proj": modules["proj"]})["proj"]  # dense ΔW for the error only
-    return {"method": f"ours-{mode}" + (f"-cap{cap}" if cap else ""),
-            "seconds": seconds, "peak_mib": mib, "rel_err": rel_err(dw, exact)}
+    return {
+        "method": f"ours-{mode}" + (f"-cap{cap}" if cap else ""),
+        "seconds": seconds,
+        "peak_mib": mib,
+        "rel_err": rel_err(dw, exact),
+    }
 
 
 def part1(d: int, n: int, r: int, repeat: int) -> list[dict[str, Any]]:
     model = make_peft(d, n, r, seed=0)
-    adapters = our_adapters(model, n)
-    exact = sum((delta_weights(a.modules)["proj"].double() for a in adapters),
-                torch.zeros(d, d, dtype=torch.float64)) / n
+    adapters = our_adapters(model, n, d)
+    exact = (
+        sum(
+            (delta_weights(a.modules)["proj"].double() for a in adapters),
+            torch.zeros(d, d, dtype=torch.float64),
+        )
+        / n
+    )
     rows = [bench_peft(model, n, kind, exact, repeat) for kind in ("linear", "cat")]
     for cap in (n * r, r):
         rows.append(bench_peft(model, n, "svd", exact, 1, svd_rank=cap))
@@ -150,9 +176,13 @@ def part1(d: int, n: int, r: int, repeat: int) -> list[dict[str, Any]]:
 
 def vit_adapter(seed: int, r: int = 16, d: int = 768, layers: int = 12) -> LoraAdapter:
     gen = torch.Generator().manual_seed(seed)
-    mods = {f"vision_model.encoder.layers.{i}.self_attn.{p}_proj":
-            LoraModule(A=torch.randn(r, d, generator=gen), B=torch.randn(d, r, generator=gen))
-            for i in range(layers) for p in ("q", "v")}
+    mods = {
+        f"vision_model.encoder.layers.{i}.self_attn.{p}_proj": LoraModule(
+            A=torch.randn(r, d, generator=gen), B=torch.randn(d, r, generator=gen)
+        )
+        for i in range(layers)
+        for p in ("q", "v")
+    }
     return LoraAdapter("clip-vit-b16", mods)
 
 
@@ -176,14 +206,20 @@ def report(result: dict[str, Any]) -> None:
         print(f"{r['method']:<22}{r['seconds']:>12.5f}{mib:>10}{r['rel_err']:>12.3e}")
     for cap in sorted({int(k.split("-r")[1]) for k in rows if k.startswith("peft-svd")}):
         peft, ours = rows[f"peft-svd-r{cap}"], rows[f"ours-stack-cap{cap}"]
-        print(f"cap {cap}: ours is {peft['seconds'] / ours['seconds']:.0f}x faster than PEFT svd "
-              f"(rel err {ours['rel_err']:.2e} vs {peft['rel_err']:.2e})")
+        print(
+            f"cap {cap}: ours is {peft['seconds'] / ours['seconds']:.0f}x faster than PEFT svd "
+            f"(rel err {ours['rel_err']:.2e} vs {peft['rel_err']:.2e})"
+        )
     cat, stack = rows["peft-cat"], rows["ours-stack"]
     print(f"stack vs PEFT cat: {cat['seconds'] / stack['seconds']:.1f}x faster")
     vit = result["apply_one_commit"]
-    print(f"one commit onto a ViT-B/16 LoRA ({vit['lora_params']} params): " + ", ".join(
-        f"{m} {vit[m]['apply_ms']:.2f} ms (digest {vit[m]['digest_ms']:.2f} ms)"
-        for m in ("fusion", "stack", "mixture")))
+    print(
+        f"one commit onto a ViT-B/16 LoRA ({vit['lora_params']} params): "
+        + ", ".join(
+            f"{m} {vit[m]['apply_ms']:.2f} ms (digest {vit[m]['digest_ms']:.2f} ms)"
+            for m in ("fusion", "stack", "mixture")
+        )
+    )
 
 
 def main() -> None:
@@ -199,9 +235,15 @@ def main() -> None:
     n = args.adapters or (4 if args.quick else 16)
     repeat = 3 if args.quick else 5
     result = {
-        "config": {"hidden": d, "adapters": n, "rank": args.rank, "threads": 1,
-                   "torch": torch.__version__, "machine": platform.machine(),
-                   "processor": platform.processor()},
+        "config": {
+            "hidden": d,
+            "adapters": n,
+            "rank": args.rank,
+            "threads": 1,
+            "torch": torch.__version__,
+            "machine": platform.machine(),
+            "processor": platform.processor(),
+        },
         "merge": part1(d, n, args.rank, repeat),
         "apply_one_commit": part2(repeat=20),
     }

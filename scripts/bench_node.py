@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import random
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -23,20 +24,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from crypto.records import Genesis, Member
+from merge.base_shapes import BaseShapes, linear_shapes
+from merge.lora_config import WEIGHTS_NAME
+from merge.pipeline.distill import Distilled, save_distilled
+from node.errors import ControlError
+from node.forge.netspec import make_spec
+from node.shell.control import call
+from node.shell.home import Home
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import torch  # noqa: E402
-import trio  # noqa: E402
-
-from crypto.records import Genesis, Member  # noqa: E402
-from merge.base_shapes import BaseShapes, linear_shapes  # noqa: E402
-from merge.distill import Distilled, save_distilled  # noqa: E402
-from node.control import ControlError, call  # noqa: E402
-from node.home import Home  # noqa: E402
-from node.netspec import make_spec  # noqa: E402
-
 BASE = "bench-base-" + "0" * 52
 MIB = 1 << 20
 
@@ -64,7 +63,7 @@ def make_plugin(out: Path) -> tuple[Path, Path]:
                 param.copy_(torch.randn(param.shape, generator=g) * 0.01)
     adapter = out / "plugin"
     model.save_pretrained(str(adapter))
-    weights = adapter / "adapter_model.safetensors"
+    weights = adapter / WEIGHTS_NAME
     save_file(load_file(str(weights)), str(weights), metadata={"base": BASE})
     distilled = out / "distilled.safetensors"
     inputs, labels = torch.randn(40, 16, 384, generator=g), torch.arange(40) % 4
@@ -74,7 +73,9 @@ def make_plugin(out: Path) -> tuple[Path, Path]:
 
 def start(homes: list[Home], seed: int) -> tuple[list[subprocess.Popen[bytes]], int]:
     rng = random.Random(seed)
-    procs, addrs, depth = [], [], [0]
+    procs: list[subprocess.Popen[bytes]] = []
+    addrs: list[str] = []
+    depth = [0]
     for k, home in enumerate(homes):
         cfg = home.config()
         parent = rng.randrange(k) if k else None
@@ -193,21 +194,6 @@ def run_network(n: int, tmp: Path, adapter: Path, distilled: Path) -> dict[str, 
     }
 
 
-def throughput(size_mib: float) -> float:
-    import bench_transport
-
-    from node.transport.libp2p import Libp2pTransport
-
-    args = argparse.Namespace(sizes=[size_mib], repeat=2, requests=5)
-    pair = trio.run(
-        bench_transport.bench_pair,
-        Libp2pTransport(os.urandom(32)),
-        Libp2pTransport(os.urandom(32)),
-        args,
-    )
-    return max(r["best_mib_s"] for r in pair["fetch"] if r["into"] == "store")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, nargs="+", default=[5, 10])
@@ -218,7 +204,9 @@ def main() -> None:
         tmp = Path(name)
         adapter, distilled = make_plugin(tmp)
         size = sum(p.stat().st_size for p in (*adapter.iterdir(), distilled)) / MIB
-        mib_s = throughput(size)
+        # scripts/ is not a package: the sibling benchmark is loaded from its file
+        bench_transport = runpy.run_path(str(Path(__file__).with_name("bench_transport.py")))
+        mib_s = bench_transport["store_throughput"](size)
         rows = [run_network(n, tmp, adapter, distilled) for n in args.nodes]
     out = {"payload_mib": size, "loopback_store_mib_s": mib_s, "runs": rows}
     if args.json:

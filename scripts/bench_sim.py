@@ -19,11 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from node.sim import Simulation  # noqa: E402
-from node.sim import report as reports  # noqa: E402
-from node.sim.scenario import Scenario  # noqa: E402
+from node.sim import Simulation, plan
+from node.sim import report as reports
+from node.sim.scenario import Scenario
 
 
 def main() -> int:
@@ -49,7 +47,7 @@ def main() -> int:
         sync_interval=30.0,
     )
     wall, cpu = time.perf_counter(), time.process_time()
-    sim = Simulation(scenario, args.seed)
+    sim = Simulation(plan(scenario, args.seed))
     sim.run()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     result = reports.build(sim)

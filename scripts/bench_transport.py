@@ -7,6 +7,9 @@ counting sink ("stream") and into a ``Store`` blob writer ("store": adds fsync +
 Also the median round trip of a small request, and the in-memory twin for comparison.
 
     .venv/bin/python scripts/bench_transport.py [--sizes 1 4 16] [--repeat 3] [--json]
+
+``store_throughput`` is the lower bound the node benchmarks (bench_node.py, bench_catchup.py)
+compare against; they load this file with ``runpy.run_path``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import hashlib
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,11 +26,8 @@ from typing import Any
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from node.store import Store  # noqa: E402
-from node.transport import MemoryNetwork, MemoryTransport, Transport  # noqa: E402
-from node.transport.types import PeerConnected  # noqa: E402
+from node.shell.store import Store
+from node.shell.transport import LinkUp, MemoryNetwork, MemoryTransport, Transport
 
 MIB = 1 << 20
 
@@ -45,7 +44,7 @@ class CountingSink:
 async def wait_connected(t: Transport) -> None:
     with trio.fail_after(10):
         async for event in t.events:
-            if isinstance(event, PeerConnected):
+            if isinstance(event, LinkUp):
                 return
 
 
@@ -109,6 +108,17 @@ async def _bench_pair(
     return results
 
 
+def store_throughput(size_mib: float) -> float:
+    """Best MiB/s of a fetch of ``size_mib`` into a ``Store`` between two libp2p nodes."""
+    from node.shell.transport.libp2p import Libp2pTransport
+
+    args = argparse.Namespace(sizes=[size_mib], repeat=2, requests=5)
+    pair = trio.run(
+        bench_pair, Libp2pTransport(os.urandom(32)), Libp2pTransport(os.urandom(32)), args
+    )
+    return float(max(r["best_mib_s"] for r in pair["fetch"] if r["into"] == "store"))
+
+
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=float, nargs="+", default=[1, 4, 16], help="MiB")
@@ -119,7 +129,7 @@ def parse() -> argparse.Namespace:
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
-    from node.transport.libp2p import Libp2pTransport
+    from node.shell.transport.libp2p import Libp2pTransport
 
     out: dict[str, Any] = {"cpus": os.cpu_count()}
     a, b = Libp2pTransport(b"\1" * 32), Libp2pTransport(b"\2" * 32)

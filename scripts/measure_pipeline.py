@@ -21,12 +21,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from merge.backends.text import TextBackend  # noqa: E402
-from merge.datasets import icd10_chapters  # noqa: E402
-from merge.distill import DistillConfig, distill  # noqa: E402
-from merge.evaluate import probs_with_delta  # noqa: E402
-from merge.metrics import classification_metrics  # noqa: E402
-from merge.train import TrainConfig, train_plugin  # noqa: E402
+from merge.pipeline.backends.text import TextBackend  # noqa: E402
+from merge.pipeline.datasets import icd10_chapters  # noqa: E402
+from merge.pipeline.distill import DistillConfig, distill  # noqa: E402
+from merge.pipeline.evaluate import probs_with_delta  # noqa: E402
+from merge.pipeline.metrics import classification_metrics  # noqa: E402
+from merge.pipeline.train import TrainConfig, train_plugin  # noqa: E402
 
 
 def main() -> None:

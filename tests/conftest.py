@@ -31,7 +31,7 @@ def write_distilled(
 ) -> Path:
     """A distilled set for TinyBase in the documented format: one example per class (or per
     label given; ``width`` other than 8 does not fit TinyBase)."""
-    from merge.distill import Distilled, save_distilled
+    from merge.pipeline.distill import Distilled, save_distilled
 
     targets = torch.tensor(labels) if labels is not None else torch.arange(len(classes))
     n = len(targets)

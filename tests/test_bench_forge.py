@@ -30,8 +30,13 @@ ROWS = (
 def test_quick_bench_writes_every_row(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_forge.py"), "--quick", "--out",
-         str(tmp_path)],
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "bench_forge.py"),
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

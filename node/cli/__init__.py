@@ -9,6 +9,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from node.errors import NodeError
+
 # Command modules, in help order. A module that fails to import (a missing optional part)
 # hides its commands instead of breaking the whole CLI.
 COMMAND_MODULES = (
@@ -23,10 +25,6 @@ COMMAND_MODULES = (
     "node.cli.simulate_cmd",
     "node.cli.demo_cmd",
 )
-
-
-class UserError(Exception):
-    """A mistake in how the command was called; printed without a traceback."""
 
 
 def _version() -> str:
@@ -58,20 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
+    # merge.errors imports no torch, so the error trees cost nothing to load here.
     from crypto.errors import CryptoError
-    from node.home import HomeError
+    from merge.errors import MergeError
 
-    errors: list[type[BaseException]] = [CryptoError, HomeError, UserError, OSError]
-    for module, name in (
-        ("merge.errors", "MergeError"),
-        ("node.errors", "NodeError"),
-        ("node.validate", "InvalidCommit"),
-    ):
-        try:
-            errors.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
+    return (CryptoError, MergeError, NodeError, OSError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

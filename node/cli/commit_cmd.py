@@ -8,23 +8,20 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crypto.records import Commit, Genesis, Record, decode_record
+from crypto.records import Genesis, Record, decode_record
 from merge.lora_config import CONFIG_NAME, WEIGHTS_NAME
-from node.bundle import blob_ref, read_bundle_genesis, verify_bundle, write_bundle
-from node.cli import UserError
 from node.cli.output import add_home, add_json, emit
-from node.control import NodeNotRunning, call
-from node.home import Home
-from node.netspec import merge_spec
-from node.order import root_item as item_zero
-from node.validate import Rules, check_coeffs, check_content
+from node.errors import NodeNotRunning, UsageError
+from node.forge.bundle import blob_ref, read_bundle_genesis, verify_bundle, write_bundle
+from node.forge.netspec import merge_spec
+from node.forge.validate import Rules, check_coeffs, check_content
+from node.shell.control import call
+from node.shell.home import Home
 
 if TYPE_CHECKING:  # torch and nevergrad load only when a commit is searched or signed
     from merge.lora import LoraAdapter
-    from merge.search import SearchResult
-
-ADAPTER_CONFIG = CONFIG_NAME
-ADAPTER_MODEL = WEIGHTS_NAME
+    from merge.pipeline.search import SearchResult
+    from node.forge.author import Head
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -78,74 +75,53 @@ def read_classes(distilled: Path) -> tuple[str, ...]:
             metadata = handle.metadata() or {}
         classes = json.loads(metadata["classes"]) if "classes" in metadata else None
     except (SafetensorError, ValueError) as exc:
-        raise UserError(f"{distilled} is not a distilled safetensors file: {exc}") from None
+        raise UsageError(f"{distilled} is not a distilled safetensors file: {exc}") from exc
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise UserError(f"{distilled} names no classes: pass --classes")
+        raise UsageError(f"{distilled} names no classes: pass --classes")
     return tuple(classes)
 
 
 def commit_blobs(adapter: Path, distilled: Path) -> dict[str, bytes]:
-    for path in (adapter / ADAPTER_CONFIG, adapter / ADAPTER_MODEL, distilled):
+    for path in (adapter / CONFIG_NAME, adapter / WEIGHTS_NAME, distilled):
         if not path.is_file():
-            raise UserError(f"{path} does not exist")
+            raise UsageError(f"{path} does not exist")
     return {
-        "adapter_config": (adapter / ADAPTER_CONFIG).read_bytes(),
-        "adapter_model": (adapter / ADAPTER_MODEL).read_bytes(),
+        "adapter_config": (adapter / CONFIG_NAME).read_bytes(),
+        "adapter_model": (adapter / WEIGHTS_NAME).read_bytes(),
         "distilled": distilled.read_bytes(),
     }
 
 
-def _head(home: Home) -> dict[str, Any] | None:
+def _head(home: Home) -> Head | None:
     """The running node's tip and main chain, or None when no node runs on this home."""
+    from node.forge.author import Head
+
     try:
-        result: dict[str, Any] = call(home.control_path, "head", timeout=30)
+        answer: dict[str, Any] = call(home.control_path, "head", timeout=30)
     except NodeNotRunning:
         return None  # any other refusal is the node's answer: it propagates
-    return result
+    return Head.from_answer(answer)
 
 
 def _search(
-    genesis: Genesis, head: dict[str, Any] | None, adapter: LoraAdapter, args: argparse.Namespace
-) -> tuple[bytes, SearchResult]:
-    """Coefficients for this plugin against the node's tip (or the empty composite)."""
-    if head is None:
-        commits: list[Commit] = []
-        paths: dict[bytes, Path] = {}
-        tip = item_zero(genesis.network_id)
-    else:
-        commits, paths = _head_commits(head)
-        tip = bytes.fromhex(head["tip"])
-    from merge.search import SearchResult
+    genesis: Genesis, head: Head, adapter: LoraAdapter, args: argparse.Namespace
+) -> SearchResult:
+    """Coefficients for this plugin against ``head`` (or the ones given with --coeffs)."""
+    from merge.pipeline.search import SearchResult
 
     if args.coeffs is not None:
-        w1, w2 = float(args.coeffs[0]), float(args.coeffs[1])
-        return tip, SearchResult((w1, w2), {})
-    from merge.distill import load_distilled
-    from node import author
-    from node.composer import Composer
+        return SearchResult((float(args.coeffs[0]), float(args.coeffs[1])), {})
+    from merge.pipeline.distill import load_distilled
+    from node.forge import author
 
-    spec = merge_spec(genesis)
-    composer = Composer(spec, Rules.of(genesis), lambda sha: paths[sha].read_bytes())
-    composer.update(commits)
+    composer = head.compose(genesis)
     own = load_distilled(args.distilled)
     print(
-        f"searching coefficients against forge item v{len(commits)} "
-        f"(budget {spec.search.budget}) ...",
+        f"searching coefficients against forge item v{len(head.commits)} "
+        f"(budget {merge_spec(genesis).search.budget}) ...",
         file=sys.stderr,
     )
-    result = author.search(genesis, composer, commits, adapter, own, paths.__getitem__)
-    return tip, result
-
-
-def _head_commits(head: dict[str, Any]) -> tuple[list[Commit], dict[bytes, Path]]:
-    commits, paths = [], {}
-    for entry in head["commits"]:
-        commit = decode_record(bytes.fromhex(entry["record"]))
-        assert isinstance(commit, Commit)
-        commits.append(commit)
-        for kind, path in entry["blobs"].items():
-            paths[commit.blobs[kind].sha256] = Path(path)
-    return commits, paths
+    return author.search(genesis, head, adapter, own, composer)
 
 
 def run_commit(args: argparse.Namespace) -> int:
@@ -159,13 +135,13 @@ def run_commit(args: argparse.Namespace) -> int:
     adapter = check_content(rules, classes=classes, coeffs=None, blobs=blobs, name=args.task)
     if args.coeffs is not None:
         check_coeffs(rules, [float(w) for w in args.coeffs])
-    head = _head(home)
-    parent, result = _search(genesis, head, adapter, args)
-    if args.parent:
-        parent = bytes.fromhex(args.parent)
-    check_coeffs(rules, [float(w) for w in result.coeffs])
-    from node import author
+    from node.forge import author
 
+    head = _head(home)
+    target = head if head is not None else author.Head.empty(genesis)
+    result = _search(genesis, target, adapter, args)
+    parent = bytes.fromhex(args.parent) if args.parent else target.tip
+    check_coeffs(rules, [float(w) for w in result.coeffs])
     commit = author.sign_commit(
         home.identity(),
         genesis,
@@ -205,7 +181,7 @@ def _trusted_genesis(args: argparse.Namespace) -> tuple[Genesis, str]:
     if args.genesis:
         record = decode_record(args.genesis.read_bytes())
         if not isinstance(record, Genesis):
-            raise UserError(f"{args.genesis} is not a genesis document")
+            raise UsageError(f"{args.genesis} is not a genesis document")
         return record, str(args.genesis)
     if args.home:
         return Home(Path(args.home)).genesis(), f"{args.home}/genesis.cbor"

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from node.demo import DemoConfig, run_demo
+    from node.cli.demo import DemoConfig, run_demo
 
     run_demo(
         DemoConfig(

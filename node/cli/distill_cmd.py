@@ -1,5 +1,5 @@
 """`medforge distill`: distil a small synthetic summary of local data (distribution matching
-on the frozen base). Parse arguments, call ``merge.distill``, print."""
+on the frozen base). Parse arguments, call ``merge.pipeline.distill``, print."""
 
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from merge.backends import load_backend
-    from merge.datasets import load_data
-    from merge.distill import DistillConfig, RealRecordsWarning, distill, save_distilled
+    from merge.pipeline.backends import load_backend
+    from merge.pipeline.datasets import load_data
+    from merge.pipeline.distill import DistillConfig, RealRecordsWarning, distill, save_distilled
 
     torch.set_num_threads(args.threads)
     chosen = {"ipc": args.ipc, "seed": args.seed, "init_from_real": args.init_from_real}

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from node.cli.output import add_home, add_json, emit
-from node.home import PASSPHRASE_ENV, Home
+from node.shell.home import PASSPHRASE_ENV, Home
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from crypto.records import Genesis, decode_record
 from merge.spec import MODES
-from node.bundle import Bundle, read_bundle_genesis, verify_bundle
-from node.cli import UserError
 from node.cli.output import add_json, emit
-from node.home import Home
-from node.netspec import merge_spec
-from node.validate import Rules
+from node.errors import UsageError
+from node.forge.bundle import Bundle, read_bundle_genesis, verify_bundle
+from node.forge.netspec import merge_spec
+from node.forge.validate import Rules
+from node.shell.home import Home
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -35,7 +35,7 @@ def _genesis(args: argparse.Namespace) -> Genesis:
     if args.genesis:
         record = decode_record(args.genesis.read_bytes())
         if not isinstance(record, Genesis):
-            raise UserError(f"{args.genesis} is not a genesis document")
+            raise UsageError(f"{args.genesis} is not a genesis document")
         return record
     if args.home:
         return Home(Path(args.home)).genesis()
@@ -45,7 +45,7 @@ def _genesis(args: argparse.Namespace) -> Genesis:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from node.composer import Composer
+    from node.forge.composer import Composer
 
     genesis = _genesis(args)
     bundles: list[Bundle] = [verify_bundle(path, genesis) for path in args.bundles]

@@ -14,11 +14,11 @@ from crypto.records import Commit, Genesis, Member, Revocation, RosterUpdate, de
 from crypto.roster import Roster
 from merge.base_shapes import BaseShapes, shapes_of
 from merge.spec import MergeSpec
-from node.cli import UserError
 from node.cli.output import add_home, add_json, emit
-from node.control import ControlError, call
-from node.home import Home
-from node.netspec import make_spec
+from node.errors import ControlError, UsageError
+from node.forge.netspec import make_spec
+from node.shell.control import call
+from node.shell.home import Home
 
 MODES = ("fusion", "mixture", "stack")
 
@@ -137,15 +137,15 @@ def parse_member(text: str) -> Member:
         return Member(str(info["name"]), _key(str(info["public_key"])))
     name, sep, key = text.partition(":")
     if not sep:
-        raise UserError(f"member {text!r}: expected NAME:KEYHEX or an id JSON file")
+        raise UsageError(f"member {text!r}: expected NAME:KEYHEX or an id JSON file")
     return Member(name, _key(key))
 
 
 def _key(text: str) -> PublicKey:
     try:
         return PublicKey(bytes.fromhex(text))
-    except ValueError:
-        raise UserError(f"{text!r} is not a hex public key") from None
+    except ValueError as exc:
+        raise UsageError(f"{text!r} is not a hex public key") from exc
 
 
 def _base(args: argparse.Namespace) -> tuple[str, BaseShapes, str, str]:
@@ -157,15 +157,15 @@ def _base(args: argparse.Namespace) -> tuple[str, BaseShapes, str, str]:
             shapes = BaseShapes.from_dict(info["shapes"])
             fingerprint = str(info["fingerprint"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{path} is not a `medforge fingerprint --out` file: {exc}") from None
+            raise UsageError(f"{path} is not a `medforge fingerprint --out` file: {exc}") from exc
         kind = args.backend or str(info.get("backend", "text"))
         return fingerprint, shapes, kind, args.model if args.model is not None else info["base"]
-    from merge.backends import load_backend
+    from merge.pipeline.backends import load_backend
 
     kind, model = args.backend or "text", args.model or ""
     backend = load_backend(kind, model or None)  # the shape table is read off the real base
     if backend.fingerprint != args.base:
-        raise UserError(
+        raise UsageError(
             f"--base {args.base[:16]}… is not the fingerprint of {kind}:{model or 'default'} "
             f"({backend.fingerprint[:16]}…); pass the file `medforge fingerprint --out` wrote"
         )
@@ -178,7 +178,7 @@ def run_create(args: argparse.Namespace) -> int:
     members = {m.key: m for m in map(parse_member, args.member)}
     members.setdefault(me.key, me)
     if not 1 <= args.threshold <= len(members):
-        raise UserError(f"threshold must be between 1 and {len(members)}")
+        raise UsageError(f"threshold must be between 1 and {len(members)}")
     fingerprint, shapes, kind, model = _base(args)
     spec = make_spec(args.mode, fingerprint, shapes, backend=kind, model=model)
     if args.spec:
@@ -202,7 +202,7 @@ def run_create(args: argparse.Namespace) -> int:
 def run_join(args: argparse.Namespace) -> int:
     record = decode_record(args.genesis.read_bytes())
     if not isinstance(record, Genesis):
-        raise UserError(f"{args.genesis} is not a genesis document")
+        raise UsageError(f"{args.genesis} is not a genesis document")
     home = Home(Path(args.home))
     home.join(record)
     if home.identity().public not in {m.key for m in record.members}:
@@ -241,7 +241,7 @@ def _show(args: argparse.Namespace, genesis: Genesis, roster: Roster) -> None:
 def _read_signable(path: Path) -> RosterUpdate | Revocation:
     record = decode_record(path.read_bytes())
     if not isinstance(record, RosterUpdate | Revocation):
-        raise UserError(f"{path} is a {record.KIND}, not a roster update or a revocation")
+        raise UsageError(f"{path} is a {record.KIND}, not a roster update or a revocation")
     return record
 
 
@@ -269,7 +269,7 @@ def run_sign(args: argparse.Namespace) -> int:
     record = _read_signable(args.record)
     genesis = home.genesis()
     if record.network != genesis.network_id:
-        raise UserError(f"this {_what(record)} belongs to another network")
+        raise UsageError(f"this {_what(record)} belongs to another network")
     signed = record.signed_by(home.identity())
     args.out.write_bytes(signed.encode())
     _report(args, signed, genesis, _author_of(home, signed))
@@ -284,7 +284,7 @@ def run_combine(args: argparse.Namespace) -> int:
     home = Home(Path(args.home)) if args.home else None
     genesis = home.genesis() if home is not None else None
     if genesis is not None and combined.network != genesis.network_id:
-        raise UserError(f"this {_what(combined)} belongs to another network")
+        raise UsageError(f"this {_what(combined)} belongs to another network")
     args.out.write_bytes(combined.encode())
     _report(args, combined, genesis, _author_of(home, combined) if home else None)
     return 0
@@ -296,13 +296,13 @@ def run_revoke(args: argparse.Namespace) -> int:
     genesis = home.genesis()
     if args.commit is not None:
         if args.key is not None:
-            raise UserError("--key names the key of a key revocation: use it with --from-seq")
+            raise UsageError("--key names the key of a key revocation: use it with --from-seq")
         commit = _commit_id(args.commit)
         revocation = Revocation.of_commit(genesis.network_id, commit, args.reason)
     else:
         subject = _key(args.key) if args.key else identity.public
         if args.from_seq < 0:
-            raise UserError("--from-seq must be >= 0")
+            raise UsageError("--from-seq must be >= 0")
         revocation = Revocation.of_key(genesis.network_id, subject, args.from_seq, args.reason)
     signed: Revocation = revocation.signed_by(identity)
     decode_record(signed.encode())  # the same checks every peer will run
@@ -317,7 +317,7 @@ def _commit_id(text: str) -> bytes:
     except ValueError:
         raw = b""
     if len(raw) != 32:
-        raise UserError(f"--commit {text!r}: a commit id is 64 hex characters")
+        raise UsageError(f"--commit {text!r}: a commit id is 64 hex characters")
     return raw
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from node.cli.output import add_home, add_json, emit
-from node.control import call
-from node.home import Home
+from node.shell.control import call
+from node.shell.home import Home
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -89,17 +89,18 @@ def _setup_logging(as_json: bool) -> None:
 def run_node(args: argparse.Namespace) -> int:
     import trio
 
-    from node.protocol import Config
-    from node.service import NodeService
+    from node.core.protocol import CoreConfig
+    from node.shell.runner import run_node
+    from node.shell.service import NodeService
 
     _setup_logging(args.log_json)
-    from node.transport.libp2p import ensure_port_free
+    from node.shell.transport.libp2p import ensure_port_free
 
     home = Home(Path(args.home)).require()
     ensure_port_free(home.config().listen)
     service = NodeService(
         home,
-        core_config=Config(sync_interval=args.sync_interval, strangers=home.config().strangers),
+        core_config=CoreConfig(sync_interval=args.sync_interval, strangers=home.config().strangers),
     )
 
     async def main() -> None:
@@ -107,7 +108,7 @@ def run_node(args: argparse.Namespace) -> int:
         # SIGTERM as soon as it reads "ready" must get a clean stop, not the default kill.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
-                await nursery.start(service.run)
+                await nursery.start(run_node, service)
                 ready = {"event": "ready", "listen": list(service.listen_addrs)}
                 print(json.dumps(ready), flush=True)
 
@@ -184,8 +185,9 @@ def run_log(args: argparse.Namespace) -> int:
         )
     excluded = _call(args, "status")["excluded"]
     for e in excluded:
-        lines.append(f"out  {e['author']:<16} seq {e['seq']:<3} ({e['why']}) commit "
-                     f"{e['commit'][:12]}")
+        lines.append(
+            f"out  {e['author']:<16} seq {e['seq']:<3} ({e['why']}) commit {e['commit'][:12]}"
+        )
     emit(args, {"items": entries, "excluded": excluded}, "\n".join(lines))
     return 0
 
@@ -194,8 +196,9 @@ def run_publish(args: argparse.Namespace) -> int:
     for path in args.records:
         if path.is_dir():  # a commit bundle written by `medforge commit`
             result = _call(args, "publish", bundle=str(path.resolve()))
-            where = f"forge item v{result['forge_item']}" + (" (orphan)" if result["orphan"]
-                                                           else "")
+            where = f"forge item v{result['forge_item']}" + (
+                " (orphan)" if result["orphan"] else ""
+            )
             print(f"published commit {result['commit'][:16]} from {path}: {where}")
             continue
         result = _call(args, "publish_record", file=str(path.resolve()))

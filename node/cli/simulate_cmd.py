@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from node.errors import ScenarioError
+
 # option name -> (type, help); each overrides the scenario key of the same name
 _OPTIONS: dict[str, tuple[type, str]] = {
     "nodes": (int, "number of nodes"),
@@ -55,18 +57,15 @@ def scenario_from(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from node.sim import Simulation
     from node.sim import report as reports
-    from node.sim.scenario import ScenarioError
+    from node.sim import simulate
 
     try:
         scenario = scenario_from(args)
     except (ScenarioError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    sim = Simulation(scenario, args.seed)
-    sim.run()
-    result = reports.build(sim)
+    result = simulate(scenario, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(reports.to_json(result))
     reports.plot(result, args.out / "report.png")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from node.cli.output import add_home, add_json, emit
-from node.home import Home
+from node.shell.home import Home
 
 # Progress goes to stderr for stores this big (blobs or bytes); without a terminal, as a
 # line every PROGRESS_EVERY blobs or PROGRESS_SECONDS, whichever comes first.
@@ -91,7 +91,7 @@ class _Progress:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from node.store import check_store
+    from node.shell.store import check_store
 
     home = Home(Path(args.home)).require()
     progress = _Progress()

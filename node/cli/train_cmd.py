@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from merge.train import TrainConfig
+    from merge.pipeline.train import TrainConfig
 
     quick = {"steps": 8, "max_val": 64, "progress": False} if args.quick else {}
     given = {"steps": args.steps, "rank": args.rank, "batch_size": args.batch_size, "lr": args.lr}
@@ -59,9 +59,9 @@ def _config(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from merge.backends import load_backend
-    from merge.datasets import load_data
-    from merge.train import train_plugin
+    from merge.pipeline.backends import load_backend
+    from merge.pipeline.datasets import load_data
+    from merge.pipeline.train import train_plugin
 
     torch.set_num_threads(args.threads)
     config = _config(args)
@@ -90,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
 def run_fingerprint(args: argparse.Namespace) -> int:
     import torch
 
-    from merge.backends import load_backend
     from merge.base_shapes import shapes_of
+    from merge.pipeline.backends import load_backend
 
     torch.set_num_threads(args.threads)
     backend = load_backend(args.backend, args.base)

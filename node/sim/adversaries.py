@@ -11,47 +11,55 @@ cheats in one way; honest cores must never crash and never let the cheat into th
 - ``garbage``: sends random bytes.
 - ``withhold``: relays records but never answers a blob request.
 
-Every cheat happens at ``ATTACK_AT`` seconds and again every ``REPEAT`` seconds, a few times.
+When each cheats is the plan's (``schedule.Attack``). ``cheat`` is what one does at such a time:
+it reads the running simulation through ``Stage`` (so this module needs no simulation to import)
+and returns what to send where; the simulation sends it.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from crypto import canonical
 from crypto.records import Commit, Signature
-from node import messages
-from node.order import root_item
+from node.core import messages
+from node.core.order import root_item
+from node.forge.synthetic import BASE
+from node.sim.schedule import TIMES
+from node.sim.simnode import SimNode
+from node.sim.world import World
 
-if TYPE_CHECKING:
-    from node.sim.network import SimNode, Simulation
-
-ATTACK_AT = 3.0
-REPEAT = 20.0
-TIMES = 3
 BAD_ADAPTER_SEED = 900_000
 
-
-def plan(sim: Simulation) -> None:
-    for node in sim.nodes:
-        attack = _ATTACKS.get(node.role)
-        if attack is None:
-            continue
-        for k in range(TIMES):
-            sim.at(ATTACK_AT + k * REPEAT + node.index * 1e-3, attack, sim, node, k)
+Sends = list[tuple[bytes, Sequence[int]]]  # (data, neighbours to send it to), in this order
 
 
-def _send_to(sim: Simulation, node: SimNode, data: bytes, neighbours: list[int]) -> None:
-    for v in neighbours:
-        sim.transmit(node.index, v, data)
+class Stage(Protocol):
+    """What a cheat may read of the running simulation (``network.Simulation`` is one)."""
+
+    @property
+    def world(self) -> World: ...
+    @property
+    def rng(self) -> random.Random: ...
+    @property
+    def nodes(self) -> Sequence[SimNode]: ...
+    @property
+    def adj(self) -> Sequence[Sequence[int]]: ...
+
+
+def cheat(stage: Stage, node: SimNode, k: int) -> Sends:
+    """What adversary ``node`` sends in its ``k``-th round."""
+    return _ATTACKS[node.role](stage, node, k)
 
 
 def _records(*commits: Commit) -> bytes:
     return messages.encode(messages.Records(tuple(c.encode() for c in commits)))
 
 
-def _forged(sim: Simulation, node: SimNode, k: int) -> None:
+def _forged(sim: Stage, node: SimNode, k: int) -> Sends:
     assert node.identity is not None
     victim = next(n for n in sim.nodes if n.role == "author")
     assert victim.identity is not None
@@ -65,10 +73,10 @@ def _forged(sim: Simulation, node: SimNode, k: int) -> None:
         sigs=(Signature(victim.identity.public, node.identity.sign(real.signing_bytes())),),
     )
     sim.world.bad.add(forged.id)
-    _send_to(sim, node, _records(forged), sim.adj[node.index])
+    return [(_records(forged), sim.adj[node.index])]
 
 
-def _equivocate(sim: Simulation, node: SimNode, k: int) -> None:
+def _equivocate(sim: Stage, node: SimNode, k: int) -> Sends:
     assert node.identity is not None
     tip = node.core.tip
     twins = [
@@ -86,11 +94,13 @@ def _equivocate(sim: Simulation, node: SimNode, k: int) -> None:
     for twin in twins:
         node.blobs.update(ref.sha256 for ref in twin.blobs.values())
     half = len(sim.adj[node.index]) // 2
-    _send_to(sim, node, _records(twins[0]), sim.adj[node.index][:half])
-    _send_to(sim, node, _records(twins[1]), sim.adj[node.index][half:])
+    return [
+        (_records(twins[0]), sim.adj[node.index][:half]),
+        (_records(twins[1]), sim.adj[node.index][half:]),
+    ]
 
 
-def _invalid(sim: Simulation, node: SimNode, k: int) -> None:
+def _invalid(sim: Stage, node: SimNode, k: int) -> Sends:
     assert node.identity is not None
     commit = sim.world.make_commit(
         node.identity,
@@ -103,10 +113,10 @@ def _invalid(sim: Simulation, node: SimNode, k: int) -> None:
     node.seq += 1
     sim.world.bad.add(commit.id)
     node.blobs.update(ref.sha256 for ref in commit.blobs.values())
-    _send_to(sim, node, _records(commit), sim.adj[node.index])
+    return [(_records(commit), sim.adj[node.index])]
 
 
-def _oversized(sim: Simulation, node: SimNode, k: int) -> None:
+def _oversized(sim: Stage, node: SimNode, k: int) -> Sends:
     assert node.identity is not None
     commit = sim.world.make_commit(
         node.identity,
@@ -118,18 +128,18 @@ def _oversized(sim: Simulation, node: SimNode, k: int) -> None:
     )
     node.seq += 1
     sim.world.bad.add(commit.id)
-    _send_to(sim, node, _records(commit), sim.adj[node.index])
+    return [(_records(commit), sim.adj[node.index])]
 
 
-def _replay(sim: Simulation, node: SimNode, k: int) -> None:
+def _replay(sim: Stage, node: SimNode, k: int) -> Sends:
     held = list(node.core.records())
-    for data in messages.chunked_records(held):
-        _send_to(sim, node, data, sim.adj[node.index])
+    sends: Sends = [(data, sim.adj[node.index]) for data in messages.chunked_records(held)]
     if k == TIMES - 1:
-        _send_to(sim, node, _other_network(sim), sim.adj[node.index])
+        sends.append((_other_network(sim), sim.adj[node.index]))
+    return sends
 
 
-def _other_network(sim: Simulation) -> bytes:
+def _other_network(sim: Stage) -> bytes:
     """A valid commit of another network: its signature must not carry over."""
     author = next(n for n in sim.nodes if n.role == "author")
     assert author.identity is not None
@@ -140,7 +150,7 @@ def _other_network(sim: Simulation) -> bytes:
         seq=0,
         task="elsewhere",
         classes=("a",),
-        base="5e" * 32,
+        base=BASE,
         blobs=sim.world.make_commit(
             author.identity,
             20_000,
@@ -155,16 +165,17 @@ def _other_network(sim: Simulation) -> bytes:
     return _records(commit)
 
 
-def _garbage(sim: Simulation, node: SimNode, k: int) -> None:
+def _garbage(sim: Stage, node: SimNode, k: int) -> Sends:
     data = bytes(sim.rng.getrandbits(8) for _ in range(1 + sim.rng.randrange(200)))
-    _send_to(sim, node, data, sim.adj[node.index])
+    return [(data, sim.adj[node.index])]
 
 
-def _withhold(sim: Simulation, node: SimNode, k: int) -> None:
-    """Nothing to do at a time: the shell refuses every blob request (see network._fetch)."""
+def _withhold(sim: Stage, node: SimNode, k: int) -> Sends:
+    """Nothing to send: the shell refuses every blob request (see ``network``)."""
+    return []
 
 
-_ATTACKS = {
+_ATTACKS: dict[str, Callable[[Stage, SimNode, int], Sends]] = {
     "forged": _forged,
     "equivocate": _equivocate,
     "invalid": _invalid,

@@ -1,17 +1,19 @@
-"""Many ``node.protocol.Core`` instances on a seeded virtual network with a virtual clock.
+"""Many ``node.core.protocol.Core`` instances on a seeded virtual network with a virtual clock.
 
 Rules:
 
-- One event queue ordered by (virtual time, insertion number); one ``random.Random(seed)``
-  drawn from in event order; no wall clock and no iteration over hash-ordered sets, so the same
-  scenario and seed replay the same trace, byte for byte.
+- ``Simulation(plan)`` executes a ``schedule.Plan`` (the topology, the roles, the timed steps)
+  and plans nothing itself. The plan's steps go on the queue first, in their order.
+- One event queue ordered by (virtual time, insertion number); one random stream, the plan's
+  carried on (``Plan.rng_state``), drawn from in event order; no wall clock and no iteration
+  over hash-ordered sets, so the same scenario and seed replay the same trace, byte for byte.
 - Each simulated node is the real core plus a thin shell (this module) that carries out its
   actions: ``Send``/``Broadcast`` go over links with a latency, a bandwidth (a link direction
   sends one thing at a time, so big transfers queue small messages behind them, like one TCP
   connection) and a loss rate; ``FetchBlob`` sends a request and, if the holder serves, the
-  blob's size over the reverse direction; ``Merge`` folds with ``merge/`` through the shared
-  memo in ``World``; ``Rebase`` answers after ``search_time`` with a superseding commit that
-  carries the same adapter and the simulator's fixed coefficients.
+  blob's size over the reverse direction; ``Merge`` folds through the shared memo in ``World``
+  (tensors stay in ``node.forge.synthetic``); ``Rebase`` answers after ``search_time`` with a
+  superseding commit that carries the same adapter and the simulator's fixed coefficients.
 - A connection has an epoch: anything in flight when a link goes down (partition, churn,
   ``Disconnect``) is dropped, and a link that comes back starts a new connection, so the cores
   see ``PeerDisconnected`` / ``PeerConnected`` and run anti-entropy again. A ``Disconnect``
@@ -23,15 +25,14 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, assert_never
 
-from crypto.identity import Identity
-from node.protocol import (
+from node.core.protocol import (
     BlobReceived,
     BlobResult,
     Broadcast,
-    Config,
     Core,
+    CoreConfig,
     Disconnect,
     Event,
     FetchBlob,
@@ -51,58 +52,34 @@ from node.protocol import (
     Validate,
     Verdict,
 )
-from node.sim import adversaries, schedule, topology
-from node.sim.scenario import Scenario
+from node.sim.adversaries import cheat
+from node.sim.schedule import Attack, Heal, Plan, Publish, Relink, SetOnline, Split, Step
+from node.sim.simnode import SimNode, is_member
+from node.sim.topology import Edge, connected, neighbours
 from node.sim.world import World, identity
 
-Edge = tuple[int, int]
 _REQUEST_BYTES = 80
 
 
-class SimNode:
-    """One simulated node: the real core, the blobs its shell holds, and its counters."""
-
-    def __init__(self, index: int, core: Core, role: str, ident: Identity | None) -> None:
-        self.index = index
-        self.name = f"n{index:04d}"
-        self.core = core
-        self.role = role
-        self.identity = ident
-        self.online = True
-        self.blobs: set[bytes] = set()
-        self.seq = 0
-        self.timer_gen = 0
-        self.sent = 0
-        self.received = 0
-        self.payload = 0
-        self.duplicate = 0
-        self.payload_blobs = 0  # bytes of distinct blobs received
-        self.dups: dict[bytes, int] = {}  # blob -> bytes received again after holding it
-        self.digest: str | None = None
-        self.changed_at = 0.0
-
-    @property
-    def honest(self) -> bool:
-        return self.role in ("honest", "author")
-
-
 class Simulation:
-    """One scenario on one seed: build with ``Simulation(scenario, seed)``, ``run()``, then read
-    ``nodes`` (each with its ``core``), ``samples`` and the counters, or ``report.build``."""
+    """One plan run: build with ``Simulation(schedule.plan(scenario, seed))``, ``run()``, then
+    read ``nodes`` (each with its ``core``), ``samples`` and the counters, or ``report.build``."""
 
-    def __init__(self, scenario: Scenario, seed: int) -> None:
-        self.s = scenario
-        self.seed = seed
-        self.rng = random.Random(seed)
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.s = plan.scenario
+        self.seed = plan.seed
+        self.rng = random.Random(plan.seed)
+        self.rng.setstate(plan.rng_state)
         self.now = 0.0
         self._queue: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._counter = 0
-        self.latency = topology.build(scenario, self.rng)
-        self.adj = topology.neighbours(scenario.nodes, self.latency)
-        self.roles = self._assign_roles()
-        members = [identity(seed, i) for i, r in enumerate(self.roles) if _is_member(r)]
-        self.world = World(seed, members, scenario.mode, scenario.blob_sizes())
-        self.nodes = [self._make_node(i) for i in range(scenario.nodes)]
+        self.latency = dict(plan.latency)
+        self.adj = neighbours(self.s.nodes, self.latency)
+        self.roles = list(plan.roles)
+        members = [identity(self.seed, i) for i, r in enumerate(self.roles) if is_member(r)]
+        self.world = World(self.seed, members, self.s.mode, self.s.blob_sizes())
+        self.nodes = [self._make_node(i) for i in range(self.s.nodes)]
         self.by_name = {n.name: n for n in self.nodes}
         # connection epochs and latencies by directed pair (both directions stored): the hot
         # paths look a pair up without normalising it
@@ -110,7 +87,7 @@ class Simulation:
         self._lat = {**self.latency, **{(b, a): t for (a, b), t in self.latency.items()}}
         self._epochs = 0
         self._busy: dict[tuple[int, int], float] = {}
-        self._loss, self._bandwidth = scenario.loss, scenario.bandwidth
+        self._loss, self._bandwidth = self.s.loss, self.s.bandwidth
         self._banned: set[Edge] = set()
         self.side: set[int] | None = None
         # distinct composite digests among online honest nodes, recorded at every change
@@ -132,26 +109,14 @@ class Simulation:
         honest = [n.index for n in self.nodes if n.honest]
         index = {v: k for k, v in enumerate(honest)}
         edges = [(index[a], index[b]) for a, b in self.latency if a in index and b in index]
-        return topology.connected(len(honest), edges)
+        return connected(len(honest), edges)
 
     # --- set-up ---
 
-    def _assign_roles(self) -> list[str]:
-        order = list(range(self.s.nodes))
-        self.rng.shuffle(order)
-        roles = ["honest"] * self.s.nodes
-        for i in order[: self.s.authors]:
-            roles[i] = "author"
-        rest = iter(order[self.s.authors :])
-        for kind, count in sorted(self.s.adversaries.items()):
-            for _ in range(count):
-                roles[next(rest)] = kind
-        return roles
-
     def _make_node(self, i: int) -> SimNode:
         role = self.roles[i]
-        ident = identity(self.seed, i) if _is_member(role) or role == "forged" else None
-        config = Config(
+        ident = identity(self.seed, i) if is_member(role) or role == "forged" else None
+        config = CoreConfig(
             sync_interval=self.s.sync_interval,
             fetch_timeout=self.s.fetch_timeout,
             rebase_delay=self.s.rebase_delay,
@@ -173,14 +138,35 @@ class Simulation:
         heapq.heappush(self._queue, (time, self._counter, fn, args))
 
     def run(self) -> None:
-        """Plan the scenario, then process events up to ``duration`` virtual seconds."""
-        schedule.plan(self)
-        adversaries.plan(self)
+        """Execute the plan's steps, and all they cause, up to ``duration`` virtual seconds."""
+        for step in self.plan.steps:
+            self.at(step.at, self._execute, step)
         while self._queue and self._queue[0][0] <= self.s.duration:
             time, _, fn, args = heapq.heappop(self._queue)
             self.now = time
             fn(*args)
         self.now = self.s.duration
+
+    def _execute(self, step: Step) -> None:
+        match step:
+            case Relink():
+                self.relink()
+            case SetOnline(node=i, online=online):
+                self.set_online(self.nodes[i], online)
+            case Publish(node=i, k=k):
+                self.publish(self.nodes[i], k)
+            case Split(fraction=fraction):
+                self._split(fraction)
+            case Heal():
+                self.side = None
+                self.relink()
+            case Attack(node=i, round=k):
+                node = self.nodes[i]
+                for data, targets in cheat(self, node, k):
+                    for v in targets:
+                        self.transmit(node.index, v, data)
+            case _:
+                assert_never(step)
 
     def deliver(self, node: SimNode, event: Event) -> None:
         self.apply(node, node.core.handle(event, self.now))
@@ -242,6 +228,13 @@ class Simulation:
         if edge in self._banned or not (self.nodes[a].online and self.nodes[b].online):
             return False
         return self.side is None or ((a in self.side) == (b in self.side))
+
+    def _split(self, fraction: float) -> None:
+        """Draw the sides now, from the run's stream (where the draw always was)."""
+        order = [n.index for n in self.nodes]
+        self.rng.shuffle(order)
+        self.side = set(order[: int(fraction * len(order))])
+        self.relink()
 
     def link_up(self, edge: Edge) -> None:
         if edge in self._up or not self.may_link(edge):
@@ -392,7 +385,3 @@ class Simulation:
 
 def _edge(a: int, b: int) -> Edge:
     return (a, b) if a < b else (b, a)
-
-
-def _is_member(role: str) -> bool:
-    return role in ("author", "equivocate", "invalid", "oversized")

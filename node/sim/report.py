@@ -28,8 +28,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from node.sim import topology
-from node.sim.network import SimNode, Simulation
+from node.sim.network import Simulation
+from node.sim.simnode import SimNode
+from node.sim.topology import diameter, latency_eccentricity
 
 
 def _r(x: float) -> float:
@@ -75,7 +76,7 @@ def _convergence(sim: Simulation, online: list[SimNode]) -> dict[str, Any]:
 def _propagation(sim: Simulation, honest: list[SimNode]) -> dict[str, Any]:
     s, world = sim.s, sim.world
     latencies = list(sim.latency.values())
-    diameter = topology.diameter(sim.adj, sim.rng)
+    hops = diameter(sim.adj, sim.rng)
     delays, bounds = [], []
     eccentricity: dict[int, float] = {}
     for commit_id in sim.authored:
@@ -88,9 +89,7 @@ def _propagation(sim: Simulation, honest: list[SimNode]) -> dict[str, Any]:
             if n.identity and n.identity.public == world.commits[commit_id].author
         )
         if author.index not in eccentricity:
-            eccentricity[author.index] = topology.latency_eccentricity(
-                author.index, sim.adj, sim.latency
-            )
+            eccentricity[author.index] = latency_eccentricity(author.index, sim.adj, sim.latency)
         size = world.blob_bytes(world.commits[commit_id])
         delays.append(max(done) - world.published[commit_id])
         bounds.append(eccentricity[author.index] + size / s.bandwidth)
@@ -103,9 +102,9 @@ def _propagation(sim: Simulation, honest: list[SimNode]) -> dict[str, Any]:
         "bound_median": _r(statistics.median(bounds)) if bounds else None,
         "ratio_median": _r(statistics.median(ratios)) if ratios else None,
         "ratio_max": _r(max(ratios)) if ratios else None,
-        "diameter_hops": diameter,
+        "diameter_hops": hops,
         "mean_latency": _r(statistics.fmean(latencies)),
-        "bound_formula": _r(diameter * statistics.fmean(latencies) + blob / s.bandwidth),
+        "bound_formula": _r(hops * statistics.fmean(latencies) + blob / s.bandwidth),
     }
 
 

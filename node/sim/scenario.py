@@ -43,12 +43,10 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from node.errors import ScenarioError
+
 ADVERSARY_KINDS = ("forged", "equivocate", "invalid", "oversized", "replay", "garbage", "withhold")
 TOPOLOGIES = ("random-regular", "small-world", "line", "star", "file")
-
-
-class ScenarioError(ValueError):
-    """A scenario that cannot be run, naming the key."""
 
 
 @dataclass(frozen=True)
@@ -131,8 +129,8 @@ def parse_latency(spec: str) -> tuple[str, tuple[float, ...]]:
     kind, _, rest = spec.partition(":")
     try:
         params = tuple(float(x) for x in rest.split(":")) if rest else ()
-    except ValueError:
-        raise ScenarioError(f"latency: cannot read {spec!r}") from None
+    except ValueError as exc:
+        raise ScenarioError(f"latency: cannot read {spec!r}") from exc
     expected = {"fixed": 1, "uniform": 2, "lognormal": 2}
     if expected.get(kind) != len(params) or any(p < 0 for p in params[:1]):
         raise ScenarioError("latency: fixed:X | uniform:A:B | lognormal:MU:SIGMA")
@@ -156,12 +154,12 @@ def from_mapping(data: dict[str, Any], base: Scenario | None = None) -> Scenario
             values["adversaries"] = {str(k): int(v) for k, v in values["adversaries"].items()}
         return replace(base, **values)
     except TypeError as exc:
-        raise ScenarioError(str(exc)) from None
+        raise ScenarioError(str(exc)) from exc
 
 
 def load(path: Path, base: Scenario | None = None) -> Scenario:
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: {exc}") from None
+        raise ScenarioError(f"{path}: {exc}") from exc
     return from_mapping(data, base)

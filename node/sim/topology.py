@@ -13,7 +13,8 @@ from collections import defaultdict, deque
 from collections.abc import Iterable
 from pathlib import Path
 
-from node.sim.scenario import Scenario, ScenarioError, parse_latency
+from node.errors import ScenarioError
+from node.sim.scenario import Scenario, parse_latency
 
 Edge = tuple[int, int]
 
@@ -99,8 +100,8 @@ def _from_file(path: Path, s: Scenario, rng: random.Random) -> dict[Edge, float]
         try:
             a, b = int(parts[0]), int(parts[1])
             lat = float(parts[2]) if len(parts) > 2 else latency(s.latency, rng)
-        except (ValueError, IndexError):
-            raise ScenarioError(f"{path}:{number}: expected 'a b [latency]'") from None
+        except (ValueError, IndexError) as exc:
+            raise ScenarioError(f"{path}:{number}: expected 'a b [latency]'") from exc
         if not (0 <= a < s.nodes and 0 <= b < s.nodes) or a == b:
             raise ScenarioError(f"{path}:{number}: node out of range 0..{s.nodes - 1}")
         edges[(min(a, b), max(a, b))] = lat

@@ -4,65 +4,34 @@ memos of pure functions (record decoding, the fold).
 Rules:
 
 - Blobs are not moved as bytes: a blob is a registry entry (sha256, size, validity, and for an
-  adapter the tiny ``merge.lora.LoraAdapter`` it decodes to). Sizes drive the virtual clock;
-  validity is what the shell's validation hook would say.
-- Adapters are built from a seed with a ``torch.Generator`` (no global RNG): 2 modules of rank 2
-  over 8 dimensions by default.
+  adapter the seed of the synthetic adapter it decodes to, ``node.forge.synthetic``). Sizes drive
+  the virtual clock; validity is what the shell's validation hook would say.
 - Decoding a record or message, and folding an order, are pure functions of their input, so one
-  memo serves every node: that keeps 1000 nodes honest *and* cheap. The fold memo is keyed by
-  the item chain hash of each prefix, so a node folds only past the longest prefix any node
-  folded before.
+  memo serves every node: that keeps 1000 nodes honest *and* cheap. The fold memo lives in
+  ``node.forge.synthetic.Folds`` (the simulator never touches tensors), keyed by the item chain
+  hash of each prefix.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from crypto.identity import Identity
 from crypto.records import BlobRef, Commit, Genesis, Member, Record, decode_record
-from merge.base_shapes import BaseShapes
-from merge.digest import composite_digest
-from merge.fold import Composite, apply, empty
-from merge.lora import LoraAdapter, LoraModule
-from node import messages
-from node.netspec import make_spec
-from node.order import Order
+from node.core import messages
+from node.core.order import Order
+from node.forge.synthetic import BASE, Folds, Step, spec
 
-BASE = "5e" * 32
 COEFFS = (1.0, 0.5)
-DIMS = 8
-SIM_MODULES = 2
-# The simulated base: the Linears ``tiny_adapter`` targets (adapters never leave the world).
-SHAPES = BaseShapes(
-    {f"encoder.layer.{k}.attention.query": (DIMS, DIMS) for k in range(SIM_MODULES)},
-    "text-embeds",
-    (-1, DIMS),
-)
 
 
 @dataclass(frozen=True)
 class Blob:
     size: int
     valid: bool = True
-    adapter: LoraAdapter | None = None
-
-
-def tiny_adapter(
-    seed: int, *, modules: int = SIM_MODULES, rank: int = 2, dims: int = DIMS
-) -> LoraAdapter:
-    g = torch.Generator().manual_seed(seed)
-    mods = {
-        f"encoder.layer.{k}.attention.query": LoraModule(
-            A=torch.randn(rank, dims, generator=g), B=torch.randn(dims, rank, generator=g) * 0.1
-        )
-        for k in range(modules)
-    }
-    return LoraAdapter(base=BASE, modules=mods, name=f"sim-{seed}")
+    adapter_seed: int | None = None  # an adapter blob: the seed it decodes from
 
 
 def identity(seed: int, index: int) -> Identity:
@@ -80,7 +49,7 @@ class World:
             name=f"sim-{seed}",
             members=tuple(Member(f"m{k}", m.public) for k, m in enumerate(members)),
             threshold=1,
-            spec=make_spec(mode, BASE, SHAPES),
+            spec=spec(mode),
             nonce=f"seed-{seed}",
         )
         self.network = self.genesis.network_id
@@ -94,7 +63,7 @@ class World:
         self.twins: dict[bytes, bytes] = {}
         self._records: dict[bytes, Record] = {}
         self._messages: dict[bytes, messages.Message] = {}
-        self._folds: dict[bytes, tuple[Composite, str]] = {}
+        self._folds = Folds(mode)
         self._config = self._blob(b"config", blob_sizes["adapter_config"])
 
     # --- blobs and commits -------------------------------------------------------------------
@@ -117,13 +86,13 @@ class World:
         supersedes: bytes | None = None,
         now: float = 0.0,
     ) -> Commit:
-        """A signed commit; its adapter blob decodes to ``tiny_adapter(adapter_seed)``."""
+        """A signed commit; its adapter blob decodes to ``synthetic.tiny_adapter(adapter_seed)``."""
         size = self.blob_sizes["adapter_model"]
         model = self._blob(
             b"adapter/%d/%d" % (adapter_seed, valid),
             size,
             valid=valid,
-            adapter=tiny_adapter(adapter_seed) if valid else None,
+            adapter_seed=adapter_seed if valid else None,
         )
         distilled = self._blob(b"distilled/%d" % adapter_seed, self.blob_sizes["distilled"])
         blobs = {"adapter_config": self._config, "adapter_model": model, "distilled": distilled}
@@ -173,17 +142,10 @@ class World:
 
     def digest(self, order: Order) -> str:
         """The composite digest of ``order``, folding only past the longest known prefix."""
-        k = len(order.commits)
-        while k > 0 and order.items[k] not in self._folds:
-            k -= 1
-        composite = self._folds[order.items[k]][0] if k else empty(self.mode)
-        for j in range(k, len(order.commits)):
-            commit = self.commits[order.commits[j]]
-            adapter = self.blobs[commit.blobs["adapter_model"].sha256].adapter
-            assert adapter is not None, "an invalid adapter reached the order"
-            composite = apply(composite, adapter, commit.coeffs)
-            self._folds[order.items[j + 1]] = (composite, composite_digest(composite))
-        return self._folds[order.head][1] if order.commits else composite_digest(composite)
+        return self._folds.digest(order.items, lambda j: self._step(order.commits[j]))
 
-
-DecodeRecord = Callable[[bytes], Record]
+    def _step(self, commit_id: bytes) -> Step:
+        commit = self.commits[commit_id]
+        seed = self.blobs[commit.blobs["adapter_model"].sha256].adapter_seed
+        assert seed is not None, "an invalid adapter reached the order"
+        return seed, commit.coeffs

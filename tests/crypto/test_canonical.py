@@ -26,6 +26,8 @@ scalars = (
     | st.binary(max_size=64)
     | st.text(max_size=32)
 )
+
+
 def _containers(inner: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
     # Named: hypothesis reads a multi-line lambda's source as not recursing (an error here).
     return st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner, max_size=5)

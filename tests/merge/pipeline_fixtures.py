@@ -14,8 +14,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from merge.backends.text import TextBackend, default_text_base  # noqa: E402
-from merge.datasets import Records  # noqa: E402
+from merge.pipeline.backends.text import TextBackend, default_text_base  # noqa: E402
+from merge.pipeline.datasets import Examples  # noqa: E402
 
 VOCAB = 30522  # bert-base-uncased vocabulary, as MiniLM's tokenizer uses
 
@@ -65,14 +65,14 @@ def save_tiny_text(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def toy_records(per_class: int = 12) -> Records:
+def toy_records(per_class: int = 12) -> Examples:
     items: list[str] = []
     labels: list[int] = []
     for label, words in enumerate(TOY_WORDS.values()):
         for i in range(per_class):
             items.append(f"patient {i} with {words[i % len(words)]}")
             labels.append(label)
-    return Records(tuple(items), tuple(labels), tuple(TOY_WORDS))
+    return Examples(tuple(items), tuple(labels), tuple(TOY_WORDS))
 
 
 def tiny_clip(seed: int = 0) -> torch.nn.Module:

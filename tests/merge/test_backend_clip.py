@@ -9,14 +9,14 @@ import pytest
 import torch
 from pipeline_fixtures import save_tiny_clip, write_toy_images
 
-from merge.backends import load_backend
-from merge.backends.base import DualEncoder
-from merge.datasets import read_image_folder, stratified_split
-from merge.distill import DistillConfig, distill
-from merge.evaluate import evaluate
 from merge.lora import load_adapter
+from merge.pipeline.backends import load_backend
+from merge.pipeline.backends.base import DualEncoder
+from merge.pipeline.datasets import read_image_folder, stratified_split
+from merge.pipeline.distill import DistillConfig, distill
+from merge.pipeline.evaluate import evaluate
+from merge.pipeline.train import TrainConfig, train_plugin
 from merge.spec import Limits
-from merge.train import TrainConfig, train_plugin
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from pipeline_fixtures import save_tiny_text, tiny_text_backend
 
-from merge.backends import load_backend
-from merge.backends.text import TextBackend
-from merge.pipeline_errors import DeltaError, UnsupportedBaseError
+from merge.pipeline.backends import load_backend
+from merge.pipeline.backends.text import TextBackend
+from merge.pipeline.errors import DeltaError, UnsupportedBaseError
 
 QUERY = "encoder.layer.0.attention.self.query"
 

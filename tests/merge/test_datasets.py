@@ -1,4 +1,4 @@
-"""Records from the real offline medical data and from the user's files, with clear errors."""
+"""Examples from the real offline medical data and from the user's files, with clear errors."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from merge.datasets import (
+from merge.pipeline.datasets import (
     HEART_CLASSES,
     HEART_SITES,
-    Records,
+    Examples,
     dirichlet_split,
     heart_disease,
     icd10_blocks,
@@ -22,7 +22,7 @@ from merge.datasets import (
     stratified_split,
     write_table,
 )
-from merge.pipeline_errors import (
+from merge.pipeline.errors import (
     DataFormatError,
     EmptyClassError,
     ImageDecodeError,
@@ -76,7 +76,7 @@ def test_missing_measurements_are_left_out() -> None:
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_tables_round_trip(tmp_path: Path, suffix: str) -> None:
-    records = Records(("a, with comma", "b", "c"), (0, 1, 0), CLASSES)
+    records = Examples(("a, with comma", "b", "c"), (0, 1, 0), CLASSES)
     path = tmp_path / f"data{suffix}"
     write_table(records, path)
     assert read_table(path, CLASSES) == records
@@ -141,7 +141,7 @@ def test_image_folder_errors(tmp_path: Path) -> None:
 
 def test_records_refuse_labels_outside_the_classes() -> None:
     with pytest.raises(LabelError):
-        Records(("a",), (2,), CLASSES)
+        Examples(("a",), (2,), CLASSES)
 
 
 def test_splits_partition_the_records() -> None:

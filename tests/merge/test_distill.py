@@ -12,8 +12,8 @@ import torch
 from pipeline_fixtures import tiny_text_backend, toy_records
 from safetensors import safe_open
 
-from merge.backends.text import TextBackend
-from merge.distill import (
+from merge.pipeline.backends.text import TextBackend
+from merge.pipeline.distill import (
     DistillConfig,
     Distilled,
     DistillReport,
@@ -22,7 +22,7 @@ from merge.distill import (
     load_distilled,
     save_distilled,
 )
-from merge.pipeline_errors import DataFormatError, EmptyClassError, LabelError
+from merge.pipeline.errors import DataFormatError, EmptyClassError, LabelError
 from merge.safetensors_io import write_canonical
 
 CONFIG = DistillConfig(ipc=2, steps=25, progress=False)

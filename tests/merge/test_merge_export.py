@@ -22,8 +22,10 @@ X = torch.randn(7, 12, generator=torch.Generator().manual_seed(99))
 def engine_forward(c: Composite) -> torch.Tensor:
     """The base model with W + ΔW swapped in for this call (the engine's own view)."""
     base = TinyNet()
-    params = {f"{n}.weight": dict(base.named_modules())[n].weight + dw
-              for n, dw in delta_weights(c.modules).items()}
+    params = {
+        f"{n}.weight": dict(base.named_modules())[n].weight + dw
+        for n, dw in delta_weights(c.modules).items()
+    }
     with torch.no_grad():
         out = torch.func.functional_call(base, params, (X,), strict=False)
     assert isinstance(out, torch.Tensor)
@@ -53,7 +55,9 @@ def adapters(tmp_path_factory: pytest.TempPathFactory) -> list:  # type: ignore[
 
 @pytest.mark.parametrize("mode", ["stack", "fusion"])
 def test_exported_composite_loads_in_peft_and_matches_the_engine(
-    mode: str, adapters: list, tmp_path: Path  # type: ignore[type-arg]
+    mode: str,
+    adapters: list,
+    tmp_path: Path,  # type: ignore[type-arg]
 ) -> None:
     c = fold(mode, zip(adapters, [(1.0, 0.8), (0.9, -0.6), (1.1, 1.3)], strict=True))
     out = export_peft(c, tmp_path / "composite")
@@ -62,11 +66,13 @@ def test_exported_composite_loads_in_peft_and_matches_the_engine(
     # Our loader reads the export back bit-exactly (scale alpha/r = 1.0, patterns escaped).
     again = load_adapter(out, base=None, limits=LIMITS, shapes=base_shapes(TinyNet()))
     assert composite_digest(single_task("stack", again)) == composite_digest(
-        Composite("stack", modules=c.modules))
+        Composite("stack", modules=c.modules)
+    )
 
 
 def test_stack_export_has_the_summed_ranks_per_module(
-    adapters: list, tmp_path: Path  # type: ignore[type-arg]
+    adapters: list,
+    tmp_path: Path,  # type: ignore[type-arg]
 ) -> None:
     c = fold("stack", [(a, (1.0, 1.0)) for a in adapters])
     assert {n: m.rank for n, m in c.modules.items()} == {"enc.q": 6, "enc.v": 7, "head": 6}
@@ -76,7 +82,8 @@ def test_stack_export_has_the_summed_ranks_per_module(
 
 
 def test_rank_capped_export_is_the_optimal_truncation_of_the_exact_sum(
-    adapters: list, tmp_path: Path  # type: ignore[type-arg]
+    adapters: list,
+    tmp_path: Path,  # type: ignore[type-arg]
 ) -> None:
     c = fold("stack", zip(adapters, [(1.0, 0.8), (0.9, -0.6), (1.1, 1.3)], strict=True))
     exact = delta_weights(c.modules)

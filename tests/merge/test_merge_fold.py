@@ -102,7 +102,8 @@ def test_baselines() -> None:
     torch.testing.assert_close(delta_weights(avg.modules)["enc.q"], exact)
     assert uniform_average("mixture", [L1, L2]).weights == (0.5, 0.5)
     assert composite_digest(single_task("fusion", L1)) == composite_digest(
-        apply(empty("fusion"), L1, (1.0, 1.0)))
+        apply(empty("fusion"), L1, (1.0, 1.0))
+    )
     with pytest.raises(errors.ModeError):
         uniform_average("stack", [])
 
@@ -116,8 +117,10 @@ def test_apply_is_pure() -> None:
     assert composite_digest(c) == c_digest
 
 
-@pytest.mark.parametrize("bad", [(float("nan"), 1.0), (1.0, float("inf")), (True, 1.0),
-                                 (1.0,), (1.0, 2.0, 3.0), ("1", 1.0)])
+@pytest.mark.parametrize(
+    "bad",
+    [(float("nan"), 1.0), (1.0, float("inf")), (True, 1.0), (1.0,), (1.0, 2.0, 3.0), ("1", 1.0)],
+)
 def test_bad_coefficients_are_refused(bad: tuple[object, ...]) -> None:
     for mode in ("fusion", "stack", "mixture"):
         with pytest.raises(errors.CoefficientError):
@@ -191,8 +194,14 @@ def test_fold_digest_is_identical_across_processes_and_thread_counts() -> None:
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
     outs = [
-        subprocess.run([sys.executable, "-c", _SUBPROCESS_FOLD, str(n)], check=True, env=env,
-                       capture_output=True, text=True, cwd=root).stdout.split()
+        subprocess.run(
+            [sys.executable, "-c", _SUBPROCESS_FOLD, str(n)],
+            check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=root,
+        ).stdout.split()
         for n in (1, 2)
     ]
     assert [o[0] for o in outs] == ["1", "2"]

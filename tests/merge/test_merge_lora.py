@@ -49,8 +49,14 @@ def test_rslora_scale_is_alpha_over_sqrt_r(tmp_path: Path) -> None:
 
 
 def test_rank_and_alpha_patterns_resolve_per_module_like_peft(tmp_path: Path) -> None:
-    path = make(tmp_path / "a", seed=3, r=4, lora_alpha=4,
-                rank_pattern={"head": 2}, alpha_pattern={"enc.v": 16})
+    path = make(
+        tmp_path / "a",
+        seed=3,
+        r=4,
+        lora_alpha=4,
+        rank_pattern={"head": 2},
+        alpha_pattern={"enc.v": 16},
+    )
     adapter = load_adapter(path, base=None, limits=LIMITS)
     raw = raw_factors(path)
     assert [m.rank for m in adapter.modules.values()] == [4, 4, 2]
@@ -65,7 +71,8 @@ def test_bytes_and_directory_give_the_same_adapter(tmp_path: Path) -> None:
     from_bytes = load_adapter_bytes(
         (path / "adapter_config.json").read_bytes(),
         (path / "adapter_model.safetensors").read_bytes(),
-        base=None, limits=LIMITS,
+        base=None,
+        limits=LIMITS,
     )
     assert adapter_digest(from_dir) == adapter_digest(from_bytes)
 
@@ -83,8 +90,9 @@ def test_tensor_order_in_file_does_not_change_the_adapter(order: list[str]) -> N
     gen = torch.Generator().manual_seed(0)
     tensors: dict[str, torch.Tensor] = {}
     for name in order:
-        tensors.update(lora_keys(name, torch.randn(2, 12, generator=gen),
-                                 torch.randn(12, 2, generator=gen)))
+        tensors.update(
+            lora_keys(name, torch.randn(2, 12, generator=gen), torch.randn(12, 2, generator=gen))
+        )
     shuffled = {k: tensors[k] for k in reversed(list(tensors))}
     one = load_adapter_bytes(*adapter_files(tensors), base=BASE, limits=LIMITS)
     two = load_adapter_bytes(*adapter_files(shuffled), base=BASE, limits=LIMITS)
@@ -100,17 +108,39 @@ def _nan_b() -> torch.Tensor:
 BAD_TENSORS = [
     ("nan", lora_keys("enc.q", A, _nan_b()), errors.NonFiniteError, "enc.q.lora_B"),
     ("inf", lora_keys("enc.q", A * float("inf"), B), errors.NonFiniteError, "enc.q.lora_A"),
-    ("missing B", {"base_model.model.enc.q.lora_A.weight": A}, errors.MissingTensorError,
-     "enc.q.lora_B"),
-    ("extra tensor", {**lora_keys("enc.q", A, B), "base_model.model.enc.q.weight": B.clone()},
-     errors.UnexpectedTensorError, "enc.q.weight"),
-    ("dora magnitude", {**lora_keys("enc.q", A, B),
-                        "base_model.model.enc.q.lora_magnitude_vector": torch.ones(12)},
-     errors.ShapeError, "lora_magnitude_vector"),
-    ("no prefix", {"enc.q.lora_A.weight": A, "enc.q.lora_B.weight": B},
-     errors.UnexpectedTensorError, "enc.q.lora_A"),
-    ("rank vs config", lora_keys("enc.q", torch.ones(3, 12), torch.ones(12, 3)),
-     errors.ShapeError, "rank 2"),
+    (
+        "missing B",
+        {"base_model.model.enc.q.lora_A.weight": A},
+        errors.MissingTensorError,
+        "enc.q.lora_B",
+    ),
+    (
+        "extra tensor",
+        {**lora_keys("enc.q", A, B), "base_model.model.enc.q.weight": B.clone()},
+        errors.UnexpectedTensorError,
+        "enc.q.weight",
+    ),
+    (
+        "dora magnitude",
+        {
+            **lora_keys("enc.q", A, B),
+            "base_model.model.enc.q.lora_magnitude_vector": torch.ones(12),
+        },
+        errors.ShapeError,
+        "lora_magnitude_vector",
+    ),
+    (
+        "no prefix",
+        {"enc.q.lora_A.weight": A, "enc.q.lora_B.weight": B},
+        errors.UnexpectedTensorError,
+        "enc.q.lora_A",
+    ),
+    (
+        "rank vs config",
+        lora_keys("enc.q", torch.ones(3, 12), torch.ones(12, 3)),
+        errors.ShapeError,
+        "rank 2",
+    ),
     ("A/B disagree", lora_keys("enc.q", A, torch.ones(12, 3)), errors.ShapeError, "enc.q"),
     ("3-D factor", lora_keys("enc.q", torch.ones(2, 12, 1), B), errors.ShapeError, "2-D"),
     ("empty", {}, errors.MissingTensorError, "no LoRA tensors"),
@@ -118,8 +148,9 @@ BAD_TENSORS = [
 ]
 
 
-@pytest.mark.parametrize(("case", "tensors", "error", "needle"), BAD_TENSORS,
-                         ids=[c[0] for c in BAD_TENSORS])
+@pytest.mark.parametrize(
+    ("case", "tensors", "error", "needle"), BAD_TENSORS, ids=[c[0] for c in BAD_TENSORS]
+)
 def test_bad_tensors_are_refused_with_a_typed_error(
     case: str, tensors: dict[str, torch.Tensor], error: type[Exception], needle: str
 ) -> None:
@@ -145,13 +176,23 @@ BAD_CONFIGS = [
 @pytest.mark.parametrize(("config", "needle"), BAD_CONFIGS, ids=[c[1] for c in BAD_CONFIGS])
 def test_unsupported_peft_variants_are_refused(config: dict[str, object], needle: str) -> None:
     with pytest.raises(errors.UnsupportedAdapterError, match=needle):
-        load_adapter_bytes(*adapter_files(lora_keys("enc.q", A, B), config), base=BASE,
-                           limits=LIMITS)
+        load_adapter_bytes(
+            *adapter_files(lora_keys("enc.q", A, B), config), base=BASE, limits=LIMITS
+        )
 
 
-@pytest.mark.parametrize("config", [b"[1]", b"{", b'{"r": 2, "r": 3}', b'{"r": NaN}',
-                                    b"\xff", json.dumps({"peft_type": "LORA", "r": 0}).encode(),
-                                    json.dumps({"peft_type": "LORA", "r": 2}).encode()])
+@pytest.mark.parametrize(
+    "config",
+    [
+        b"[1]",
+        b"{",
+        b'{"r": 2, "r": 3}',
+        b'{"r": NaN}',
+        b"\xff",
+        json.dumps({"peft_type": "LORA", "r": 0}).encode(),
+        json.dumps({"peft_type": "LORA", "r": 2}).encode(),
+    ],
+)
 def test_malformed_configs_are_format_errors(config: bytes) -> None:
     _, st_bytes = adapter_files(lora_keys("enc.q", A, B))
     with pytest.raises(errors.AdapterFormatError):
@@ -180,12 +221,22 @@ def _header_only(header: dict[str, object], body: bytes = b"") -> bytes:
 
 def test_absurd_header_claims_are_refused_before_allocating() -> None:
     cfg, _ = adapter_files({})
-    huge = {"base_model.model.x.lora_A.weight":
-            {"dtype": "F32", "shape": [1 << 30, 1 << 30], "data_offsets": [0, 1 << 62]}}
+    huge = {
+        "base_model.model.x.lora_A.weight": {
+            "dtype": "F32",
+            "shape": [1 << 30, 1 << 30],
+            "data_offsets": [0, 1 << 62],
+        }
+    }
     with pytest.raises(errors.LimitError, match="elements"):
         load_adapter_bytes(cfg, _header_only(huge), base=None, limits=LIMITS)
-    lying = {"base_model.model.x.lora_A.weight":
-             {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}
+    lying = {
+        "base_model.model.x.lora_A.weight": {
+            "dtype": "F32",
+            "shape": [2, 2],
+            "data_offsets": [0, 16],
+        }
+    }
     with pytest.raises(errors.AdapterFormatError, match="data_offsets"):
         load_adapter_bytes(cfg, _header_only(lying, b"\0" * 8), base=None, limits=LIMITS)
     with pytest.raises(errors.AdapterFormatError, match="header claims"):
@@ -226,7 +277,6 @@ def test_exact_norm_is_the_correctly_rounded_norm(values: list[float]) -> None:
 def test_half_precision_factors_widen_to_float32_exactly() -> None:
     gen = torch.Generator().manual_seed(5)
     a, b = torch.randn(2, 12, generator=gen).half(), torch.randn(12, 2, generator=gen).bfloat16()
-    adapter = load_adapter_bytes(*adapter_files(lora_keys("enc.q", a, b)), base=BASE,
-                                 limits=LIMITS)
+    adapter = load_adapter_bytes(*adapter_files(lora_keys("enc.q", a, b)), base=BASE, limits=LIMITS)
     assert torch.equal(adapter.modules["enc.q"].A, a.float())
     assert torch.equal(adapter.modules["enc.q"].B, b.float())  # alpha / r = 1

@@ -11,7 +11,7 @@ from merge_fixtures import random_adapter
 from torch import nn
 
 from merge.fold import apply, delta_weights, empty, single_task
-from merge.search import DistilledSet, SearchResult, predict_proba, search_coeffs
+from merge.pipeline.search import DistilledSet, SearchResult, predict_proba, search_coeffs
 from merge.spec import SearchSettings
 
 torch.set_num_threads(1)
@@ -64,8 +64,9 @@ L2 = random_adapter(12, SHAPES, {"fc1": 3})
 
 def task(seed: int, classes: tuple[str, ...], n: int = 12) -> DistilledSet:
     gen = torch.Generator().manual_seed(seed)
-    return DistilledSet(torch.randn(n, 6, generator=gen),
-                        torch.randint(len(classes), (n,), generator=gen), classes)
+    return DistilledSet(
+        torch.randn(n, 6, generator=gen), torch.randint(len(classes), (n,), generator=gen), classes
+    )
 
 
 DATA = [task(1, ("pneumonia", "normal")), task(2, ("benign", "malignant", "unclear"))]
@@ -83,8 +84,10 @@ def pooled_loss(c_probs: list[torch.Tensor], objective: str, mixture: bool = Fal
 
 
 def probs_of(c: object) -> list[torch.Tensor]:
-    return [predict_proba(ENC, c, d.inputs, ENC.encode_classes(d.classes))  # type: ignore[arg-type]
-            for d in DATA]
+    return [
+        predict_proba(ENC, c, d.inputs, ENC.encode_classes(d.classes))  # type: ignore[arg-type]
+        for d in DATA
+    ]
 
 
 def test_first_commit_takes_one_one_without_searching() -> None:
@@ -92,11 +95,16 @@ def test_first_commit_takes_one_one_without_searching() -> None:
     assert result.coeffs == (1.0, 1.0)
     assert result.objective["evaluations"] == 0.0
     with torch.no_grad():
-        base = [torch.softmax(ENC.logit_scale * ENC.encode_inputs(d.inputs)
-                              @ ENC.encode_classes(d.classes).T, -1) for d in DATA]
+        base = [
+            torch.softmax(
+                ENC.logit_scale * ENC.encode_inputs(d.inputs) @ ENC.encode_classes(d.classes).T, -1
+            )
+            for d in DATA
+        ]
     assert result.objective["loss_before"] == pooled_loss(base, "logprob")
-    assert result.objective["loss_after"] == pooled_loss(probs_of(single_task("fusion", L1)),
-                                                         "logprob")
+    assert result.objective["loss_after"] == pooled_loss(
+        probs_of(single_task("fusion", L1)), "logprob"
+    )
 
 
 def test_search_is_seeded_bounded_budgeted_and_its_claim_re_evaluates_exactly() -> None:
@@ -111,6 +119,7 @@ def test_search_is_seeded_bounded_budgeted_and_its_claim_re_evaluates_exactly() 
     merged = apply(head, L2, one.coeffs)
     assert one.objective["loss_after"] == pooled_loss(probs_of(merged), "logprob")
     assert one.objective["loss_before"] == pooled_loss(probs_of(head), "logprob")
+
     # The optimizer starts at init (0.5, 0.5); what it returns is at least as good there.
     def total(w: tuple[float, float], loss: float) -> float:
         return loss + 0.05 * (abs(w[0]) + abs(w[1])) / 2
@@ -143,8 +152,10 @@ def test_mixture_search_scores_the_weighted_member_probabilities() -> None:
         torch.testing.assert_close(got, want)
     assert max(abs(a), abs(b)) < 1.5  # the renormalised objective no longer rides the bound
     assert result.objective["loss_after"] == pooled_loss(
-        [(x * a + y * b).clamp_min(1e-12) for x, y in zip(p1, p2, strict=True)], "logprob",
-        mixture=True)
+        [(x * a + y * b).clamp_min(1e-12) for x, y in zip(p1, p2, strict=True)],
+        "logprob",
+        mixture=True,
+    )
 
 
 def test_delta_weights_used_by_the_search_are_b_times_a() -> None:

@@ -23,8 +23,9 @@ def test_defaults_are_the_papers_search_settings() -> None:
 
 
 def test_round_trip_through_plain_json_values() -> None:
-    spec = MergeSpec(mode="stack", search=SearchSettings(seed=3, objective="paper"),
-                     limits=Limits(max_rank=32))
+    spec = MergeSpec(
+        mode="stack", search=SearchSettings(seed=3, objective="paper"), limits=Limits(max_rank=32)
+    )
     data = json.loads(json.dumps(spec.to_dict()))
     assert MergeSpec.from_dict(data) == spec
     assert MergeSpec.from_dict(data).to_dict() == spec.to_dict()
@@ -42,22 +43,25 @@ def _with(path: tuple[str, ...], value: Any) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize(("path", "value"), [
-    (("mode",), "average"),
-    (("mode",), 3),
-    (("search", "budget"), 0),
-    (("search", "budget"), 40.0),
-    (("search", "budget"), True),
-    (("search", "init"), 2.0),
-    (("search", "bound"), float("inf")),
-    (("search", "objective"), "ce"),
-    (("search", "seed"), -1),
-    (("search", "extra"), 1),
-    (("search", "l1"), KeyError),
-    (("limits", "max_norm"), float("nan")),
-    (("limits", "max_rank"), 0),
-    (("limits",), [1, 2]),
-])
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("mode",), "average"),
+        (("mode",), 3),
+        (("search", "budget"), 0),
+        (("search", "budget"), 40.0),
+        (("search", "budget"), True),
+        (("search", "init"), 2.0),
+        (("search", "bound"), float("inf")),
+        (("search", "objective"), "ce"),
+        (("search", "seed"), -1),
+        (("search", "extra"), 1),
+        (("search", "l1"), KeyError),
+        (("limits", "max_norm"), float("nan")),
+        (("limits", "max_rank"), 0),
+        (("limits",), [1, 2]),
+    ],
+)
 def test_from_dict_refuses_what_to_dict_never_writes(path: tuple[str, ...], value: Any) -> None:
     with pytest.raises(SpecError):
         MergeSpec.from_dict(_with(path, value))
@@ -73,8 +77,9 @@ def test_merge_paths_folds_validated_adapters(tmp_path: Path) -> None:
     spec = MergeSpec(mode="stack")
     got = merge_paths(spec, list(zip(paths, coeffs, strict=True)))
     adapters = [load_adapter(p, base=None, limits=spec.limits) for p in paths]
-    assert composite_digest(got) == composite_digest(fold("stack", zip(adapters, coeffs,
-                                                                         strict=True)))
+    assert composite_digest(got) == composite_digest(
+        fold("stack", zip(adapters, coeffs, strict=True))
+    )
 
 
 def test_merge_paths_refuses_mixed_bases(tmp_path: Path) -> None:

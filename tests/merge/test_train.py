@@ -11,15 +11,15 @@ import pytest
 import torch
 from pipeline_fixtures import tiny_text_backend, toy_records
 
-from merge.backends.text import TextBackend
-from merge.datasets import Records, stratified_split
 from merge.errors import BaseMismatchError
-from merge.evaluate import evaluate, evaluate_table, model_probs
 from merge.fold import apply, empty, single_task, uniform_average
 from merge.lora import LoraAdapter, load_adapter
-from merge.pipeline_errors import DatasetTooSmallError, EmptyClassError, LabelError
+from merge.pipeline.backends.text import TextBackend
+from merge.pipeline.datasets import Examples, stratified_split
+from merge.pipeline.errors import DatasetTooSmallError, EmptyClassError, LabelError
+from merge.pipeline.evaluate import evaluate, evaluate_table, model_probs
+from merge.pipeline.train import TrainConfig, TrainResult, read_plugin_meta, train_plugin
 from merge.spec import Limits
-from merge.train import TrainConfig, TrainResult, read_plugin_meta, train_plugin
 
 CONFIG = TrainConfig(steps=40, batch_size=8, lr=3e-2, progress=False, max_val=64)
 
@@ -127,7 +127,7 @@ def test_same_seed_same_bytes_and_global_rng_untouched(
     assert (other.out / safetensors).read_bytes() != (trained.out / safetensors).read_bytes()
 
 
-def _missing_class(records: Records) -> Records:
+def _missing_class(records: Examples) -> Examples:
     keep = [i for i, y in enumerate(records.labels) if y != 2]
     return records.subset(keep)
 
@@ -137,13 +137,13 @@ def _missing_class(records: Records) -> Records:
     [
         (toy_records(2), CONFIG, DatasetTooSmallError),
         (_missing_class(toy_records()), CONFIG, EmptyClassError),
-        (Records(("a", "b"), (0, 0), ("only",)), replace(CONFIG, batch_size=1), LabelError),
+        (Examples(("a", "b"), (0, 0), ("only",)), replace(CONFIG, batch_size=1), LabelError),
     ],
 )
 def test_bad_input_fails_before_training(
     backend: TextBackend,
     tmp_path: Path,
-    records: Records,
+    records: Examples,
     config: TrainConfig,
     error: type[Exception],
 ) -> None:

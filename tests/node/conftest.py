@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from crypto.records import Genesis, Member
-from node.home import Home
-from node.netspec import make_spec
+from node.forge.netspec import make_spec
+from node.shell.home import Home
 from tests.conftest import BASE, TINY_SHAPES
 from tests.node import procs
 

@@ -21,8 +21,9 @@ from typing import Any
 import trio
 
 from node.cli import main as cli
-from node.control import ControlError, call
-from node.home import Home
+from node.errors import ControlError
+from node.shell.control import call
+from node.shell.home import Home
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 90
@@ -49,8 +50,17 @@ def start(home: Home, bootstrap: list[str]) -> Node:
     log = home.path / f"node-{len(list(home.path.glob('node-*.log')))}.log"
     with log.open("w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "node", "run", "--home", str(home.path),
-             "--sync-interval", "1"],
+            [
+                sys.executable,
+                "-m",
+                "node.cli",
+                "node",
+                "run",
+                "--home",
+                str(home.path),
+                "--sync-interval",
+                "1",
+            ],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
@@ -114,12 +124,27 @@ def same_digest(nodes: list[Node], items: int) -> bool:
     except ControlError:
         return False
     digests = {s["composite_digest"] for s in states}
-    return len(digests) == 1 and None not in digests and all(
-        s["forge_item"] == items for s in states
+    return (
+        len(digests) == 1 and None not in digests and all(s["forge_item"] == items for s in states)
     )
 
 
 def commit_cli(home: Home, adapter: Path, distilled: Path, out: Path, *coeffs: str) -> int:
     """`medforge commit --coeffs ...` through ``home``'s running node."""
-    return cli(["commit", "--home", str(home.path), "--adapter", str(adapter), "--distilled",
-                str(distilled), "--task", f"t-{out.name}", "--coeffs", *coeffs, "--out", str(out)])
+    return cli(
+        [
+            "commit",
+            "--home",
+            str(home.path),
+            "--adapter",
+            str(adapter),
+            "--distilled",
+            str(distilled),
+            "--task",
+            f"t-{out.name}",
+            "--coeffs",
+            *coeffs,
+            "--out",
+            str(out),
+        ]
+    )

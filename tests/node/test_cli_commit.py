@@ -14,7 +14,7 @@ import torch
 from crypto import canonical
 from crypto.records import Commit, Revocation, decode_record
 from node.cli import main
-from node.home import Home
+from node.shell.home import Home
 from tests.conftest import BASE, TINY_SHAPES, write_distilled
 
 
@@ -141,7 +141,7 @@ def test_a_tampered_blob_byte_is_refused(
     path.write_bytes(bytes(data))
     code, out = verify(capsys, bad)
     assert code == 2
-    assert "BlobMismatch" in out
+    assert "BlobRefMismatch" in out
     assert "does not hash" in out
 
 
@@ -279,8 +279,15 @@ def test_two_members_revocations_combine_and_meet_the_threshold(
     assert bob_rev.id == alice_rev.id
     combined = network / "both.rev"
     code, out = run(
-        capsys, "roster", "combine", str(network / "bob.rev"), str(network / "alice.rev"),
-        "--out", str(combined), "--home", str(network / "bob"),
+        capsys,
+        "roster",
+        "combine",
+        str(network / "bob.rev"),
+        str(network / "alice.rev"),
+        "--out",
+        str(combined),
+        "--home",
+        str(network / "bob"),
     )
     assert code == 0, out
     assert "revocation" in out
@@ -290,16 +297,28 @@ def test_two_members_revocations_combine_and_meet_the_threshold(
     assert "revoked" in out
     # Co-signing bob's file gives the very same record as combining the two files.
     code, out = run(
-        capsys, "roster", "sign", "--home", str(network / "alice"), str(network / "bob.rev"),
-        "--out", str(network / "signed.rev"),
+        capsys,
+        "roster",
+        "sign",
+        "--home",
+        str(network / "alice"),
+        str(network / "bob.rev"),
+        "--out",
+        str(network / "signed.rev"),
     )
     assert code == 0, out
     assert "threshold 2 of 2: met" in out
     assert (network / "signed.rev").read_bytes() == combined.read_bytes()
     # Without --home, combine still combines, and says it cannot judge the threshold.
     code, out = run(
-        capsys, "roster", "combine", str(combined), str(network / "bob.rev"),
-        "--out", str(network / "again.rev"), "--json",
+        capsys,
+        "roster",
+        "combine",
+        str(combined),
+        str(network / "bob.rev"),
+        "--out",
+        str(network / "again.rev"),
+        "--json",
     )
     assert code == 0, out
     info = json.loads(out)
@@ -332,30 +351,55 @@ def test_revoke_and_roster_errors_are_typed(
 ) -> None:
     commit = decode_record((bundle / "commit.cbor").read_bytes())
     code, out = revoke(capsys, network, "bob", "--commit", "abc")
-    assert (code, out.strip()) == (2, "error: UserError: --commit 'abc': a commit id is 64 hex "
-                                      "characters")
+    assert (code, out.strip()) == (
+        2,
+        "error: UsageError: --commit 'abc': a commit id is 64 hex characters",
+    )
     code, out = revoke(capsys, network, "bob", "--commit", commit.id.hex(), "--key", "00" * 32)
     assert code == 2
-    assert out.startswith("error: UserError: --key")
+    assert out.startswith("error: UsageError: --key")
     code, out = revoke(capsys, network, "bob", "--from-seq", "-1")
     assert code == 2
-    assert out.startswith("error: UserError:")
+    assert out.startswith("error: UsageError:")
     assert revoke(capsys, network, "bob", "--commit", commit.id.hex())[0] == 0
     assert revoke(capsys, network, "alice", "--commit", "ab" * 32)[0] == 0
-    code, out = run(capsys, "roster", "combine", str(network / "bob.rev"),
-                    str(network / "alice.rev"), "--out", str(network / "x.rev"))
+    code, out = run(
+        capsys,
+        "roster",
+        "combine",
+        str(network / "bob.rev"),
+        str(network / "alice.rev"),
+        "--out",
+        str(network / "x.rev"),
+    )
     assert code == 2
     assert out.startswith("error: SchemaError: cannot combine signatures of two different records")
-    code, out = run(capsys, "roster", "sign", "--home", str(network / "bob"),
-                    str(network / "genesis.cbor"), "--out", str(network / "x.rev"))
+    code, out = run(
+        capsys,
+        "roster",
+        "sign",
+        "--home",
+        str(network / "bob"),
+        str(network / "genesis.cbor"),
+        "--out",
+        str(network / "x.rev"),
+    )
     assert code == 2
-    assert "error: UserError:" in out
+    assert "error: UsageError:" in out
     assert "is a genesis, not a roster update or a revocation" in out
     tampered = bytearray((network / "bob.rev").read_bytes())
     tampered[-1] ^= 1
     (network / "bad.rev").write_bytes(bytes(tampered))
-    code, out = run(capsys, "roster", "sign", "--home", str(network / "alice"),
-                    str(network / "bad.rev"), "--out", str(network / "x.rev"))
+    code, out = run(
+        capsys,
+        "roster",
+        "sign",
+        "--home",
+        str(network / "alice"),
+        str(network / "bad.rev"),
+        "--out",
+        str(network / "x.rev"),
+    )
     assert code == 2
     assert out.startswith("error: BadSignature:")
     assert not (network / "x.rev").exists()
@@ -418,7 +462,7 @@ def test_init_refuses_to_overwrite(network: Path, capsys: pytest.CaptureFixture[
 def _signed_bundle_with(network: Path, name: str, weights: bytes) -> Path:
     """What a careless or malicious member could sign by bypassing `medforge commit`."""
     from crypto.records import Commit
-    from node.bundle import blob_ref, write_bundle
+    from node.forge.bundle import blob_ref, write_bundle
 
     source = network / "bundle"
     home = Home(network / "alice")
@@ -581,9 +625,23 @@ def test_a_plain_peft_adapter_commits_without_any_edit(
     out = network / "plain"
     get_peft_model(TinyBase(), LoraConfig(r=2, target_modules=["q", "v"])).save_pretrained(out)
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] is None
-    code, text = run(capsys, "commit", "--home", str(network / "alice"), "--adapter", str(out),
-                     "--distilled", str(network / "distilled.safetensors"), "--task", "breast",
-                     "--coeffs", "1", "1", "--out", str(network / "plain-bundle"))
+    code, text = run(
+        capsys,
+        "commit",
+        "--home",
+        str(network / "alice"),
+        "--adapter",
+        str(out),
+        "--distilled",
+        str(network / "distilled.safetensors"),
+        "--task",
+        "breast",
+        "--coeffs",
+        "1",
+        "1",
+        "--out",
+        str(network / "plain-bundle"),
+    )
     assert code == 0, text
     assert verify(capsys, network / "plain-bundle")[0] == 0
 
@@ -591,15 +649,35 @@ def test_a_plain_peft_adapter_commits_without_any_edit(
 def test_an_exported_composite_commits_again(
     bundle: Path, network: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, text = run(capsys, "merge", str(bundle), "--home", str(network / "alice"), "--export",
-                     str(network / "exported"))
+    code, text = run(
+        capsys,
+        "merge",
+        str(bundle),
+        "--home",
+        str(network / "alice"),
+        "--export",
+        str(network / "exported"),
+    )
     assert code == 0, text
     config = json.loads((network / "exported" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == BASE  # it names the base it was merged on
-    code, text = run(capsys, "commit", "--home", str(network / "bob"), "--adapter",
-                     str(network / "exported"), "--distilled",
-                     str(network / "distilled.safetensors"), "--task", "again", "--coeffs",
-                     "1", "1", "--out", str(network / "again"))
+    code, text = run(
+        capsys,
+        "commit",
+        "--home",
+        str(network / "bob"),
+        "--adapter",
+        str(network / "exported"),
+        "--distilled",
+        str(network / "distilled.safetensors"),
+        "--task",
+        "again",
+        "--coeffs",
+        "1",
+        "1",
+        "--out",
+        str(network / "again"),
+    )
     assert code == 0, text
 
 
@@ -611,16 +689,40 @@ def test_a_refused_commit_uses_up_no_sequence_number(
 ) -> None:
     home = network / "bob"
     for bad in (["--coeffs", "9", "1"], ["--coeffs", "1", "1", "--classes", "a,b,c"]):
-        code, text = run(capsys, "commit", "--home", str(home), "--adapter", str(make_adapter()),
-                         "--distilled", str(network / "distilled.safetensors"), "--task", "t",
-                         "--out", str(network / "never"), *bad)
+        code, text = run(
+            capsys,
+            "commit",
+            "--home",
+            str(home),
+            "--adapter",
+            str(make_adapter()),
+            "--distilled",
+            str(network / "distilled.safetensors"),
+            "--task",
+            "t",
+            "--out",
+            str(network / "never"),
+            *bad,
+        )
         assert code == 2
         assert text.splitlines()[-1].startswith("error: InvalidCommit: ")
     assert not (home / "seq").exists()  # seq 0 is still free
     garbage = network / "garbage.safetensors"
     garbage.write_bytes(b"\x10\0\0\0\0\0\0\0{not a header}")
-    code, text = run(capsys, "commit", "--home", str(home), "--adapter", str(make_adapter()),
-                     "--distilled", str(garbage), "--task", "t", "--out", str(network / "never"))
+    code, text = run(
+        capsys,
+        "commit",
+        "--home",
+        str(home),
+        "--adapter",
+        str(make_adapter()),
+        "--distilled",
+        str(garbage),
+        "--task",
+        "t",
+        "--out",
+        str(network / "never"),
+    )
     assert code == 2
     assert "Traceback" not in text
     assert text.splitlines()[-1].startswith("error: ")
@@ -637,16 +739,36 @@ def test_the_fingerprint_file_gives_the_network_its_base_shape_table(
     assert modules["encoder.layer.0.attention.self.query"] == [384, 384]
     assert info["shapes"]["input"] == {"kind": "text-embeds", "shape": [-1, 384]}
     run(capsys, "init", "--home", str(tmp_path / "h"), "--name", "h")
-    code, out = run(capsys, "network", "create", "--home", str(tmp_path / "h"), "--name", "n",
-                    "--base", str(tmp_path / "base.json"), "--json")
+    code, out = run(
+        capsys,
+        "network",
+        "create",
+        "--home",
+        str(tmp_path / "h"),
+        "--name",
+        "n",
+        "--base",
+        str(tmp_path / "base.json"),
+        "--json",
+    )
     assert code == 0, out
     spec = json.loads(out)["spec"]
     assert spec["base"] == info["fingerprint"]
     assert spec["shapes"]["modules"] == modules
     # The same from the fingerprint alone: the base is loaded to read the table.
     run(capsys, "init", "--home", str(tmp_path / "h2"), "--name", "h2")
-    code, out = run(capsys, "network", "create", "--home", str(tmp_path / "h2"), "--name", "n",
-                    "--base", info["fingerprint"], "--json")
+    code, out = run(
+        capsys,
+        "network",
+        "create",
+        "--home",
+        str(tmp_path / "h2"),
+        "--name",
+        "n",
+        "--base",
+        info["fingerprint"],
+        "--json",
+    )
     assert code == 0, out
     shown, _ = json.JSONDecoder().raw_decode(out)  # stdout; loading the base logs after it
     assert shown["spec"]["shapes"] == spec["shapes"]
@@ -666,8 +788,9 @@ def test_the_cli_does_not_load_torch_to_parse_or_answer_id() -> None:
         "if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
     assert out.stdout.strip() == ""
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from node.cli import main as cli
-from node.home import Home
+from node.shell.home import Home
 from tests.conftest import write_distilled
 from tests.node.procs import same_digest, start_line, stop, until
 
@@ -24,9 +24,24 @@ async def test_a_commit_made_without_a_node_is_published_later(
 ) -> None:
     alice = homes[0]
     bundle = tmp_path / "bundle"
-    code = cli(["commit", "--home", str(alice.path), "--adapter", str(make_adapter()),
-                "--distilled", str(write_distilled(tmp_path / "d.safetensors")), "--task", "t",
-                "--coeffs", "1", "1", "--out", str(bundle)])
+    code = cli(
+        [
+            "commit",
+            "--home",
+            str(alice.path),
+            "--adapter",
+            str(make_adapter()),
+            "--distilled",
+            str(write_distilled(tmp_path / "d.safetensors")),
+            "--task",
+            "t",
+            "--coeffs",
+            "1",
+            "1",
+            "--out",
+            str(bundle),
+        ]
+    )
     assert code == 0
     assert "not published: no node is running" in capsys.readouterr().out
     nodes = start_line(homes[:2])

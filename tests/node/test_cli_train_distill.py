@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "merge"))
-from pipeline_fixtures import TOY_WORDS, save_tiny_text, toy_records  # noqa: E402
-
-from merge.datasets import write_table  # noqa: E402
-from merge.distill import load_distilled  # noqa: E402
-from node.cli import main  # noqa: E402
+from merge.pipeline.datasets import write_table
+from merge.pipeline.distill import load_distilled
+from node.cli import main
+from tests.merge.pipeline_fixtures import TOY_WORDS, save_tiny_text, toy_records
 
 CLASSES = list(TOY_WORDS)
 

@@ -8,7 +8,8 @@ import pytest
 from crypto import identity as identity_module
 from crypto.errors import KeyFileError
 from crypto.identity import WeakPassphrase
-from node.home import PASSPHRASE_ENV, Config, Home, HomeError
+from node.errors import HomeError
+from node.shell.home import PASSPHRASE_ENV, Config, Home
 
 
 def test_config_round_trips_through_toml() -> None:

@@ -18,11 +18,11 @@ import trio
 
 from crypto.identity import Identity
 from crypto.records import BlobRef, Commit
-from node import messages
+from node.core import messages
+from node.core.order import root_item
 from node.errors import TransportError
-from node.home import Home
-from node.order import root_item
-from node.transport.libp2p import Libp2pTransport
+from node.shell.home import Home
+from node.shell.transport.libp2p import Libp2pTransport
 from tests.conftest import BASE, write_distilled
 from tests.node.procs import ROOT, commit_cli, same_digest, start_line, stop, until
 from tests.node.test_invalid_commits import sign
@@ -34,9 +34,20 @@ pytestmark = pytest.mark.slow
 def test_a_fresh_member_catches_up_on_many_commits_with_zero_bans(tmp_path: Path) -> None:
     """The benchmark itself, small: 60 commits in alice's store, bob pulls them all."""
     out = subprocess.run(
-        [sys.executable, "scripts/bench_catchup.py", "--commits", "60", "--json", "--out",
-         str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=280, check=True,
+        [
+            sys.executable,
+            "scripts/bench_catchup.py",
+            "--commits",
+            "60",
+            "--json",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=True,
     )
     report = json.loads(out.stdout)
     assert report["same_digest"]
@@ -49,9 +60,16 @@ def _spam(network: bytes, k: int) -> bytes:
     who = Identity.from_seed(k.to_bytes(32, "big"))  # a key the roster never named
     ref = BlobRef(os.urandom(32), 1000)
     return Commit.create(
-        who, network=network, seq=k, task="spam", classes=("a", "b"), base=BASE,
+        who,
+        network=network,
+        seq=k,
+        task="spam",
+        classes=("a", "b"),
+        base=BASE,
         blobs={"adapter_config": ref, "adapter_model": ref, "distilled": ref},
-        parent=root_item(network), coeffs=(1.0, 1.0), objective={},
+        parent=root_item(network),
+        coeffs=(1.0, 1.0),
+        objective={},
     ).encode()
 
 
@@ -75,14 +93,25 @@ async def test_a_strangers_flood_changes_nothing_and_members_still_replicate(
             spam = tuple(_spam(network, k) for k in range(30))
             for _ in range(20):
                 ids = tuple(os.urandom(32) for _ in range(1000))
-                await stranger.request(peer, messages.encode(messages.Ids(4, (), ids)),
-                                       max_response=16)
-                await stranger.request(peer, messages.encode(messages.Records(spam)),
-                                       max_response=16)
+                await stranger.request(
+                    peer, messages.encode(messages.Ids(4, (), ids)), max_response=16
+                )
+                await stranger.request(
+                    peer, messages.encode(messages.Records(spam)), max_response=16
+                )
             # Members replicate as ever while the stranger is connected.
-            assert await trio.to_thread.run_sync(
-                commit_cli, alice, make_adapter("p", seed=1), distilled, tmp_path / "c1", "1", "1"
-            ) == 0
+            assert (
+                await trio.to_thread.run_sync(
+                    commit_cli,
+                    alice,
+                    make_adapter("p", seed=1),
+                    distilled,
+                    tmp_path / "c1",
+                    "1",
+                    "1",
+                )
+                == 0
+            )
             await until(lambda: same_digest(nodes, 1), "the commit reached bob")
             state = nodes[0].status()
             stranger.stop()
@@ -128,8 +157,9 @@ async def test_an_equivocating_member_is_shown_and_both_commits_are_out(
             await nursery.start(hostile.run)
             peer = await hostile.connect(nodes[0].addr)
             for twin in twins:
-                await hostile.request(peer, messages.encode(messages.Records((twin.encode(),))),
-                                      max_response=16)
+                await hostile.request(
+                    peer, messages.encode(messages.Records((twin.encode(),))), max_response=16
+                )
             await until(lambda: nodes[0].status()["records"] == 2, "both twins held")
             hostile.stop()
         state = nodes[0].status()
@@ -149,6 +179,7 @@ async def test_a_frozen_peer_is_reported_silent_while_its_socket_stays_open(
 ) -> None:
     nodes = start_line(homes[:2])
     try:
+
         def live(k: int) -> list[bool]:
             return [p["live"] for p in nodes[k].status()["peers"]]
 
@@ -219,8 +250,10 @@ async def test_no_byte_sequence_a_peer_sends_stops_a_node(
         state = nodes[0].status()
         assert state["garbage"] >= 1
         assert state["merge_error"] is None
-        assert commit_cli(alice, make_adapter("good", seed=3), distilled, tmp_path / "c", "1",
-                          "1") == 0
+        assert (
+            commit_cli(alice, make_adapter("good", seed=3), distilled, tmp_path / "c", "1", "1")
+            == 0
+        )
         await until(lambda: nodes[0].status()["forge_item"] == 1, "a good commit after all that")
     finally:
         stop(nodes)

@@ -20,11 +20,11 @@ import trio
 from safetensors.torch import load, save
 
 from crypto.records import Commit
-from node import messages
-from node.bundle import blob_ref
+from node.core import messages
 from node.errors import TransportError
-from node.home import Home
-from node.transport.libp2p import Libp2pTransport
+from node.forge.bundle import blob_ref
+from node.shell.home import Home
+from node.shell.transport.libp2p import Libp2pTransport
 from tests.conftest import BASE, write_distilled
 from tests.node.procs import commit_cli, same_digest, start_line, stop, until
 from tests.node.test_service import FAST
@@ -35,8 +35,9 @@ pytestmark = pytest.mark.slow
 # --- what mallory signs --------------------------------------------------------------------
 
 
-def _with_tensors(adapter: Path, edit: Callable[[dict[str, torch.Tensor]], None],
-                  base: str = BASE) -> bytes:
+def _with_tensors(
+    adapter: Path, edit: Callable[[dict[str, torch.Tensor]], None], base: str = BASE
+) -> bytes:
     tensors = load((adapter / "adapter_model.safetensors").read_bytes())
     edit(tensors)
     return save(tensors, metadata={"base": base})
@@ -45,6 +46,7 @@ def _with_tensors(adapter: Path, edit: Callable[[dict[str, torch.Tensor]], None]
 def _set(key: str, value: float) -> Callable[[dict[str, torch.Tensor]], None]:
     def edit(t: dict[str, torch.Tensor]) -> None:
         t[key][0, 0] = value
+
     return edit
 
 
@@ -52,6 +54,7 @@ def _rename(old: str, new: str) -> Callable[[dict[str, torch.Tensor]], None]:
     def edit(t: dict[str, torch.Tensor]) -> None:
         for k in [k for k in t if f".{old}." in k]:
             t[k.replace(f".{old}.", f".{new}.")] = t.pop(k)
+
     return edit
 
 
@@ -75,24 +78,35 @@ def bad_commits(adapter: Path, tmp: Path) -> dict[str, tuple[dict[str, bytes], t
         "adapter_model": (adapter / "adapter_model.safetensors").read_bytes(),
         "distilled": write_distilled(tmp / "d-good.safetensors").read_bytes(),
     }
+
     def distilled(name: str, **kw: Any) -> bytes:
         return write_distilled(tmp / f"d-{name}.safetensors", **kw).read_bytes()
 
     q = "base_model.model.q.lora_A.weight"
     variants: dict[str, tuple[dict[str, bytes], tuple[float, ...]]] = {
-        "NonFiniteError:nan": ({"adapter_model": _with_tensors(adapter, _set(q, float("nan")))},
-                               (1.0, 1.0)),
-        "NonFiniteError:inf": ({"adapter_model": _with_tensors(adapter, _set(q, float("inf")))},
-                               (1.0, 1.0)),
+        "NonFiniteError:nan": (
+            {"adapter_model": _with_tensors(adapter, _set(q, float("nan")))},
+            (1.0, 1.0),
+        ),
+        "NonFiniteError:inf": (
+            {"adapter_model": _with_tensors(adapter, _set(q, float("inf")))},
+            (1.0, 1.0),
+        ),
         "ShapeError:wrong shapes": ({"adapter_model": _with_tensors(adapter, _widen)}, (1.0, 1.0)),
         "BaseMismatchError:wrong base": (
-            {"adapter_model": _with_tensors(adapter, lambda t: None, base="cd" * 32)}, (1.0, 1.0)),
-        "ShapeError:absent target": ({"adapter_model": _with_tensors(adapter, _rename("q", "k"))},
-                                     (1.0, 1.0)),
+            {"adapter_model": _with_tensors(adapter, lambda t: None, base="cd" * 32)},
+            (1.0, 1.0),
+        ),
+        "ShapeError:absent target": (
+            {"adapter_model": _with_tensors(adapter, _rename("q", "k"))},
+            (1.0, 1.0),
+        ),
         "LimitError:norm": ({"adapter_model": _with_tensors(adapter, _scale)}, (1.0, 1.0)),
         "DistilledError:labels": ({"distilled": distilled("l", labels=[0, 1, 5])}, (1.0, 1.0)),
-        "DistilledError:classes": ({"distilled": distilled("c", classes=("a", "b", "c"))},
-                                   (1.0, 1.0)),
+        "DistilledError:classes": (
+            {"distilled": distilled("c", classes=("a", "b", "c"))},
+            (1.0, 1.0),
+        ),
         "DistilledError:input shape": ({"distilled": distilled("w", width=16)}, (1.0, 1.0)),
         "AdapterFormatError:truncated": ({"adapter_model": good["adapter_model"][:-9]}, (1.0, 1.0)),
         "CoefficientBound:1e39": ({}, (1e39, 1.0)),
@@ -101,8 +115,9 @@ def bad_commits(adapter: Path, tmp: Path) -> dict[str, tuple[dict[str, bytes], t
     return {name: ({**good, **blobs}, coeffs) for name, (blobs, coeffs) in variants.items()}
 
 
-def sign(home: Home, seq: int, parent: bytes, blobs: dict[str, bytes],
-         coeffs: tuple[float, ...]) -> Commit:
+def sign(
+    home: Home, seq: int, parent: bytes, blobs: dict[str, bytes], coeffs: tuple[float, ...]
+) -> Commit:
     genesis = home.genesis()
     return Commit.create(
         home.identity(),
@@ -121,8 +136,6 @@ def sign(home: Home, seq: int, parent: bytes, blobs: dict[str, bytes],
 # --- the test ------------------------------------------------------------------------------
 
 
-
-
 async def test_no_commit_a_member_sends_stops_a_node(
     homes: list[Home], tmp_path: Path, make_adapter: Callable[..., Path]
 ) -> None:
@@ -130,15 +143,18 @@ async def test_no_commit_a_member_sends_stops_a_node(
     distilled = write_distilled(tmp_path / "distilled.safetensors")
     nodes = start_line([alice, bob, carol])
     try:
-        assert commit_cli(alice, make_adapter("good1", seed=1), distilled, tmp_path / "c1",
-                          "1", "1") == 0
+        assert (
+            commit_cli(alice, make_adapter("good1", seed=1), distilled, tmp_path / "c1", "1", "1")
+            == 0
+        )
         await until(lambda: same_digest(nodes, 1), "the first good commit everywhere")
         before = nodes[0].status()["composite_digest"]
 
         # The ordinary path refuses too, before signing, and uses up no sequence number.
         nan_dir = make_adapter("nan", seed=3)
         (nan_dir / "adapter_model.safetensors").write_bytes(
-            _with_tensors(nan_dir, _set("base_model.model.q.lora_A.weight", float("nan"))))
+            _with_tensors(nan_dir, _set("base_model.model.q.lora_A.weight", float("nan")))
+        )
         seq_before = (alice.path / "seq").read_text()
         assert commit_cli(alice, nan_dir, distilled, tmp_path / "never", "1", "1") == 2
         assert (alice.path / "seq").read_text() == seq_before
@@ -171,17 +187,22 @@ async def test_no_commit_a_member_sends_stops_a_node(
             peer0 = await hostile.connect(nodes[0].addr)
             for target in (nodes[0], nodes[2]):
                 peer = await hostile.connect(target.addr)
-                await hostile.request(peer, messages.encode(messages.Records(tuple(records))),
-                                      max_response=16)
+                await hostile.request(
+                    peer, messages.encode(messages.Records(tuple(records))), max_response=16
+                )
             n = len(variants)
-            await until(lambda: all(nodes[k].status()["invalid_commits"] == n for k in (0, 2)),
-                        "alice and carol judged every bad commit")
+            await until(
+                lambda: all(nodes[k].status()["invalid_commits"] == n for k in (0, 2)),
+                "alice and carol judged every bad commit",
+            )
             assert nodes[0].status()["frames"]["bans"] == 0  # invalid content blames no peer
             # Frame-level garbage is counted too: a request frame over alice's 1 MiB limit.
             with contextlib.suppress(TransportError):
                 await hostile.request(peer0, b"\0" * (2 << 20), max_response=16)
-            await until(lambda: nodes[0].status()["frames"]["oversized_frames"] == 1,
-                        "the oversized frame is counted")
+            await until(
+                lambda: nodes[0].status()["frames"]["oversized_frames"] == 1,
+                "the oversized frame is counted",
+            )
             assert nodes[0].status()["frames"]["bans"] == 1
             hostile.stop()
 
@@ -198,8 +219,10 @@ async def test_no_commit_a_member_sends_stops_a_node(
         assert all(s["records"] == 1 for s in states)
 
         # A good commit after all that still reaches every node.
-        assert commit_cli(bob, make_adapter("good2", seed=4), distilled, tmp_path / "c2",
-                          "0.5", "1") == 0
+        assert (
+            commit_cli(bob, make_adapter("good2", seed=4), distilled, tmp_path / "c2", "0.5", "1")
+            == 0
+        )
         await until(lambda: same_digest(nodes, 2), "the second good commit everywhere")
         after = nodes[0].status()["composite_digest"]
     finally:

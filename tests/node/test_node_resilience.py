@@ -14,17 +14,17 @@ from pathlib import Path
 import pytest
 import trio
 
+from node.core.protocol import CoreConfig
 from node.errors import StoreLocked, TransportError
-from node.protocol import Config
-from node.service import NodeService
-from node.transport.libp2p import Libp2pTransport
+from node.shell.service import NodeService
+from node.shell.transport.libp2p import Libp2pTransport
 from tests.node.test_service import FAST, _commit, _homes
 
-FAST_CORE = Config(sync_interval=0.5)
+FAST_CORE = CoreConfig(sync_interval=0.5)
 
 
 def _node(home: object) -> NodeService:
-    from node.home import Home
+    from node.shell.home import Home
 
     assert isinstance(home, Home)
     return NodeService(
@@ -200,6 +200,6 @@ def test_a_second_node_on_a_port_in_use_refuses_to_start(tmp_path: Path) -> None
         assert proc.stdout is not None
         proc.stdout.close()
     # Once alice is gone, the port is free again (a restart is not refused).
-    from node.transport.libp2p import ensure_port_free
+    from node.shell.transport.libp2p import ensure_port_free
 
     ensure_port_free(f"/ip4/127.0.0.1/tcp/{port}")

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from crypto.identity import Identity
 from crypto.records import BLOB_KINDS, BlobRef, Commit, Genesis, Member, Revocation
-from node.order import (
+from node.core.order import (
     Entry,
     OrderBook,
     chain_item,

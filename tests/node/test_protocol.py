@@ -13,16 +13,16 @@ from hypothesis import strategies as st
 from crypto import canonical
 from crypto.identity import Identity
 from crypto.records import BLOB_KINDS, BlobRef, Commit, Genesis, Member, Record, decode_record
-from node import messages
-from node.order import Entry, forge_order, root_item
-from node.protocol import (
+from node.core import messages
+from node.core.order import Entry, forge_order, root_item
+from node.core.protocol import (
     Action,
     BlobLost,
     BlobReceived,
     BlobResult,
     Broadcast,
-    Config,
     Core,
+    CoreConfig,
     Disconnect,
     Event,
     FetchBlob,
@@ -56,7 +56,7 @@ GENESIS = Genesis(
 )
 ROOT = root_item(GENESIS.network_id)
 # Peer names here ("p0", ...) are not peer ids: every peer is trusted as a member.
-CONFIG = Config(sync_interval=10.0, fetch_timeout=5.0, rebase_delay=1.0, strangers="trust")
+CONFIG = CoreConfig(sync_interval=10.0, fetch_timeout=5.0, rebase_delay=1.0, strangers="trust")
 
 
 def blob(label: str, size: int = 100) -> BlobRef:
@@ -606,12 +606,12 @@ def _records_message(*cs: Commit) -> bytes:
 
 
 def _summary_of_an_empty_node() -> Send:
-    out = Core(GENESIS, config=Config()).handle(PeerConnected("x"), 0.0)
+    out = Core(GENESIS, config=CoreConfig()).handle(PeerConnected("x"), 0.0)
     return next(a for a in out if isinstance(a, Send))
 
 
 def test_a_stranger_can_pull_but_nothing_it_sends_counts() -> None:
-    alice = Core(GENESIS, me=ALICE.public, config=Config(sync_interval=10.0))
+    alice = Core(GENESIS, me=ALICE.public, config=CoreConfig(sync_interval=10.0))
     stranger = MALLORY.public.peer_id()  # a key the roster never named
     c = commit(ALICE, 0)
     alice.handle(LocalRecord(c.encode()), 0.0)
@@ -642,7 +642,7 @@ def test_a_stranger_can_pull_but_nothing_it_sends_counts() -> None:
 
 
 def test_strangers_none_gets_no_answer_at_all() -> None:
-    alice = Core(GENESIS, me=ALICE.public, config=Config(strangers="none"))
+    alice = Core(GENESIS, me=ALICE.public, config=CoreConfig(strangers="none"))
     empty = _summary_of_an_empty_node()
     out = alice.handle(MessageReceived(MALLORY.public.peer_id(), empty.data), 0.0)
     assert not [a for a in out if isinstance(a, Send)]

@@ -14,13 +14,13 @@ import trio
 
 from crypto.records import Genesis, Member
 from merge.base_shapes import shapes_of
-from merge.distill import DistillConfig, distill, save_distilled
-from merge.train import TrainConfig, train_plugin
-from node.home import Home
-from node.netspec import make_spec
-from node.protocol import Config
-from node.service import NodeService
-from node.transport import MemoryNetwork, MemoryTransport
+from merge.pipeline.distill import DistillConfig, distill, save_distilled
+from merge.pipeline.train import TrainConfig, train_plugin
+from node.core.protocol import CoreConfig
+from node.forge.netspec import make_spec
+from node.shell.home import Home
+from node.shell.service import NodeService
+from node.shell.transport import MemoryNetwork, MemoryTransport
 from tests.merge.pipeline_fixtures import save_tiny_text, tiny_text_backend, toy_records
 from tests.node.test_service import _commit
 
@@ -55,7 +55,7 @@ async def test_the_orphans_author_rebases_and_both_nodes_converge(
     for home in homes:
         home.join(genesis)
     network = MemoryNetwork()
-    config = Config(sync_interval=0.5, rebase_delay=0.05)
+    config = CoreConfig(sync_interval=0.5, rebase_delay=0.05)
     nodes = [
         NodeService(
             h, transport=MemoryTransport(network, h.identity().private_bytes()), core_config=config

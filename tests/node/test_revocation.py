@@ -15,7 +15,7 @@ import pytest
 
 from crypto.records import Revocation, decode_record
 from node.cli import main as cli
-from node.home import Home
+from node.shell.home import Home
 from tests.conftest import write_distilled
 from tests.node.conftest import make_homes
 from tests.node.procs import Node, commit_cli, same_digest, start_line, stop, until
@@ -64,12 +64,15 @@ async def test_members_other_than_the_author_revoke_a_commit_together(
     distilled = write_distilled(tmp_path / "distilled.safetensors")
     logs: list[str] = []
     with line_of_nodes(homes, logs) as nodes:
-        assert commit_cli(carol, make_adapter("p1", seed=1), distilled, tmp_path / "c1",
-                          "1", "1") == 0
+        assert (
+            commit_cli(carol, make_adapter("p1", seed=1), distilled, tmp_path / "c1", "1", "1") == 0
+        )
         await until(lambda: same_digest(nodes, 1), "carol's first plugin on every node")
         (at_item_1,) = digests(nodes)
-        assert commit_cli(carol, make_adapter("p2", seed=2), distilled, tmp_path / "c2",
-                          "0.5", "1") == 0
+        assert (
+            commit_cli(carol, make_adapter("p2", seed=2), distilled, tmp_path / "c2", "0.5", "1")
+            == 0
+        )
         await until(lambda: same_digest(nodes, 2), "carol's second plugin on every node")
         (at_item_2,) = digests(nodes)
         assert at_item_2 != at_item_1
@@ -78,14 +81,32 @@ async def test_members_other_than_the_author_revoke_a_commit_together(
 
         # Below the threshold: bob alone revokes carol's first commit. Every node holds the
         # revocation, and nothing changes.
-        out = run(capsys, "revoke", "--home", str(bob.path), "--commit", first,
-                  "--out", str(tmp_path / "bob-first.rev"))
+        out = run(
+            capsys,
+            "revoke",
+            "--home",
+            str(bob.path),
+            "--commit",
+            first,
+            "--out",
+            str(tmp_path / "bob-first.rev"),
+        )
         # bob's node holds the commit, so the CLI knows carol wrote it.
-        assert ("1 signature(s) by 1 member(s) (bob); threshold 2 of 3: not met (1 more "
-                "member signature(s) needed, or the commit's author's own signature)") in out
+        assert (
+            "1 signature(s) by 1 member(s) (bob); threshold 2 of 3: not met (1 more "
+            "member signature(s) needed, or the commit's author's own signature)"
+        ) in out
         # (carol's own revocation would count alone; she writes one and keeps it.)
-        out = run(capsys, "revoke", "--home", str(carol.path), "--commit", first,
-                  "--out", str(tmp_path / "carol-first.rev"))
+        out = run(
+            capsys,
+            "revoke",
+            "--home",
+            str(carol.path),
+            "--commit",
+            first,
+            "--out",
+            str(tmp_path / "carol-first.rev"),
+        )
         assert "threshold 2 of 3: not met, but signed by the commit's author: counts" in out
         run(capsys, "publish", "--home", str(bob.path), str(tmp_path / "bob-first.rev"))
         await until(lambda: records_everywhere(nodes, 3), "bob's lone revocation everywhere")
@@ -94,23 +115,42 @@ async def test_members_other_than_the_author_revoke_a_commit_together(
 
         # alice and bob revoke carol's second commit independently: one record, two files.
         for who in (alice, bob):
-            run(capsys, "revoke", "--home", str(who.path), "--commit", second,
-                "--reason", "unsafe on pediatric scans",
-                "--out", str(tmp_path / f"{who.config().name}.rev"))
+            run(
+                capsys,
+                "revoke",
+                "--home",
+                str(who.path),
+                "--commit",
+                second,
+                "--reason",
+                "unsafe on pediatric scans",
+                "--out",
+                str(tmp_path / f"{who.config().name}.rev"),
+            )
         by_alice = decode_record((tmp_path / "alice.rev").read_bytes())
         by_bob = decode_record((tmp_path / "bob.rev").read_bytes())
         assert isinstance(by_alice, Revocation)
         assert by_alice.id == by_bob.id
         assert by_alice.encode() != by_bob.encode()
-        out = run(capsys, "roster", "combine", str(tmp_path / "alice.rev"),
-                  str(tmp_path / "bob.rev"), "--out", str(tmp_path / "both.rev"),
-                  "--home", str(alice.path))
+        out = run(
+            capsys,
+            "roster",
+            "combine",
+            str(tmp_path / "alice.rev"),
+            str(tmp_path / "bob.rev"),
+            "--out",
+            str(tmp_path / "both.rev"),
+            "--home",
+            str(alice.path),
+        )
         assert "2 signature(s) by 2 member(s) (alice, bob); threshold 2 of 3: met" in out
         run(capsys, "publish", "--home", str(alice.path), str(tmp_path / "both.rev"))
 
         # Every node drops the commit and folds back to what it had at forge item 1.
-        await until(lambda: same_digest(nodes, 1) and digests(nodes) == {at_item_1},
-                    "every node drops carol's second commit")
+        await until(
+            lambda: same_digest(nodes, 1) and digests(nodes) == {at_item_1},
+            "every node drops carol's second commit",
+        )
         for node in nodes:
             state = node.status()
             assert (state["forge_item"], state["composite_digest"]) == (1, at_item_1)
@@ -125,6 +165,8 @@ async def test_members_other_than_the_author_revoke_a_commit_together(
     # A restart of every node reads the revocations back from the store: nothing changes.
     logs.clear()
     with line_of_nodes(homes, logs) as nodes:
-        await until(lambda: same_digest(nodes, 1) and digests(nodes) == {at_item_1},
-                    "the same composite after a restart")
+        await until(
+            lambda: same_digest(nodes, 1) and digests(nodes) == {at_item_1},
+            "the same composite after a restart",
+        )
     assert not any("Traceback" in e for e in logs), logs

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from node.home import Home
+from node.shell.home import Home
 from tests.conftest import write_distilled
 from tests.node.conftest import make_homes
 from tests.node.procs import commit_cli, same_digest, start, stop, until
@@ -29,12 +29,40 @@ async def test_a_member_added_by_a_roster_update_commits(
     dave_key = dave.identity().public.hex()  # what dave sends the founders (`medforge id`)
     logs: list[str] = []
     with line_of_nodes(founders, logs) as nodes:
-        run(capsys, "roster", "propose", "--home", str(alice.path), "--op", "add", "--epoch",
-            "1", "--member", f"dave:{dave_key}", "--out", str(tmp_path / "u1"))
-        run(capsys, "roster", "sign", "--home", str(bob.path), str(tmp_path / "u1"), "--out",
-            str(tmp_path / "u2"))
-        run(capsys, "roster", "combine", str(tmp_path / "u1"), str(tmp_path / "u2"), "--out",
-            str(tmp_path / "u3"))
+        run(
+            capsys,
+            "roster",
+            "propose",
+            "--home",
+            str(alice.path),
+            "--op",
+            "add",
+            "--epoch",
+            "1",
+            "--member",
+            f"dave:{dave_key}",
+            "--out",
+            str(tmp_path / "u1"),
+        )
+        run(
+            capsys,
+            "roster",
+            "sign",
+            "--home",
+            str(bob.path),
+            str(tmp_path / "u1"),
+            "--out",
+            str(tmp_path / "u2"),
+        )
+        run(
+            capsys,
+            "roster",
+            "combine",
+            str(tmp_path / "u1"),
+            str(tmp_path / "u2"),
+            "--out",
+            str(tmp_path / "u3"),
+        )
         run(capsys, "publish", "--home", str(alice.path), str(tmp_path / "u3"))
         await until(lambda: all(n.status()["records"] == 1 for n in nodes), "update everywhere")
 
@@ -43,8 +71,10 @@ async def test_a_member_added_by_a_roster_update_commits(
         try:
             await until(lambda: new.status()["records"] == 1, "dave's node has the update")
             distilled = write_distilled(tmp_path / "distilled.safetensors")
-            assert commit_cli(dave, make_adapter("dave-plugin"), distilled, tmp_path / "c1",
-                              "1", "1") == 0
+            assert (
+                commit_cli(dave, make_adapter("dave-plugin"), distilled, tmp_path / "c1", "1", "1")
+                == 0
+            )
             await until(lambda: same_digest(everyone, 1), "dave's commit everywhere")
             capsys.readouterr()
             entry = json.loads(run(capsys, "log", "--home", str(alice.path), "--json"))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from node.home import Home
+from node.shell.home import Home
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 60.0
@@ -32,7 +32,7 @@ DEADLINE_S = 60.0
 ALLOCATOR = r"""
 import sys, threading
 from pathlib import Path
-from node.home import Home
+from node.shell.home import Home
 
 home, calls, threads = Home(Path(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3])
 lock = threading.Lock()

@@ -9,14 +9,15 @@ import pytest
 import trio
 
 from crypto.records import Commit, Genesis, Member
-from node.bundle import blob_ref
 from node.cli.commit_cmd import commit_blobs
-from node.control import call
-from node.home import Home
-from node.netspec import make_spec
-from node.protocol import Config
-from node.service import NodeService
-from node.transport import MemoryNetwork, MemoryTransport, Transport, TransportConfig
+from node.core.protocol import CoreConfig
+from node.forge.bundle import blob_ref
+from node.forge.netspec import make_spec
+from node.shell.control import call
+from node.shell.home import Home
+from node.shell.runner import run_node
+from node.shell.service import NodeService
+from node.shell.transport import MemoryNetwork, MemoryTransport, Transport, TransportConfig
 from tests.conftest import BASE, TINY_SHAPES
 
 FAST = TransportConfig(request_timeout=10, idle_timeout=5, backoff_min=0.05, backoff_max=0.5)
@@ -72,7 +73,7 @@ def _memory(network: MemoryNetwork) -> Callable[[Home], Transport]:
 
 
 def _libp2p(home: Home) -> Transport:
-    from node.transport.libp2p import Libp2pTransport
+    from node.shell.transport.libp2p import Libp2pTransport
 
     return Libp2pTransport(home.identity().private_bytes(), FAST)
 
@@ -84,10 +85,10 @@ async def cluster(
     make = _memory(MemoryNetwork()) if request.param == "memory" else _libp2p
     homes = _homes(tmp_path, ["alice", "bob", "carol"])
     nodes = [
-        NodeService(h, transport=make(h), core_config=Config(sync_interval=1.0)) for h in homes
+        NodeService(h, transport=make(h), core_config=CoreConfig(sync_interval=1.0)) for h in homes
     ]
     for node in nodes:
-        await nursery.start(node.run)
+        await nursery.start(run_node, node)
     # A line: alice - bob - carol. carol only hears alice's commit through bob.
     await nodes[1].connect(nodes[0].listen_addrs[0])
     await nodes[2].connect(nodes[1].listen_addrs[0])
@@ -157,16 +158,16 @@ async def test_prometheus_metrics_on_a_loopback_port(tmp_path: Path, nursery: tr
     config.metrics_port = 0  # any free port
     home.save_config(config)
     node = NodeService(home, transport=_memory(MemoryNetwork())(home))
-    await nursery.start(node.run)
-    assert node.metrics_port
-    stream = await trio.open_tcp_stream("127.0.0.1", node.metrics_port)
+    endpoints = await nursery.start(run_node, node)
+    assert endpoints.metrics_port
+    stream = await trio.open_tcp_stream("127.0.0.1", endpoints.metrics_port)
     async with stream:
         await stream.send_all(b"GET /metrics HTTP/1.0\r\n\r\n")
         data = b""
         while chunk := await stream.receive_some(65536):
             data += chunk
     assert data.startswith(b"HTTP/1.0 200 OK")
-    assert b"\nmedforge_records 0\n" in data
+    assert b"\nmedforge_records 0.0\n" in data
     assert b"# TYPE medforge_garbage_total counter" in data
     node.stop()
 
@@ -181,7 +182,7 @@ async def test_export_writes_the_composite_as_a_peft_adapter(
 
     (home,) = _homes(tmp_path, ["alice"])
     node = NodeService(home, transport=_memory(MemoryNetwork())(home))
-    await nursery.start(node.run)
+    await nursery.start(run_node, node)
     commit, blobs = _commit(home, make_adapter("a"), distilled, node.core.tip, (1.0, 0.5))
     await node.publish(commit, blobs)
     with trio.fail_after(30):
@@ -208,7 +209,7 @@ async def test_a_published_revocation_takes_the_commit_out_of_the_order(
 
     (home,) = _homes(tmp_path, ["alice"])
     node = NodeService(home, transport=_memory(MemoryNetwork())(home))
-    await nursery.start(node.run)
+    await nursery.start(run_node, node)
     commit, blobs = _commit(home, make_adapter("a"), distilled, node.core.tip, (1.0, 1.0))
     await node.publish(commit, blobs)
     with trio.fail_after(30):
@@ -229,12 +230,11 @@ async def test_a_fold_that_fails_leaves_the_node_serving_its_last_composite(
     """A blob gone from disk under a complete commit (a disk fault, not content) makes the
     next refold fail: the node stays up, keeps its composite and says why."""
     from crypto.records import Revocation
-    from node.metrics import render
-    from node.status import status
+    from node.shell.metrics import render
 
     (home,) = _homes(tmp_path, ["alice"])
     node = NodeService(home, transport=_memory(MemoryNetwork())(home))
-    await nursery.start(node.run)
+    await nursery.start(run_node, node)
     first, blobs = _commit(home, make_adapter("a"), distilled, node.core.tip, (1.0, 1.0))
     await node.publish(first, blobs)
     second, blobs = _commit(home, make_adapter("b", seed=2), distilled, node.core.tip, (0.5, 1.0))
@@ -248,13 +248,13 @@ async def test_a_fold_that_fails_leaves_the_node_serving_its_last_composite(
     await node.publish(revocation.signed_by(home.identity()))  # the order shrinks: a refold
     with trio.fail_after(30):
         await node.wait_until(lambda n: n.merge_error is not None)
-    state = status(node)
+    state = node.status().as_dict()
     assert not node.stopped.is_set()
     assert state["serving_digest"] == serving
     assert state["composite_digest"] is None  # no digest is claimed for the new order
     assert first.id.hex()[:12] in state["merge_error"]
     assert state["faults"]["merge"] == 1
-    assert "medforge_merge_failing 1" in render(state)
+    assert b"medforge_merge_failing 1.0" in render(node.status)
     node.stop()
 
 
@@ -269,7 +269,7 @@ async def test_a_refused_local_commit_says_why_at_once(
 
     (home,) = _homes(tmp_path, ["alice"])
     node = NodeService(home, transport=_memory(MemoryNetwork())(home))
-    await nursery.start(node.run)
+    await nursery.start(run_node, node)
     first, blobs = _commit(home, make_adapter("a"), distilled, node.core.tip, (1.0, 1.0))
     await node.publish(first, blobs)
     with trio.fail_after(10):
@@ -286,19 +286,20 @@ async def test_an_empty_network_reports_one_digest_and_convergence(
 ) -> None:
     from merge.digest import composite_digest
     from merge.fold import empty
-    from node.status import status
 
     network = MemoryNetwork()
     homes = _homes(tmp_path, ["alice", "bob"])
-    nodes = [NodeService(h, transport=_memory(network)(h), core_config=Config(sync_interval=1.0))
-             for h in homes]
+    nodes = [
+        NodeService(h, transport=_memory(network)(h), core_config=CoreConfig(sync_interval=1.0))
+        for h in homes
+    ]
     for node in nodes:
-        await nursery.start(node.run)
+        await nursery.start(run_node, node)
     await nodes[1].connect(nodes[0].listen_addrs[0])
     with trio.fail_after(30):
         for node in nodes:
             await node.wait_until(lambda n: n.core.convergence().same_composite == 1)
-    state = status(nodes[0])
+    state = nodes[0].status().as_dict()
     assert state["composite_digest"] == composite_digest(empty("stack"))
     assert state["converged_with"] == 1
     assert [p["same_composite"] for p in state["peers"]] == [True]

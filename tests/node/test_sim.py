@@ -15,15 +15,15 @@ from hypothesis import strategies as st
 
 from crypto.records import decode_record
 from node.cli import simulate_cmd
-from node.order import forge_order
-from node.sim import Simulation, simulate, topology
+from node.core.order import forge_order
+from node.errors import ScenarioError
+from node.sim import Simulation, plan, schedule, simulate, topology
 from node.sim import report as reports
 from node.sim.scenario import (
     ADVERSARY_KINDS,
     Churn,
     Partition,
     Scenario,
-    ScenarioError,
     from_mapping,
     load,
 )
@@ -38,7 +38,7 @@ def _honest(sim: Simulation) -> list:  # type: ignore[type-arg]
 
 
 def test_all_honest_nodes_fold_the_same_composite_as_the_pure_order() -> None:
-    sim = Simulation(SMALL, seed=3)
+    sim = Simulation(plan(SMALL, seed=3))
     sim.run()
     nodes = _honest(sim)
     assert len({n.digest for n in nodes}) == 1
@@ -69,7 +69,7 @@ def test_adversaries_never_enter_an_honest_composite_nor_crash_anyone() -> None:
         },
         SMALL,
     )
-    sim = Simulation(scenario, seed=5)
+    sim = Simulation(plan(scenario, seed=5))
     sim.run()
     result = reports.build(sim)
     assert result["convergence"]["converged"]
@@ -132,7 +132,7 @@ def test_any_mix_of_adversaries_leaves_honest_composites_alone(seed: int, kinds:
         sync_interval=10.0,
         adversaries={k: 1 for k in kinds},
     )
-    sim = Simulation(scenario, seed)
+    sim = Simulation(plan(scenario, seed))
     sim.run()
     result = reports.build(sim)
     assert result["adversaries"]["bad_in_honest_orders"] == 0
@@ -140,6 +140,34 @@ def test_any_mix_of_adversaries_leaves_honest_composites_alone(seed: int, kinds:
     # Adversaries that cut the honest nodes apart (they get disconnected, or never serve
     # blobs) leave each side on its own; otherwise every honest node converges.
     assert result["convergence"]["converged"] or not sim.honest_connected()
+
+
+def test_a_plan_is_data_and_the_simulation_only_runs_it() -> None:
+    """Planning decides (topology, roles, timed steps); running a plan leaves it as it was, and
+    one plan run again gives the same report as ``simulate`` on the same scenario and seed."""
+    scenario = Scenario(
+        nodes=12,
+        commits=4,
+        authors=3,
+        commit_interval=2.0,
+        duration=80.0,
+        sync_interval=10.0,
+        partitions=(Partition(5.0, 30.0, 0.5),),
+        adversaries={"garbage": 1},
+    )
+    p = plan(scenario, seed=4)
+    assert p == plan(scenario, seed=4)
+    assert [s.at for s in p.steps] == sorted(s.at for s in p.steps)
+    kinds = [type(s).__name__ for s in p.steps]
+    assert kinds.count("Publish") == 4
+    assert kinds.count("Split") == kinds.count("Heal") == 1
+    assert kinds.count("Attack") == schedule.TIMES
+    assert p.roles.count("author") == 3
+    assert p.roles.count("garbage") == 1
+    sim = Simulation(p)
+    sim.run()
+    assert p == plan(scenario, seed=4)
+    assert reports.to_json(reports.build(sim)) == reports.to_json(simulate(scenario, 4))
 
 
 def test_blobs_are_pulled_once_per_node() -> None:

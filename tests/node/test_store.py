@@ -22,12 +22,12 @@ import pytest
 import trio
 
 from crypto.records import Commit
-from node.bundle import blob_ref
 from node.cli import main as cli
 from node.errors import BlobNotFound, CorruptBlob, StoreError, StoreLocked
-from node.home import Home
-from node.store import Store
-from node.transport import MemoryNetwork, MemoryTransport, PeerConnected
+from node.forge.bundle import blob_ref
+from node.shell.home import Home
+from node.shell.store import Store
+from node.shell.transport import LinkUp, MemoryNetwork, MemoryTransport
 from tests.conftest import BASE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,7 +128,7 @@ def test_one_store_per_home(tmp_path: Path) -> None:
 
 def test_a_second_process_is_refused(tmp_path: Path) -> None:
     probe = (
-        "import sys; from pathlib import Path; from node.store import Store\n"
+        "import sys; from pathlib import Path; from node.shell.store import Store\n"
         "from node.errors import StoreLocked\n"
         "try: Store.open(Path(sys.argv[1]))\n"
         "except StoreLocked: sys.exit(3)\n"
@@ -190,11 +190,11 @@ def test_recovery_repairs_and_reports(tmp_path: Path) -> None:
 def test_recovery_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with Store.open(tmp_path) as store:
         store.put_blob(DATA, SHA).unlink()
-    with caplog.at_level("WARNING", logger="node.store"), Store.open(tmp_path):
+    with caplog.at_level("WARNING", logger="node.shell.store"), Store.open(tmp_path):
         pass
     assert f"1 missing ({SHA.hex()[:12]})" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="node.store"), Store.open(tmp_path):
+    with caplog.at_level("WARNING", logger="node.shell.store"), Store.open(tmp_path):
         pass
     assert caplog.text == ""  # a clean open says nothing
 
@@ -238,16 +238,16 @@ def test_serving_path_rehashes_before_the_first_serve(tmp_path: Path) -> None:
 def test_serving_path_hashes_an_unchanged_file_once(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import node.store
+    import node.shell.store
 
     hashed: list[Path] = []
-    real = node.store._hash_file
+    real = node.shell.store._hash_file
 
     def counting(path: Path) -> bytes:
         hashed.append(path)
         return real(path)
 
-    monkeypatch.setattr(node.store, "_hash_file", counting)
+    monkeypatch.setattr(node.shell.store, "_hash_file", counting)
     path = store.put_blob(DATA, SHA)
     for _ in range(5):
         assert store.serving_path(SHA) == path
@@ -287,7 +287,7 @@ async def test_a_rotten_blob_is_refused_not_served(tmp_path: Path) -> None:
             await nursery.start(bob.run)
             await bob.connect(alice.listen_addrs[0])
             with trio.fail_after(10):
-                assert isinstance(await bob.events.receive(), PeerConnected)
+                assert isinstance(await bob.events.receive(), LinkUp)
                 with wanted.blob_writer(SHA, len(DATA)) as writer, pytest.raises(BlobNotFound):
                     await bob.fetch_blob(alice.peer_id, SHA, size=len(DATA), sink=writer)
             assert bob.statistics().blob_mismatches == 0
@@ -311,7 +311,7 @@ async def test_store_plugs_into_the_transport(tmp_path: Path) -> None:
             await nursery.start(bob.run)
             await bob.connect(alice.listen_addrs[0])
             with trio.fail_after(10):
-                assert isinstance(await bob.events.receive(), PeerConnected)
+                assert isinstance(await bob.events.receive(), LinkUp)
                 with wanted.blob_writer(SHA, len(DATA)) as writer:
                     await bob.fetch_blob(alice.peer_id, SHA, size=len(DATA), sink=writer)
                     writer.commit()

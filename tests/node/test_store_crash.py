@@ -15,12 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from node.store import Store
+from node.shell.store import Store
 
 WRITER = r"""
 import hashlib, itertools, sys
 from pathlib import Path
-from node.store import Store
+from node.shell.store import Store
 
 def blob(i):
     return hashlib.sha256(b"blob %d" % i).digest() * (1 + (i * 7919) % 4096)

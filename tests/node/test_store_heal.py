@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import trio
 
-from node.home import Home
+from node.shell.home import Home
 from tests.conftest import write_distilled
 from tests.node.procs import ROOT, commit_cli, same_digest, start, stop, until
 
@@ -51,9 +51,21 @@ def flip_bit(path: Path) -> None:
 def store_check(home: Home, *flags: str) -> tuple[int, dict[str, Any] | None, str]:
     """`medforge store check --json` in its own process, as an operator would run it."""
     done = subprocess.run(
-        [sys.executable, "-m", "node.cli", "store", "check", "--home", str(home.path), "--json",
-         *flags],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "store",
+            "check",
+            "--home",
+            str(home.path),
+            "--json",
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
     )
     return done.returncode, json.loads(done.stdout) if done.stdout.strip() else None, done.stderr
 
@@ -81,8 +93,17 @@ async def test_a_damaged_blob_is_fetched_again_after_a_restart(
     alice, bob = homes[:2]
     a = start(alice, [])
     b = start(bob, [a.addr])
-    assert commit_cli(alice, make_adapter("a1", seed=1),
-                      write_distilled(tmp_path / "d.safetensors"), tmp_path / "c1", "1", "1") == 0
+    assert (
+        commit_cli(
+            alice,
+            make_adapter("a1", seed=1),
+            write_distilled(tmp_path / "d.safetensors"),
+            tmp_path / "c1",
+            "1",
+            "1",
+        )
+        == 0
+    )
     await until(lambda: same_digest([a, b], 1), "the commit reached bob")
     digest = a.status()["composite_digest"]
     stop([b])
@@ -118,8 +139,17 @@ async def test_a_blob_that_rots_is_never_served(
     c = start(carol, [])
     a = start(alice, [c.addr])
     # Carol authors (her blobs are her own files); alice fetches them and has served none.
-    assert commit_cli(carol, make_adapter("carol-adapter", seed=1),
-                      write_distilled(tmp_path / "d.safetensors"), tmp_path / "c1", "1", "1") == 0
+    assert (
+        commit_cli(
+            carol,
+            make_adapter("carol-adapter", seed=1),
+            write_distilled(tmp_path / "d.safetensors"),
+            tmp_path / "c1",
+            "1",
+            "1",
+        )
+        == 0
+    )
     await until(lambda: same_digest([a, c], 1), "the commit reached alice")
     digest = a.status()["composite_digest"]
     stop([c])  # for now, alice is the only holder
@@ -141,10 +171,14 @@ async def test_a_blob_that_rots_is_never_served(
 
     # Bob joins late, from a fresh home, and can only ask alice: she refuses, never sends.
     b = start(bob, [a.addr])
-    await until(lambda: f"stored blob {sha.hex()} is damaged" in a.log.read_text(),
-                "alice checked the blob before serving it")
-    await until(lambda: b.status()["records"] == 0 and b.status()["missing_blobs"] == 1,
-                "bob holds every blob but the rotten one")
+    await until(
+        lambda: f"stored blob {sha.hex()} is damaged" in a.log.read_text(),
+        "alice checked the blob before serving it",
+    )
+    await until(
+        lambda: b.status()["records"] == 0 and b.status()["missing_blobs"] == 1,
+        "bob holds every blob but the rotten one",
+    )
     for _ in range(20):  # bob keeps asking for a while; alice keeps refusing
         await trio.sleep(0.1)
         state = b.status()

@@ -5,7 +5,7 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.summary import IdSet, bits_for, bucket_bounds, set_root
+from node.core.summary import IdSet, bits_for, bucket_bounds, set_root
 
 
 def _ids(names: set[int]) -> list[bytes]:

@@ -1,6 +1,6 @@
 """One suite, two transports: whatever the node relies on must hold for libp2p and the twin.
 
-Actors: alice and bob are honest, carol relays, mallory sends garbage. Nothing here sleeps
+Actors: alice and bob are honest, mallory sends garbage. Nothing here sleeps
 to wait for a condition: every wait is on an event, bounded by ``trio.fail_after``.
 """
 
@@ -34,22 +34,20 @@ from node.errors import (
     TransportError,
     TruncatedFrame,
 )
-from node.transport import (
+from node.shell.transport import (
     Event,
-    GossipReceived,
+    LinkDown,
+    LinkUp,
     MemoryNetwork,
     MemoryTransport,
-    PeerConnected,
-    PeerDisconnected,
     Transport,
     TransportConfig,
     peer_id_from_seed,
     wire,
 )
-from node.transport.types import FAULT_COUNTERS
+from node.shell.transport.types import FAULT_COUNTERS
 
 WAIT = 10.0  # generous bound on any single wait; the happy path takes milliseconds
-TOPIC = "medforge/test/announce"
 
 Factory = Callable[..., Awaitable[Transport]]
 
@@ -69,7 +67,7 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
         if request.param == "memory":
             transport = MemoryTransport(network, seed_of(name), config)
         else:
-            from node.transport.libp2p import Libp2pTransport
+            from node.shell.transport.libp2p import Libp2pTransport
 
             transport = Libp2pTransport(seed_of(name), config)
         if start:
@@ -87,15 +85,15 @@ async def next_event(t: Transport, kind: type[Event], peer: str | None = None) -
     """The next event of ``kind`` (about ``peer``), skipping others."""
     with trio.fail_after(WAIT):
         async for event in t.events:
-            if isinstance(event, kind) and peer in (None, getattr(event, "peer", None)):
+            if isinstance(event, kind) and peer in (None, event.peer):
                 return event
     raise AssertionError("event channel closed")
 
 
 async def connected(a: Transport, b: Transport) -> None:
     assert await a.connect(b.listen_addrs[0]) == b.peer_id
-    await next_event(b, PeerConnected, a.peer_id)
-    await next_event(a, PeerConnected, b.peer_id)
+    await next_event(b, LinkUp, a.peer_id)
+    await next_event(a, LinkUp, b.peer_id)
 
 
 FAULTS = FAULT_COUNTERS  # every fault counter a transport reports
@@ -117,16 +115,6 @@ async def counted(t: Transport, **expected: int) -> None:
     assert {k: getattr(stats, k) for k in expected} == expected
 
 
-async def meshed(*line: Transport) -> None:
-    """Subscribe every node and wait until neighbours in the line have grafted both ways."""
-    for t in line:
-        await t.subscribe(TOPIC)
-    with trio.fail_after(WAIT):
-        for left, right in zip(line, line[1:], strict=False):
-            await left.wait_mesh(right.peer_id, TOPIC)
-            await right.wait_mesh(left.peer_id, TOPIC)
-
-
 # -- identity and connections -----------------------------------------------------------
 
 
@@ -145,8 +133,8 @@ async def test_connect_and_disconnect_are_seen_on_both_sides(make: Factory) -> N
     assert await alice.connect(bob.listen_addrs[0]) == bob.peer_id  # idempotent
     assert bob.listen_addrs[0] in alice.peer_addrs(bob.peer_id)
     await alice.disconnect(bob.peer_id)
-    await next_event(alice, PeerDisconnected, bob.peer_id)
-    await next_event(bob, PeerDisconnected, alice.peer_id)
+    await next_event(alice, LinkDown, bob.peer_id)
+    await next_event(bob, LinkDown, alice.peer_id)
     assert alice.peers() == frozenset() == bob.peers()
 
 
@@ -154,9 +142,9 @@ async def test_stopping_a_peer_disconnects_it(make: Factory) -> None:
     alice, bob = await make("alice"), await make("bob")
     await connected(alice, bob)
     bob.stop()
-    await next_event(alice, PeerDisconnected, bob.peer_id)
+    await next_event(alice, LinkDown, bob.peer_id)
     with pytest.raises(TransportClosed):
-        await bob.publish(TOPIC, b"x")
+        await bob.request(alice.peer_id, b"x", max_response=10)
 
 
 async def test_dialling_nobody_fails_cleanly(make: Factory) -> None:
@@ -177,75 +165,11 @@ async def test_dialling_nobody_fails_cleanly(make: Factory) -> None:
 async def test_bootstrap_peer_is_redialled_after_a_drop(make: Factory) -> None:
     alice = await make("alice")
     bob = await make("bob", bootstrap=(alice.listen_addrs[0],))
-    await next_event(bob, PeerConnected, alice.peer_id)
+    await next_event(bob, LinkUp, alice.peer_id)
     await alice.disconnect(bob.peer_id)
-    await next_event(bob, PeerDisconnected, alice.peer_id)
-    await next_event(bob, PeerConnected, alice.peer_id)
+    await next_event(bob, LinkDown, alice.peer_id)
+    await next_event(bob, LinkUp, alice.peer_id)
     assert alice.peer_id in bob.peers()
-
-
-# -- gossip ----------------------------------------------------------------------------
-
-
-async def test_gossip_is_relayed_along_a_line(make: Factory) -> None:
-    alice, carol, bob = await make("alice"), await make("carol"), await make("bob")
-    await connected(carol, alice)
-    await connected(bob, carol)
-    await meshed(alice, carol, bob)
-    await alice.publish(TOPIC, b"commit 1")
-    for receiver in (carol, bob):
-        event = await next_event(receiver, GossipReceived)
-        assert event == GossipReceived(TOPIC, alice.peer_id, b"commit 1")
-    assert alice.statistics().gossip_received == 0  # own publishes are not echoed
-
-
-async def test_gossip_is_delivered_once_around_a_triangle(make: Factory) -> None:
-    alice, bob, carol = await make("alice"), await make("bob"), await make("carol")
-    await connected(alice, bob)
-    await connected(bob, carol)
-    await connected(carol, alice)
-    await meshed(alice, bob, carol, alice)
-    await alice.publish(TOPIC, b"once")
-    await alice.publish(TOPIC, b"marker")
-    for receiver in (bob, carol):
-        got = [(await next_event(receiver, GossipReceived)).data for _ in range(2)]
-        assert sorted(got) == [b"marker", b"once"]  # no copy came the long way round
-    await alice.publish(TOPIC, b"after")
-    assert (await next_event(carol, GossipReceived)).data == b"after"
-
-
-async def test_gossip_over_the_cap_is_refused_not_dropped(make: Factory) -> None:
-    alice, bob = await make("alice", max_gossip=1000), await make("bob")
-    await connected(alice, bob)
-    await meshed(alice, bob)
-    with pytest.raises(PayloadTooLarge):
-        await alice.publish(TOPIC, b"x" * 1001)
-    await alice.publish(TOPIC, b"x" * 1000)
-    assert (await next_event(bob, GossipReceived)).data == b"x" * 1000
-
-
-async def test_gossip_over_our_cap_is_dropped_and_counted(make: Factory) -> None:
-    alice, bob = await make("alice", max_gossip=2000), await make("bob", max_gossip=1000)
-    await connected(alice, bob)
-    await meshed(alice, bob)
-    await alice.publish(TOPIC, b"x" * 1500)  # within alice's cap, over bob's
-    await alice.publish(TOPIC, b"small")
-    assert (await next_event(bob, GossipReceived)).data == b"small"
-    await counted(bob, oversized_gossip=1, gossip_dropped=1)
-    assert bob.statistics().gossip_received == 1
-    assert faults(bob) == {"oversized_gossip": 1}
-    assert alice.peer_id in bob.peers()  # a relay's bigger cap is not garbage
-
-
-async def test_a_burst_of_announcements_all_arrive(make: Factory) -> None:
-    alice, bob = await make("alice"), await make("bob")
-    await connected(alice, bob)
-    await meshed(alice, bob)
-    sent = [f"announce {i}".encode() for i in range(30)]
-    for data in sent:
-        await alice.publish(TOPIC, data)
-    got = [(await next_event(bob, GossipReceived)).data for _ in sent]
-    assert sorted(got) == sorted(sent)
 
 
 # -- request / response ----------------------------------------------------------------
@@ -363,7 +287,7 @@ async def test_blob_with_the_wrong_hash_is_garbage(make: Factory, tmp_path: Path
         await alice.fetch_blob(
             mallory.peer_id, claimed, size=path.stat().st_size, sink=io.BytesIO()
         )
-    await next_event(alice, PeerDisconnected, mallory.peer_id)
+    await next_event(alice, LinkDown, mallory.peer_id)
     assert alice.statistics().garbage_by_peer == {mallory.peer_id: 1}
     assert faults(alice) == {"remote_errors": 1, "blob_mismatches": 1, "bans": 1}
 
@@ -383,7 +307,7 @@ async def test_blob_longer_than_announced_is_cut_off(make: Factory) -> None:
     with pytest.raises(BlobMismatch, match="more than the announced"):
         await alice.fetch_blob(mallory.peer_id, b"\1" * 32, size=10, sink=sink)
     assert len(sink.getvalue()) == 10  # never read past the announced size
-    await next_event(alice, PeerDisconnected, mallory.peer_id)
+    await next_event(alice, LinkDown, mallory.peer_id)
     assert faults(alice) == {"remote_errors": 1, "blob_mismatches": 1, "bans": 1}
 
 
@@ -400,7 +324,7 @@ async def test_an_oversized_blob_refusal_is_garbage(make: Factory) -> None:
     await connected(alice, mallory)
     with pytest.raises(OversizedFrame):
         await alice.fetch_blob(mallory.peer_id, b"\1" * 32, size=10, sink=io.BytesIO())
-    await next_event(alice, PeerDisconnected, mallory.peer_id)
+    await next_event(alice, LinkDown, mallory.peer_id)
     assert faults(alice) == {"remote_errors": 1, "oversized_frames": 1, "bans": 1}
 
 
@@ -436,7 +360,7 @@ async def test_garbage_requests_disconnect_the_sender(
     stream = await mallory._open_stream(alice.peer_id, wire.REQUEST_PROTOCOL)
     await stream.write(garbage)
     await stream.close_write()
-    await next_event(alice, PeerDisconnected, mallory.peer_id)
+    await next_event(alice, LinkDown, mallory.peer_id)
     assert alice.statistics().garbage_by_peer == {mallory.peer_id: 1}
     assert faults(alice) == {"remote_errors": 1, kind: 1, "bans": 1}
     assert alice.is_banned(mallory.peer_id)
@@ -478,7 +402,7 @@ async def test_bad_responses_are_garbage(
     await connected(alice, mallory)
     with pytest.raises(RemoteProtocolError, match=error):
         await alice.request(mallory.peer_id, b"x", max_response=100)
-    await next_event(alice, PeerDisconnected, mallory.peer_id)
+    await next_event(alice, LinkDown, mallory.peer_id)
     assert alice.statistics().garbage_by_peer == {mallory.peer_id: 1}
     assert faults(alice) == {"remote_errors": 1, kind: 1, "bans": 1}
     assert alice.is_banned(mallory.peer_id)
@@ -607,7 +531,7 @@ async def test_a_garbage_sender_is_shut_out(make: Factory) -> None:
     stream = await mallory._open_stream(alice.peer_id, wire.REQUEST_PROTOCOL)
     await stream.write(struct.pack(">II", 100, 1 << 30))
     await stream.close_write()
-    await next_event(alice, PeerDisconnected, mallory.peer_id)
+    await next_event(alice, LinkDown, mallory.peer_id)
     assert alice.is_banned(mallory.peer_id)
     assert faults(alice) == {"remote_errors": 1, "oversized_frames": 1, "bans": 1}
     with pytest.raises(PeerUnreachable):

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.errors import RemoteProtocolError, RemoteRefused
-from node.transport import wire
+from node.shell.transport import wire
 
 T = TypeVar("T")
 CHUNKS = st.lists(st.integers(min_value=1, max_value=64), max_size=20)

@@ -15,9 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crypto.records import Commit, Genesis, Member, decode_record
-from node.home import Home
-from node.netspec import make_spec
-from node.validate import BlobsMismatch, InvalidCommit, Rules, check_commit
+from node.errors import InvalidCommit, MissingBlobs
+from node.forge.netspec import make_spec
+from node.forge.validate import Rules, check_commit
+from node.shell.home import Home
 from tests.conftest import BASE, TINY_SHAPES
 from tests.node.test_invalid_commits import bad_commits, sign
 
@@ -60,9 +61,19 @@ def test_each_check_names_what_failed(cases: tuple[Genesis, list[Case]]) -> None
     rules = Rules.of(genesis)
     kinds = [verdict(c, b, rules).split(":")[0] for c, b in found]
     assert kinds == [
-        "NonFiniteError", "NonFiniteError", "ShapeError", "BaseMismatchError", "ShapeError",
-        "LimitError", "DistilledError", "DistilledError", "DistilledError",
-        "AdapterFormatError", "CoefficientBound", "CoefficientBound", "valid",
+        "NonFiniteError",
+        "NonFiniteError",
+        "ShapeError",
+        "BaseMismatchError",
+        "ShapeError",
+        "LimitError",
+        "DistilledError",
+        "DistilledError",
+        "DistilledError",
+        "AdapterFormatError",
+        "CoefficientBound",
+        "CoefficientBound",
+        "valid",
     ]
 
 
@@ -72,7 +83,7 @@ def test_bytes_that_are_not_the_commits_blobs_are_a_mismatch_not_a_verdict(
     genesis, found = cases
     commit, blobs = found[-1]
     swapped = {**blobs, "adapter_model": found[0][1]["adapter_model"]}
-    with pytest.raises(BlobsMismatch) as caught:
+    with pytest.raises(MissingBlobs) as caught:
         check_commit(commit, swapped, Rules.of(genesis))
     assert caught.value.shas == (commit.blobs["adapter_model"].sha256,)
 
@@ -96,7 +107,8 @@ import json, sys, torch
 from pathlib import Path
 torch.set_num_threads(int(sys.argv[2]))
 from crypto.records import decode_record
-from node.validate import Rules, InvalidCommit, check_commit
+from node.errors import InvalidCommit
+from node.forge.validate import Rules, check_commit
 root = Path(sys.argv[1])
 genesis = decode_record((root / "genesis.cbor").read_bytes())
 rules = Rules.of(genesis)
@@ -130,7 +142,12 @@ def test_the_verdict_is_the_same_in_another_process(
     env = {**os.environ, "PYTHONHASHSEED": str(threads * 7)}
     child = subprocess.run(
         [sys.executable, "-c", _CHILD, str(root), str(threads)],
-        capture_output=True, text=True, cwd=ROOT, env=env, check=True, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=120,
     )
     rules = Rules.of(genesis)
     mine = [verdict(decode_record(c.encode()), b, rules) for c, b in found]  # type: ignore[arg-type]

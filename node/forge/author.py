@@ -1,0 +1,193 @@
+"""The author's side of a commit: compose the head, search coefficients against it, sign.
+
+"Search once, apply everywhere" (shared/DESIGN.md rule 3): only the author runs forward
+passes; the result travels in the signed commit. This module is the one author use case:
+
+- ``Head``: the main chain searched against (its forge item, commits and blob files), read
+  from the running node's ``head`` control answer or empty; ``Head.compose`` folds it;
+- ``search``: the coefficients of a plugin onto a head, scored on the distilled sets of the
+  tasks merged so far and the plugin's own (``coefficients`` is that search on in-memory
+  composites, for benchmarks);
+- ``sign_commit``: the signed ``Commit`` naming the blobs, the parent and the claim;
+- ``rebase``: all three for one of the node's own orphans, superseding it.
+
+Callers: ``medforge commit`` (against the running node's tip), the node's service (its
+orphans), the demo (refolds the head to check the nodes' digest) and ``scripts/bench_forge.py``.
+Publishing is the caller's: a control call, or the service's own ``publish``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crypto.identity import Identity
+from crypto.records import BlobRef, Commit, Genesis, decode_record
+from merge.errors import BaseMismatchError
+from merge.fold import Composite
+from merge.lora import LoraAdapter
+from merge.pipeline.backends.base import DualEncoder
+from merge.pipeline.distill import Distilled, load_distilled
+from merge.pipeline.search import SearchResult, TaskData, search_coeffs
+from merge.spec import SearchSettings
+from node.core.order import root_item
+from node.forge.composer import Composer
+from node.forge.netspec import backend, base_fingerprint, merge_spec
+from node.forge.validate import Rules
+
+BlobPath = Callable[[bytes], Path]
+
+
+@dataclass(frozen=True)
+class Head:
+    """A main chain as its author searches against it: the forge item ``tip``, the commits up
+    to it in order, and the file of every blob they name (sha256 -> path)."""
+
+    tip: bytes
+    commits: tuple[Commit, ...] = ()
+    files: Mapping[bytes, Path] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, genesis: Genesis) -> Head:
+        """``item_0``: what a commit made while no node runs is searched against."""
+        return cls(root_item(genesis.network_id))
+
+    @classmethod
+    def from_answer(cls, answer: Mapping[str, Any]) -> Head:
+        """The running node's ``head`` control answer (``{"tip", "commits": [{"record",
+        "blobs": {kind: path}}]}``)."""
+        commits, files = [], {}
+        for entry in answer["commits"]:
+            commit = decode_record(bytes.fromhex(entry["record"]))
+            assert isinstance(commit, Commit)
+            commits.append(commit)
+            for kind, path in entry["blobs"].items():
+                files[commit.blobs[kind].sha256] = Path(path)
+        return cls(bytes.fromhex(answer["tip"]), tuple(commits), files)
+
+    def blob_path(self, sha: bytes) -> Path:
+        return self.files[sha]
+
+    def read_blob(self, sha: bytes) -> bytes:
+        return self.files[sha].read_bytes()
+
+    def compose(self, genesis: Genesis) -> Composer:
+        """The head's composite, each adapter admitted by the validity function."""
+        composer = Composer(merge_spec(genesis), Rules.of(genesis), self.read_blob)
+        composer.update(self.commits)
+        return composer
+
+
+@functools.lru_cache(maxsize=2)
+def load_encoder(kind: str, model: str, fingerprint: str) -> DualEncoder:
+    """The network's base model, loaded once per process; refused if its fingerprint is not
+    the one the genesis names."""
+    from merge.pipeline.backends import load_backend
+
+    encoder = load_backend(kind, model or None)
+    if encoder.fingerprint != fingerprint:
+        raise BaseMismatchError(
+            f"{kind}:{model or 'default'}",
+            None,
+            f"fingerprint {encoder.fingerprint[:16]}… is not the network's {fingerprint[:16]}…",
+        )
+    return encoder
+
+
+def network_encoder(genesis: Genesis) -> DualEncoder:
+    kind, model = backend(genesis)
+    return load_encoder(kind, model, base_fingerprint(genesis))
+
+
+def task_data(commits: Sequence[Commit], blob_path: BlobPath) -> list[Distilled]:
+    """The distilled sets of the tasks merged so far (one per distinct blob)."""
+    seen: set[bytes] = set()
+    data = []
+    for commit in commits:
+        sha = commit.blobs["distilled"].sha256
+        if sha not in seen:
+            seen.add(sha)
+            data.append(load_distilled(blob_path(sha)))
+    return data
+
+
+def coefficients(
+    encoder: DualEncoder,
+    head: Composite,
+    adapter: LoraAdapter,
+    merged: Sequence[TaskData],
+    own: TaskData,
+    settings: SearchSettings,
+) -> SearchResult:
+    """``(w1, w2)`` for ``apply(head, adapter, ·)``, scored on the distilled sets of the tasks
+    merged so far and the plugin's own: the claim every commit carries."""
+    return search_coeffs(encoder, head, adapter, [*merged, own], settings)
+
+
+def search(
+    genesis: Genesis,
+    head: Head,
+    adapter: LoraAdapter,
+    own: Distilled,
+    composer: Composer | None = None,
+) -> SearchResult:
+    """The network's search for ``adapter`` onto ``head`` (``composer``: ``head`` already
+    composed, if the caller has it)."""
+    composite = (composer or head.compose(genesis)).composite
+    merged = task_data(head.commits, head.blob_path)
+    settings = merge_spec(genesis).search
+    return coefficients(network_encoder(genesis), composite, adapter, merged, own, settings)
+
+
+def sign_commit(
+    identity: Identity,
+    genesis: Genesis,
+    *,
+    seq: int,
+    task: str,
+    classes: tuple[str, ...],
+    blobs: dict[str, BlobRef],
+    parent: bytes,
+    result: SearchResult,
+    supersedes: bytes | None = None,
+) -> Commit:
+    objective: dict[str, Any] = {k: float(v) for k, v in result.objective.items()}
+    return Commit.create(
+        identity,
+        network=genesis.network_id,
+        seq=seq,
+        task=task,
+        classes=classes,
+        base=base_fingerprint(genesis),
+        blobs=blobs,
+        parent=parent,
+        coeffs=(float(result.coeffs[0]), float(result.coeffs[1])),
+        objective=objective,
+        supersedes=supersedes,
+    )
+
+
+def rebase(
+    identity: Identity, genesis: Genesis, orphan: Commit, head: Head, next_seq: Callable[[], int]
+) -> Commit:
+    """Re-search ``orphan``'s plugin against ``head`` and sign a commit superseding it, with
+    the orphan's blobs (``head.files`` must hold them too). ``next_seq`` is called once, when
+    the search succeeded: a failed rebase uses up no sequence number."""
+    composer = head.compose(genesis)
+    adapter = composer.adapter(orphan)  # the validity function on the orphan's blobs
+    own = load_distilled(head.blob_path(orphan.blobs["distilled"].sha256))
+    result = search(genesis, head, adapter, own, composer)
+    return sign_commit(
+        identity,
+        genesis,
+        seq=next_seq(),
+        task=orphan.task,
+        classes=orphan.classes,
+        blobs=dict(orphan.blobs),
+        parent=head.tip,
+        result=result,
+        supersedes=orphan.id,
+    )

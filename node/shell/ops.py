@@ -1,0 +1,123 @@
+"""What the control socket answers: status, the forge log, the head, publish, export, stop.
+
+``Ops(service).handle`` is the control server's handler (wired by ``node.shell.main``). Every
+answer is plain JSON data; ``medforge status|log|export|commit`` render it. A request the node
+cannot carry out raises ``NodeRefused`` with the reason the caller is shown.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from crypto.records import Commit, Record, decode_record
+from node.errors import NodeRefused
+from node.forge.bundle import verify_bundle
+from node.forge.export import export_composite
+from node.shell.service import NodeService
+
+
+class Ops:
+    def __init__(self, node: NodeService) -> None:
+        self.node = node
+
+    async def handle(self, request: dict[str, Any]) -> Any:
+        op = request["op"]
+        if op == "status":
+            return self.node.status().as_dict()
+        if op == "log":
+            return forge_log(self.node)
+        if op == "head":
+            return head(self.node)
+        if op == "publish":
+            return await publish(self.node, Path(str(request["bundle"])))
+        if op == "publish_record":
+            return await publish_record(self.node, Path(str(request["file"])))
+        if op == "export":
+            return await export(self.node, Path(str(request["out"])))
+        if op == "stop":
+            self.node.stop()
+            return {"stopping": True}
+        raise NodeRefused(f"unknown op {op!r}")
+
+
+def forge_log(node: NodeService) -> list[dict[str, Any]]:
+    order = node.core.order
+    entries = []
+    for k, cid in enumerate(order.commits):
+        commit = node.core.commit(cid)
+        if commit is None:
+            continue
+        entries.append(
+            {
+                "item": k + 1,
+                "item_id": order.items[k + 1].hex(),
+                "commit": cid.hex(),
+                "author": node.name_of(commit.author.peer_id()),
+                "seq": commit.seq,
+                "task": commit.task,
+                "classes": list(commit.classes),
+                "coeffs": list(commit.coeffs),
+                "objective": dict(commit.objective),
+                "orphan": k >= order.main_length,
+                "supersedes": commit.supersedes.hex() if commit.supersedes else None,
+            }
+        )
+    return entries
+
+
+def head(node: NodeService) -> dict[str, Any]:
+    """What an author needs to search against the tip: the main chain's commits and blobs."""
+    order = node.core.order
+    commits = []
+    for cid in order.main:
+        commit = node.core.commit(cid)
+        if commit is not None:
+            commits.append(
+                {
+                    "record": commit.encode().hex(),
+                    "blobs": {
+                        k: str(node.store.blob_path(ref.sha256)) for k, ref in commit.blobs.items()
+                    },
+                }
+            )
+    return {"tip": order.tip.hex(), "commits": commits}
+
+
+async def publish(node: NodeService, bundle_path: Path) -> dict[str, Any]:
+    # Checked against the roster in force (a member added by a roster update may commit),
+    # not the genesis alone.
+    records = node.core.roster_records()
+    bundle = await trio.to_thread.run_sync(verify_bundle, bundle_path, node.genesis, records)
+    commit = bundle.commit
+    blobs = {ref.sha256: bundle.blob_path(kind) for kind, ref in commit.blobs.items()}
+    await node.publish(commit, blobs)
+    order = node.core.order
+    position = order.commits.index(commit.id) + 1 if commit.id in order.commits else None
+    return {
+        "commit": commit.id.hex(),
+        "forge_item": position,
+        "orphan": position is not None and position > order.main_length,
+    }
+
+
+async def publish_record(node: NodeService, path: Path) -> dict[str, Any]:
+    data = await trio.to_thread.run_sync(path.read_bytes)
+    record: Record = decode_record(data, network=node.genesis.network_id)
+    if isinstance(record, Commit):
+        raise NodeRefused("publish a commit as a bundle (it needs its blobs)")
+    await node.publish(record)
+    return {"record": record.id.hex(), "kind": record.KIND}
+
+
+async def export(node: NodeService, out: Path) -> dict[str, Any]:
+    composer = node.composer
+    await trio.to_thread.run_sync(export_composite, composer.composite, out, composer.base)
+    return {
+        "out": str(out),
+        "digest": composer.digest,
+        "forge_item": len(composer.order),
+        "mode": composer.composite.mode,
+    }

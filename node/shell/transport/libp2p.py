@@ -1,0 +1,382 @@
+"""The py-libp2p 0.8.1 backend, and every workaround it needs, in one place.
+
+Workarounds (numbers from shared/notes/libp2p-0.8.1.md):
+  #1  Noise is the only security transport offered, so a plaintext peer is refused.
+  #2, #3, #5, #7 are gossipsub's: the node runs no pubsub. Every exchange is a request
+      (``wire.REQUEST_PROTOCOL``) or a blob fetch (``wire.BLOB_PROTOCOL``) on its own stream.
+  #4  graceful stop: ``host.close()`` runs inside ``host.run()`` before anything is
+      cancelled, else the dialer's socket leaks and peers keep ghost connections. A
+      cancelled ``run`` stops the same way (libp2p runs shielded, ``CLOSE_GRACE``).
+  dial only ``connect()`` dials (``_guard_dials``): libp2p's on-demand dial from
+      ``new_stream`` racing a disconnect or a stop leaks the new socket.
+  rst Yamux reports a reset that has already been processed as EOF; ``_Stream.read``
+      checks the stream's reset flag, so a reset is ``ConnectionLost`` as in the twin.
+  #6  ``max_connections_per_peer=1``: dials take ~15 ms instead of ~250 ms.
+  log importing libp2p turns off propagation of its logger; we turn it back on. Two
+      kinds of libp2p lines are demoted to DEBUG (``_Demote``), nothing else: the
+      auto-connector's INFO lines every 10 s that say nothing changed, and identify's
+      ERROR (with a traceback) when the peer it answers has just closed the connection.
+  Bootstrap redial is ours (``Transport._keep_connected``): libp2p's own loop forgets a
+  peer after a few failures and runs outside any nursery.
+libp2p exceptions are translated to ``node.errors`` only here (``_mapped``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.abc import IHost, INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.exceptions import BaseLibp2pError
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.exceptions import SwarmException
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.tools.anyio_service import background_trio_service
+
+import node.shell.transport.wire as wire
+from node.errors import ConnectionLost, PeerUnreachable, PortInUse
+from node.shell.transport.base import Transport
+from node.shell.transport.types import PeerId, TransportConfig
+
+logging.getLogger("libp2p").propagate = True  # libp2p sets False on import
+
+CLOSE_GRACE = 5.0  # seconds a cancelled transport gets to close its connections (#4)
+_log = logging.getLogger("node.shell.transport.libp2p")
+_explicit_dial: ContextVar[bool] = ContextVar("explicit_dial", default=False)  # connect()
+
+
+# -- quiet logs: two libp2p messages that say nothing an operator needs to hear ---------
+class _Demote(logging.Filter):
+    """Re-level the matching records of one libp2p logger to DEBUG, as if libp2p had
+    logged them at DEBUG: they are dropped unless DEBUG is enabled on that logger.
+    (Lowering ``levelno`` alone is not enough: a handler without a level of its own, like
+    the CLI's, emits whatever reaches it.) Every other record passes untouched."""
+
+    def __init__(self, logger: logging.Logger, match: Callable[[logging.LogRecord], bool]):
+        super().__init__()
+        self._logger = logger
+        self._match = match
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG or not self._match(record):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return self._logger.isEnabledFor(logging.DEBUG)
+
+    @classmethod
+    def install(cls, name: str, match: Callable[[logging.LogRecord], bool]) -> None:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls(logger, match))
+
+
+# The auto-connector's per-cycle INFO lines (every 10 s while we have fewer than its
+# min_connections=50, i.e. always here), whether or not anything changed; the summary
+# counts dials dispatched, not made (ours refuses them, see _guard_dials). Lines about
+# a peer really connected ("Auto-connected to peer ...") and errors stay.
+_AUTO_CONNECTOR_CYCLE = re.compile(
+    r"^(AUTO_CONNECTOR_STATE: "
+    r"|Connections \(.*\) below target \(.*\); initiating "
+    r"|AutoConnector candidate pool low "
+    r"|Auto-connected to \d+ new peers$)"
+)
+
+
+def _auto_connector_cycle(record: logging.LogRecord) -> bool:
+    return record.levelno == logging.INFO and bool(_AUTO_CONNECTOR_CYCLE.match(record.getMessage()))
+
+
+def _identify_to_a_gone_peer(record: logging.LogRecord) -> bool:
+    """identify's ERROR, with a full traceback, when the peer it answers has just closed
+    the connection (a node stopping, a peer cut off): nothing an operator can act on. Any
+    other identify failure stays an ERROR."""
+    msg = record.getMessage()
+    return (
+        record.levelno == logging.ERROR
+        and msg.startswith("Error sending identify response to ")
+        and ("reset by remote peer" in msg or "Broken pipe" in msg or "closed" in msg)
+    )
+
+
+_Demote.install("libp2p.network.auto_connector", _auto_connector_cycle)
+_Demote.install("libp2p.identity.identify.identify", _identify_to_a_gone_peer)
+
+
+@contextmanager
+def _mapped(error: type[Exception], what: str) -> Iterator[None]:
+    """Translate libp2p's exceptions into ours."""
+    try:
+        yield
+    except (BaseLibp2pError, OSError, ValueError) as exc:
+        raise error(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+def create_host(seed: bytes, listen_addrs: list[multiaddr.Multiaddr]) -> IHost:
+    """A host pinned to Noise + Yamux, one connection per peer (workarounds #1, #6)."""
+    key_pair = create_new_key_pair(seed)
+    noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE_PROTOCOL_ID: noise},
+        muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+        listen_addrs=listen_addrs,
+        connection_config=ConnectionConfig(max_connections_per_peer=1),
+    )
+
+
+class _Stream:
+    """``wire.ByteStream`` over a libp2p stream; EOF is b"" (a half-close ends a frame)."""
+
+    def __init__(self, stream: INetStream) -> None:
+        self._stream = stream
+
+    async def read(self, max_bytes: int) -> bytes:
+        try:
+            return await self._stream.read(max_bytes)
+        except EOFError as exc:  # StreamEOF: the peer half-closed; a normal end of its frame
+            if self._was_reset():
+                raise ConnectionLost("read: stream reset") from exc
+            return b""
+        except BaseLibp2pError as exc:
+            raise ConnectionLost(f"read: {type(exc).__name__}: {exc}") from exc
+
+    def _was_reset(self) -> bool:
+        """Yamux drops a stream's bookkeeping when a reset (RST, or the connection
+        failing) arrives, and a read after that raises EOF, not a reset: without this a
+        peer that resets mid-frame, or dies, looks like a truncated frame. The twin raises
+        ``ConnectionLost`` for both, and so do we. (A FIN never sets the flag.)"""
+        muxed = getattr(self._stream, "muxed_stream", None)
+        return getattr(muxed, "reset_received", False) is True
+
+    async def write(self, data: bytes) -> None:
+        with _mapped(ConnectionLost, "write"):
+            await self._stream.write(data)
+
+    async def close_write(self) -> None:
+        # NetStream has close_write (a Yamux FIN, read side stays open); INetStream
+        # does not declare it.
+        with _mapped(ConnectionLost, "close_write"):
+            await self._stream.close_write()  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        with _mapped(ConnectionLost, "close"):
+            await self._stream.close()
+
+    async def reset(self) -> None:
+        await self._stream.reset()  # never raises: libp2p swallows reset failures
+
+
+class _Notifee(INotifee):
+    """Turns swarm connection callbacks into our peer events."""
+
+    def __init__(self, transport: Libp2pTransport) -> None:
+        self._transport = transport
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        peer = str(conn.muxed_conn.peer_id)
+        if self._transport.is_banned(peer):
+            self._transport._count("banned_connections")
+            # Not inline: closing from inside the swarm's notify path would stall it.
+            self._transport._spawn(self._transport.disconnect, peer)
+        else:
+            self._transport._peer_up(peer)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        peer_id = conn.muxed_conn.peer_id
+        if not network.get_connections(peer_id):
+            self._transport._peer_down(str(peer_id))
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        pass
+
+
+def ensure_port_free(listen_addr: str) -> None:
+    """Refuse a fixed TCP port another process already listens on. py-libp2p binds with
+    SO_REUSEPORT (for hole punching), so a second node on one port would silently share it
+    and receive half of its peers' connections."""
+    import socket
+
+    try:
+        addr = multiaddr.Multiaddr(listen_addr)
+        port = int(addr.value_for_protocol("tcp"))
+        family, host = socket.AF_INET, addr.value_for_protocol("ip4")
+    except Exception:  # noqa: BLE001 - not a plain ip4/tcp address: libp2p judges it
+        return
+    if port == 0:
+        return
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR (a restart over TIME_WAIT is fine) but not SO_REUSEPORT: the bind
+        # fails while any socket listens on the port.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise PortInUse(f"{listen_addr}: port {port} is in use ({exc.strerror})") from exc
+
+
+class Libp2pTransport(Transport):
+    """``Transport`` over py-libp2p: TCP + Noise + Yamux, our two stream protocols."""
+
+    def __init__(self, seed: bytes, config: TransportConfig | None = None) -> None:
+        super().__init__(seed, config)
+        listen = [multiaddr.Multiaddr(a) for a in self.config.listen_addrs]
+        self._listen = listen
+        self.host = create_host(seed, listen)
+        for protocol in (wire.REQUEST_PROTOCOL, wire.BLOB_PROTOCOL):
+            self.host.set_stream_handler(TProtocol(protocol), self._on_stream)
+        self.host.get_network().register_notifee(_Notifee(self))
+        self._guard_dials()
+        self._stopping = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    def _guard_dials(self) -> None:
+        """libp2p dials on demand: ``new_stream`` to a peer without a connection dials it
+        (identify, or our own request racing a disconnect), and such a dial racing
+        the disconnect or our shutdown leaks its socket (``Swarm.close()`` has already
+        taken its list of connections). Only ``connect()`` dials here (and the DHT, when
+        enabled); never once we are stopping, nor towards a banned peer."""
+        network = self.host.get_network()
+        dial = network.dial_peer
+
+        async def dial_peer(peer_id: ID) -> list[INetConn]:
+            if not self._running:
+                raise SwarmException(f"not dialling {peer_id}: transport is stopped")
+            if self.is_banned(str(peer_id)):
+                raise SwarmException(f"not dialling {peer_id}: banned")
+            if not _explicit_dial.get() and not self.config.enable_dht:
+                raise SwarmException(f"not dialling {peer_id}: not connected")
+            return await dial(peer_id)
+
+        network.dial_peer = dial_peer  # type: ignore[method-assign]
+
+    @property
+    def listen_addrs(self) -> tuple[str, ...]:
+        return tuple(str(a) for a in self.host.get_addrs()) if self._running else ()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until ``stop()``, then close gracefully (#4). Cancelling the caller is a
+        stop too: libp2p runs in a shielded scope, and a watcher outside it turns the
+        caller's cancellation into ``stop()``, then allows ``CLOSE_GRACE`` seconds for
+        the close before cancelling libp2p for real. (A test's nursery that is cancelled
+        right after ``stop()`` otherwise interrupts ``host.close()`` and the dialer's
+        sockets leak, to be found by a later test's garbage collection.)"""
+        shield = trio.CancelScope(shield=True)
+        async with trio.open_nursery() as watcher:
+            watcher.start_soon(self._stop_when_cancelled, shield)
+            try:
+                with shield:
+                    await self._serve(task_status)
+            finally:
+                watcher.cancel_scope.cancel()
+
+    async def _stop_when_cancelled(self, shield: trio.CancelScope) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:  # the caller was cancelled, or _serve returned (then this is a no-op)
+            self.stop()
+            shield.deadline = min(shield.deadline, trio.current_time() + CLOSE_GRACE)
+
+    async def _serve(self, task_status: Any) -> None:
+        try:
+            async with self.host.run(listen_addrs=self._listen), AsyncExitStack() as stack:
+                for service in self._services():
+                    await stack.enter_async_context(background_trio_service(service))
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self._running = True
+                    for addr in self.config.bootstrap:
+                        nursery.start_soon(self._keep_connected, addr)
+                    # the peerstore grows without bound unless something evicts from it
+                    nursery.start_soon(self.host.get_peerstore().start_cleanup_task, 300)
+                    task_status.started()
+                    await self._stopping.wait()
+                    self._running = False
+                    await self.host.close()  # #4: before anything is cancelled
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._running = False
+
+    def _services(self) -> list[Any]:
+        services: list[Any] = []
+        if self.config.enable_dht:
+            from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+
+            services.append(KadDHT(self.host, DHTMode.SERVER))
+        return services
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _spawn(self, fn: Callable[[PeerId], Awaitable[None]], peer: PeerId) -> None:
+        if self._nursery is not None and self._running:
+            self._nursery.start_soon(fn, peer)
+
+    async def connect(self, addr: str) -> PeerId:
+        self._check_running()
+        with _mapped(PeerUnreachable, f"bad address {addr!r}"):
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        peer = str(info.peer_id)
+        if peer == self.peer_id:
+            raise PeerUnreachable("cannot dial self")
+        if self.is_banned(peer):
+            raise PeerUnreachable(f"{peer} is banned for sending garbage")
+        explicit = _explicit_dial.set(True)
+        try:
+            with trio.fail_after(self.config.request_timeout), _mapped(PeerUnreachable, addr):
+                await self.host.connect(info)
+        except trio.TooSlowError as exc:
+            raise PeerUnreachable(f"dial {addr} timed out") from exc
+        finally:
+            _explicit_dial.reset(explicit)
+        self._peer_up(peer)  # the notifee may still be in flight; make connect() final
+        return peer
+
+    def peer_addrs(self, peer: PeerId) -> tuple[str, ...]:
+        try:
+            addrs = self.host.get_peerstore().addrs(ID.from_base58(peer))
+        except (BaseLibp2pError, ValueError):
+            return ()  # unknown or expired
+        suffix = f"/p2p/{peer}"
+        return tuple(a if a.endswith(suffix) else a + suffix for a in map(str, addrs))
+
+    async def disconnect(self, peer: PeerId) -> None:
+        with _mapped(ConnectionLost, f"disconnect {peer}"):
+            await self.host.disconnect(ID.from_base58(peer))
+        self._peer_down(peer)
+
+    async def _open_stream(self, peer: PeerId, protocol: str) -> _Stream:
+        if peer not in self._peers:
+            raise PeerUnreachable(f"not connected to {peer}")
+        # Connected, yet the stream failed: the peer reset it during negotiation (too many
+        # open streams, protocol unsupported) - the same ConnectionLost the twin raises.
+        with _mapped(ConnectionLost, f"open {protocol} to {peer}"):
+            stream = await self.host.new_stream(ID.from_base58(peer), [TProtocol(protocol)])
+        return _Stream(stream)
+
+    async def _on_stream(self, stream: INetStream) -> None:
+        peer = str(stream.muxed_conn.peer_id)
+        await self._serve_stream(peer, str(stream.get_protocol()), _Stream(stream))
