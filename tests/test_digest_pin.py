@@ -24,7 +24,7 @@ from node.forge.netspec import make_spec, merge_spec
 from node.forge.validate import Rules
 from node.shell.home import Home
 from tests.conftest import BASE, TINY_SHAPES, write_distilled
-from tests.node.test_invalid_commits import sign
+from tests.node.e2e.test_invalid_commits import sign
 
 COEFFS = ((1.0, 1.0), (0.75, 0.5), (0.5, 1.25))
 PINNED = {

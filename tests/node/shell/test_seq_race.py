@@ -24,7 +24,7 @@ import pytest
 
 from node.shell.home import Home
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DEADLINE_S = 60.0
 
 # argv: home, calls per thread, threads. Prints "ready", waits for "go", then prints every

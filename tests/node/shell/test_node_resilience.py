@@ -18,7 +18,7 @@ from node.core.protocol import CoreConfig
 from node.errors import StoreLocked, TransportError
 from node.shell.service import NodeService
 from node.shell.transport.libp2p import Libp2pTransport
-from tests.node.test_service import FAST, _commit, _homes
+from tests.node.shell.test_service import FAST, _commit, _homes
 
 FAST_CORE = CoreConfig(sync_interval=0.5)
 

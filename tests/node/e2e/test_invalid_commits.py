@@ -27,7 +27,7 @@ from node.shell.home import Home
 from node.shell.transport.libp2p import Libp2pTransport
 from tests.conftest import BASE, write_distilled
 from tests.node.procs import commit_cli, same_digest, start_line, stop, until
-from tests.node.test_service import FAST
+from tests.node.shell.test_service import FAST
 
 pytestmark = pytest.mark.slow
 

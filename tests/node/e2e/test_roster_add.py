@@ -13,8 +13,8 @@ import pytest
 from node.shell.home import Home
 from tests.conftest import write_distilled
 from tests.node.conftest import make_homes
+from tests.node.e2e.test_revocation import line_of_nodes, run
 from tests.node.procs import commit_cli, same_digest, start, stop, until
-from tests.node.test_revocation import line_of_nodes, run
 
 pytestmark = pytest.mark.slow
 

@@ -20,9 +20,9 @@ from node.forge.netspec import make_spec
 from node.forge.validate import Rules, check_commit
 from node.shell.home import Home
 from tests.conftest import BASE, TINY_SHAPES
-from tests.node.test_invalid_commits import bad_commits, sign
+from tests.node.e2e.test_invalid_commits import bad_commits, sign
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 Case = tuple[Commit, dict[str, bytes]]
 
 

@@ -30,7 +30,7 @@ from node.shell.store import Store
 from node.shell.transport import LinkUp, MemoryNetwork, MemoryTransport
 from tests.conftest import BASE
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 DATA = b"adapter bytes " * 1000
 SHA = hashlib.sha256(DATA).digest()
@@ -594,7 +594,7 @@ def test_a_full_disk_raises_store_error_and_leaves_nothing(tmpfs: Path) -> None:
 def test_a_file_size_limit_raises_store_error_and_leaves_nothing(tmp_path: Path) -> None:
     code = (
         "import sys; from pathlib import Path\n"
-        "from tests.node.test_store import full_disk_checks, fsize_limit\n"
+        "from tests.node.shell.test_store import full_disk_checks, fsize_limit\n"
         "full_disk_checks(Path(sys.argv[1]), 4 << 20, fsize_limit(1 << 20), own_fs=False)\n"
         "print('checked')\n"
     )

@@ -22,7 +22,7 @@ from node.shell.home import Home
 from node.shell.service import NodeService
 from node.shell.transport import MemoryNetwork, MemoryTransport
 from tests.merge.pipeline_fixtures import save_tiny_text, tiny_text_backend, toy_records
-from tests.node.test_service import _commit
+from tests.node.shell.test_service import _commit
 
 
 def _plugin(tmp_path: Path, name: str, seed: int) -> tuple[Path, Path]:

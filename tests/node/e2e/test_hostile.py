@@ -24,9 +24,9 @@ from node.errors import TransportError
 from node.shell.home import Home
 from node.shell.transport.libp2p import Libp2pTransport
 from tests.conftest import BASE, write_distilled
+from tests.node.e2e.test_invalid_commits import sign
 from tests.node.procs import ROOT, commit_cli, same_digest, start_line, stop, until
-from tests.node.test_invalid_commits import sign
-from tests.node.test_service import FAST
+from tests.node.shell.test_service import FAST
 
 pytestmark = pytest.mark.slow
 
