@@ -5,9 +5,12 @@ Envelope (canonical CBOR, see ``crypto.canonical``)::
     {"v": <the kind's schema version>, "kind": "commit" | "genesis" | "roster" | "revocation",
      "body": {...}, "sigs": [{"key": <32 bytes>, "sig": <64 bytes>}, ...]}
 
-Schema versions are per kind (``VERSIONS``): genesis, commit and roster are version 1; a
-revocation is version 2 (version 1 named its signer's key in the body, so two members'
-revocations of one commit were two records that never combined; it is refused on decode).
+Schema versions are per kind (``VERSIONS``, the newest; ``READABLE``, every version a build
+accepts): genesis and roster are version 1. A commit is version 1, or version 2 when it says how
+its plugin was trained (``training``) or carries coefficients per module group
+(``module_coeffs``); a version 1 commit keeps its bytes and id, so every commit signed before
+stays valid. A revocation is version 2 (version 1 named its signer's key in the body, so two
+members' revocations of one commit were two records that never combined; it is refused on decode).
 
 Every signature covers ``encode({"domain": DOMAIN, "kind": kind, "body": body})``, from version 2
 on ``encode({"domain": DOMAIN, "kind": kind, "v": v, "body": body})`` (version 1's bytes stay as
@@ -87,13 +90,17 @@ class _Signed(ABC):
         # Cached: the order and the core ask for ids constantly, and a record is immutable.
         return canonical.sha256(self.signing_bytes())
 
+    def version(self) -> int:
+        """The schema version of this record's bytes (per kind; see ``READABLE``)."""
+        return self.VERSION
+
     def signing_bytes(self) -> bytes:
-        return _signing_bytes(self.KIND, self.VERSION, self.body())
+        return _signing_bytes(self.KIND, self.version(), self.body())
 
     def encode(self) -> bytes:
         sigs = [{"key": s.key.raw, "sig": s.sig} for s in sorted(self.sigs, key=lambda s: s.key)]
         return canonical.encode(
-            {"v": self.VERSION, "kind": self.KIND, "body": self.body(), "sigs": sigs}
+            {"v": self.version(), "kind": self.KIND, "body": self.body(), "sigs": sigs}
         )
 
     def signed_by(self, identity: Identity) -> Any:
@@ -146,7 +153,12 @@ class Genesis(_Signed):
 
 @dataclass(frozen=True)
 class Commit(_Signed):
-    """One institution's plugin, merged onto forge item ``parent`` with ``coeffs``."""
+    """One institution's plugin, merged onto forge item ``parent`` with ``coeffs``.
+
+    Version 2 fields (``None`` in a version 1 commit): ``training`` says how the plugin was
+    trained (``{"method": "independent" | "continual", "replay": n, ...}``: names to text or
+    numbers, informational); ``module_coeffs`` maps module groups (named by the merge spec) to
+    their own coefficient pair, ``coeffs`` applying to every module of no named group."""
 
     network: bytes
     author: PublicKey
@@ -159,7 +171,10 @@ class Commit(_Signed):
     coeffs: tuple[float, float]
     objective: Mapping[str, float]
     supersedes: bytes | None = None
+    training: Mapping[str, str | int | float] | None = None
+    module_coeffs: Mapping[str, tuple[float, float]] | None = None
     KIND: ClassVar[str] = "commit"
+    VERSION: ClassVar[int] = 2  # the newest; version() says which one these bytes are
 
     @classmethod
     def create(cls, identity: Identity, **fields: Any) -> Commit:
@@ -181,6 +196,18 @@ class Commit(_Signed):
             "coeffs": list(self.coeffs),
             "objective": dict(self.objective),
             "supersedes": self.supersedes,
+        } | self._v2_body()
+
+    def version(self) -> int:
+        return 1 if self.training is None and self.module_coeffs is None else 2
+
+    def _v2_body(self) -> dict[str, Any]:
+        if self.version() == 1:
+            return {}  # a version 1 body has exactly its original keys: its id must not change
+        coeffs = self.module_coeffs
+        return {
+            "training": dict(self.training) if self.training is not None else None,
+            "module_coeffs": {k: list(v) for k, v in coeffs.items()} if coeffs else None,
         }
 
 
@@ -292,6 +319,8 @@ def decode_record(
     envelope = canonical.decode(data, max_size=max_size)
     kind, body, sigs = _envelope(envelope)
     record: Record = replace(_PARSERS[kind](_Body(kind, body)), sigs=sigs)
+    if record.version() != envelope["v"]:
+        raise SchemaError(f"{kind}: a version {envelope['v']} envelope around a different body")
     if network is not None and not isinstance(record, Genesis) and record.network != network:
         raise WrongNetwork(f"{kind} {record.id.hex()[:12]} belongs to another network")
     _check_signatures(record)
@@ -307,7 +336,7 @@ def _envelope(envelope: Any) -> tuple[str, dict[str, Any], tuple[Signature, ...]
     kind, version = envelope["kind"], envelope["v"]
     if not isinstance(kind, str) or kind not in _PARSERS:
         raise SchemaError(f"unknown record kind {kind!r}")
-    if type(version) is not int or version != VERSIONS[kind]:
+    if type(version) is not int or version not in READABLE[kind]:
         if kind == "revocation" and version == 1:
             raise UnknownSchemaVersion(
                 "revocation schema version 1 (bound to its signer's key) is retired: "
@@ -315,7 +344,7 @@ def _envelope(envelope: Any) -> tuple[str, dict[str, Any], tuple[Signature, ...]
             )
         raise UnknownSchemaVersion(
             f"{kind} schema version {version!r} is not supported (this build reads "
-            f"version {VERSIONS[kind]})"
+            f"versions {list(READABLE[kind])})"
         )
     if not isinstance(envelope["body"], dict):
         raise SchemaError("body must be a map")
@@ -422,8 +451,13 @@ def _member(raw: Any) -> Member:
     return Member(body.name("name"), _key(raw["key"], "member.key"))
 
 
+_COMMIT_V2 = {"training", "module_coeffs"}
+
+
 def _parse_commit(b: _Body) -> Commit:
-    b.exactly({f.name for f in fields(Commit)} - {"sigs"})
+    names = {f.name for f in fields(Commit)} - {"sigs"}
+    b.exactly(names if _COMMIT_V2 & set(b.body) else names - _COMMIT_V2)
+    v2 = _COMMIT_V2 <= set(b.body)
     commit = Commit(
         network=b.hash("network") or b"",
         author=_key(b.body["author"], "commit.author"),
@@ -436,9 +470,22 @@ def _parse_commit(b: _Body) -> Commit:
         coeffs=tuple(b.get("coeffs", list)),
         objective=b.get("objective", dict),
         supersedes=b.hash("supersedes", optional=True),
+        training=b.get("training", dict, optional=True) if v2 else None,
+        module_coeffs=_module_coeffs(b.get("module_coeffs", dict, optional=True)) if v2 else None,
     )
     _check_commit(commit)
     return commit
+
+
+def _module_coeffs(raw: dict[str, Any] | None) -> dict[str, tuple[float, float]] | None:
+    if raw is None:
+        return None
+    out = {}
+    for name, pair in raw.items():
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise SchemaError(f"module_coeffs[{name!r}] must be a pair of floats")
+        out[name] = (pair[0], pair[1])
+    return out
 
 
 def _check_commit(commit: Commit) -> None:
@@ -463,6 +510,41 @@ def _check_commit(commit: Commit) -> None:
         raise SchemaError("objective must map at most 32 names to finite numbers")
     if set(commit.blobs) != set(BLOB_KINDS):
         raise SchemaError(f"commit blobs must be exactly {list(BLOB_KINDS)}")
+    _check_v2(commit)
+
+
+MAX_TRAINING_KEYS = 16
+MAX_MODULE_GROUPS = 4096
+
+
+def _check_v2(commit: Commit) -> None:
+    training = commit.training
+    if training is not None and (
+        len(training) > MAX_TRAINING_KEYS
+        or not all(isinstance(k, str) and 0 < len(k) <= MAX_NAME for k in training)
+        or not all(_plain_value(v) for v in training.values())
+    ):
+        raise SchemaError(
+            f"training must map at most {MAX_TRAINING_KEYS} names to text "
+            f"(<= {MAX_NAME} characters) or finite numbers"
+        )
+    groups = commit.module_coeffs
+    if groups is not None:
+        if not 0 < len(groups) <= MAX_MODULE_GROUPS:
+            raise SchemaError(f"module_coeffs must name 1..{MAX_MODULE_GROUPS} module groups")
+        for name, pair in groups.items():
+            if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+                raise SchemaError(f"module group names are 1..{MAX_NAME} characters")
+            if len(pair) != 2 or not all(isinstance(c, float) and math.isfinite(c) for c in pair):
+                raise SchemaError(f"module_coeffs[{name!r}] must be two finite floats")
+
+
+def _plain_value(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= MAX_NAME
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def _blobs(raw: dict[str, Any]) -> dict[str, BlobRef]:
@@ -516,4 +598,8 @@ _PARSERS: dict[str, Any] = {
 }
 VERSIONS: dict[str, int] = {
     cls.KIND: cls.VERSION for cls in (Genesis, Commit, RosterUpdate, Revocation)
+}
+# Every version a build reads: commit version 1 stays readable (its records are signed history).
+READABLE: dict[str, tuple[int, ...]] = {kind: (v,) for kind, v in VERSIONS.items()} | {
+    "commit": (1, 2)
 }

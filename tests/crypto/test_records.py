@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -79,7 +80,7 @@ def _reencode(record: Commit, **envelope: object) -> bytes:
 
 def test_unknown_schema_version(alice: Identity, genesis: Genesis) -> None:
     with pytest.raises(UnknownSchemaVersion):
-        decode_record(_reencode(make_commit(alice, genesis), v=2))
+        decode_record(_reencode(make_commit(alice, genesis), v=3))  # 1 and 2 are commit versions
 
 
 def test_unknown_fields_and_kinds(alice: Identity, genesis: Genesis) -> None:
@@ -272,3 +273,78 @@ def test_a_tampered_revocation_is_refused(alice: Identity, bob: Identity, genesi
         decode_record(_revocation(genesis).encode())
     with pytest.raises(WrongNetwork):
         decode_record(encoded, network=b"\x09" * 32)
+
+
+# --- commit schema 2: training provenance and per-module coefficients ---------------------
+
+
+def test_a_commit_without_version_2_fields_keeps_its_version_1_bytes(
+    alice: Identity, genesis: Genesis
+) -> None:
+    commit = make_commit(alice, genesis)
+    envelope = canonical.decode(commit.encode())
+    assert envelope["v"] == 1
+    assert "training" not in envelope["body"]
+    assert "module_coeffs" not in envelope["body"]
+    assert set(canonical.decode(commit.signing_bytes())) == {"domain", "kind", "body"}
+    assert decode_record(commit.encode()) == commit
+
+
+def test_a_version_2_commit_round_trips_and_signs_its_version(
+    alice: Identity, genesis: Genesis
+) -> None:
+    commit = make_commit(
+        alice,
+        genesis,
+        training={"method": "continual", "replay": 48},
+        module_coeffs={"layer.0": (1.0, 0.75), "layer.1": (0.5, 1.25)},
+    )
+    assert canonical.decode(commit.encode())["v"] == 2 == VERSIONS["commit"]
+    assert canonical.decode(commit.signing_bytes())["v"] == 2
+    again = decode_record(commit.encode())
+    assert again == commit
+    assert again.id == commit.id
+    assert again.module_coeffs == {"layer.0": (1.0, 0.75), "layer.1": (0.5, 1.25)}
+    only_training = make_commit(alice, genesis, training={"method": "independent"})
+    assert decode_record(only_training.encode()).module_coeffs is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("module_coeffs", {}),
+        ("module_coeffs", {"g": (1.0, math.nan)}),
+        ("module_coeffs", {"": (1.0, 1.0)}),
+        ("module_coeffs", {"g": (1.0,)}),
+        ("training", {"method": True}),
+        ("training", {"steps": math.inf}),
+        ("training", {f"k{i}": 1 for i in range(17)}),
+    ],
+)
+def test_bad_version_2_fields_are_refused(
+    alice: Identity, genesis: Genesis, field: str, value: object
+) -> None:
+    with pytest.raises(SchemaError):
+        make_commit(alice, genesis, **{field: value})
+
+
+def test_a_version_envelope_must_match_its_commit_body(alice: Identity, genesis: Genesis) -> None:
+    """One encoding per commit: a v2 envelope around a v1 body (or the reverse) is refused."""
+    for commit, wrong in (
+        (make_commit(alice, genesis), 2),
+        (make_commit(alice, genesis, training={"method": "continual"}), 1),
+    ):
+        body = commit.body()
+        signing: dict[str, object] = {"domain": DOMAIN, "kind": "commit", "body": body}
+        if wrong != 1:
+            signing["v"] = wrong
+        data = canonical.encode(
+            {
+                "v": wrong,
+                "kind": "commit",
+                "body": body,
+                "sigs": [{"key": alice.public.raw, "sig": alice.sign(canonical.encode(signing))}],
+            }
+        )
+        with pytest.raises(SchemaError):
+            decode_record(data)
