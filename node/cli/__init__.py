@@ -1,15 +1,26 @@
 """`medforge`: the command line. Each command group is one module with ``register``;
-commands only parse arguments and call library code. Expected failures (bad input, a
-missing home, a record that does not verify) print ``error: <reason>`` and exit 2."""
+commands only parse arguments and call library code. An expected failure prints
+``error: <kind>: <reason>`` on stderr (with ``--json`` also ``{"error": {...}}`` on stdout) and
+exits with a code that tells the cases apart (``Exit``; documented in the README)."""
 
 from __future__ import annotations
 
 import argparse
+import enum
 import importlib
+import json
 import sys
 from collections.abc import Sequence
 
-from node.errors import NodeError
+from node.errors import (
+    ControlProtocolError,
+    NodeError,
+    NodeNotRunning,
+    NodeRefused,
+    PortInUse,
+    StoreCorrupt,
+    TransportError,
+)
 
 # Command modules, in help order. A module that fails to import (a missing optional part)
 # hides its commands instead of breaking the whole CLI.
@@ -20,6 +31,7 @@ COMMAND_MODULES = (
     "node.cli.train_cmd",
     "node.cli.distill_cmd",
     "node.cli.merge_cmd",
+    "node.cli.evaluate_cmd",
     "node.cli.node_cmd",
     "node.cli.store_cmd",
     "node.cli.simulate_cmd",
@@ -55,6 +67,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Exit(enum.IntEnum):
+    OK = 0
+    PROBLEMS_FOUND = 1  # a check ran and found problems (`store check`, ...)
+    BAD_INPUT = 2  # usage, arguments, files, records, adapters, home or config
+    NO_NODE = 3  # no node is running on the home
+    REFUSED = 4  # the running node refused the request (its reason is printed)
+    NODE_FAILED = 5  # the node, its transport or its store failed
+    INTERRUPTED = 130
+
+
+def exit_code(exc: BaseException) -> Exit:
+    if isinstance(exc, NodeNotRunning):
+        return Exit.NO_NODE
+    if isinstance(exc, NodeRefused):
+        return Exit.REFUSED
+    if isinstance(exc, ControlProtocolError | StoreCorrupt):
+        return Exit.NODE_FAILED
+    if isinstance(exc, TransportError) and not isinstance(exc, PortInUse):
+        return Exit.NODE_FAILED  # a port in use is the operator's configuration: bad input
+    return Exit.BAD_INPUT
+
+
 def _expected_errors() -> tuple[type[BaseException], ...]:
     # merge.errors imports no torch, so the error trees cost nothing to load here.
     from crypto.errors import CryptoError
@@ -69,10 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return Exit.INTERRUPTED
     except _expected_errors() as exc:
+        code = exit_code(exc)
+        if getattr(args, "json", False):  # a script reads stdout; a person still sees stderr
+            error = {"kind": type(exc).__name__, "message": str(exc), "exit": int(code)}
+            print(json.dumps({"error": error}, indent=2, sort_keys=True))
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        return code
     return code
 
 

@@ -418,7 +418,7 @@ def test_store_check_beside_a_running_node_only_reads(
 
         code, report, err = check(home, "--repair", capsys=capsys)
         assert code == 2
-        assert report is None
+        assert report["error"]["kind"] == "StoreLocked"  # --json errors are JSON too
         assert err.startswith("error: StoreLocked: a node is running on")
         assert "without --repair" in err
         assert node_store.has_blob(sha["ok"])  # the refused repair touched nothing
@@ -460,9 +460,9 @@ def test_store_check_lists_blobs_stored_commits_lack(
 
 
 def test_store_check_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = check(tmp_path / "nowhere", capsys=capsys)
+    code, report, _ = check(tmp_path / "nowhere", capsys=capsys)
     assert code == 2
-    assert err.startswith("error: HomeError:")
+    assert report["error"]["kind"] == "HomeError"
     home = Home.init(tmp_path / "fresh", "fresh").path
     code, _, err = check(home, capsys=capsys)
     assert code == 2
@@ -471,7 +471,7 @@ def test_store_check_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     Store.open(home).close()
     (home / "store" / "index.sqlite3").write_bytes(b"not a database" * 1000)
     code, _, err = check(home, capsys=capsys)
-    assert code == 2
+    assert code == 5  # Exit.NODE_FAILED: the store, not the input
     assert err.startswith("error: StoreCorrupt:")
 
 

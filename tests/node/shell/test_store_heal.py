@@ -166,7 +166,8 @@ async def test_a_blob_that_rots_is_never_served(
     assert path.exists()
     code, report, err = store_check(alice, "--repair")
     assert code == 2
-    assert report is None
+    assert report is not None
+    assert report["error"]["kind"] == "StoreLocked"
     assert err.startswith("error: StoreLocked: a node is running on"), err
 
     # Bob joins late, from a fresh home, and can only ask alice: she refuses, never sends.
