@@ -13,10 +13,10 @@ from crypto.identity import PublicKey
 from crypto.records import Commit, Genesis, Member, Revocation, RosterUpdate, decode_record
 from crypto.roster import Roster
 from merge.base_shapes import BaseShapes, shapes_of
-from merge.spec import MergeSpec
+from merge.groups import GROUPINGS
 from node.cli.output import add_home, add_json, emit
-from node.errors import ControlError, UsageError
-from node.forge.netspec import make_spec
+from node.errors import ControlError, NodeNotRunning, UsageError
+from node.forge.netspec import check_spec, make_spec
 from node.shell.control import call
 from node.shell.home import Home
 
@@ -39,6 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     create.add_argument("--threshold", type=int, default=1, help="k of n for roster changes")
     create.add_argument("--mode", choices=MODES, default="stack", help="merge method")
+    create.add_argument(
+        "--groups",
+        choices=GROUPINGS,
+        default="none",
+        help="per-module coefficients: one pair per transformer layer or per target module "
+        "name (fusion/stack; default none: one pair per commit)",
+    )
     create.add_argument(
         "--base",
         required=True,
@@ -180,11 +187,11 @@ def run_create(args: argparse.Namespace) -> int:
     if not 1 <= args.threshold <= len(members):
         raise UsageError(f"threshold must be between 1 and {len(members)}")
     fingerprint, shapes, kind, model = _base(args)
-    spec = make_spec(args.mode, fingerprint, shapes, backend=kind, model=model)
+    spec = make_spec(args.mode, fingerprint, shapes, backend=kind, model=model, groups=args.groups)
     if args.spec:
         spec.update(json.loads(args.spec.read_text()))
-        MergeSpec.from_dict(spec["merge"])  # refuse a malformed spec before anyone signs it
-        BaseShapes.from_dict(spec["shapes"])
+    # Refuse a malformed spec (or module groups no commit could name) before anyone signs it.
+    check_spec(spec)
     genesis = Genesis(
         name=args.name,
         members=tuple(sorted(members.values(), key=lambda m: m.key)),
@@ -195,7 +202,7 @@ def run_create(args: argparse.Namespace) -> int:
     home.join(genesis)
     if args.out:
         args.out.write_bytes(genesis.encode())
-    _show(args, genesis, Roster.from_genesis(genesis))
+    _show(args, genesis, Roster.from_genesis(genesis), source="genesis")
     return 0
 
 
@@ -215,22 +222,34 @@ def run_join(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    genesis = Home(Path(args.home)).genesis()
-    _show(args, genesis, Roster.from_genesis(genesis))
+    """The roster in force when the home's node runs (it holds the roster updates), else the
+    genesis roster, and says which."""
+    home = Home(Path(args.home))
+    genesis = home.genesis()
+    try:
+        answer = call(home.control_path, "roster", timeout=10)
+    except NodeNotRunning:
+        _show(args, genesis, Roster.from_genesis(genesis), source="genesis (no node running)")
+        return 0
+    records = [decode_record(bytes.fromhex(r)) for r in answer["records"]]
+    _show(args, genesis, Roster.from_records(genesis, records), source="in force (node)")
     return 0
 
 
-def _show(args: argparse.Namespace, genesis: Genesis, roster: Roster) -> None:
+def _show(args: argparse.Namespace, genesis: Genesis, roster: Roster, source: str) -> None:
     members = [{"name": m.name, "public_key": m.key.hex()} for m in roster.members.values()]
     data = {
         "network_id": genesis.network_id.hex(),
         "name": genesis.name,
         "members": members,
         "threshold": roster.threshold,
+        "epoch": roster.epoch,
+        "roster_source": source,
         "spec": dict(genesis.spec),
     }
     lines = [
         f"network {genesis.name}  id {genesis.network_id.hex()}",
+        f"roster epoch {roster.epoch}, {source}",
         f"threshold {roster.threshold} of {len(members)}",
         *(f"  {m['name']:<20} {m['public_key']}" for m in members),
         f"spec {json.dumps(dict(genesis.spec), sort_keys=True)}",

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from node.cli.output import add_home, add_json, emit
+from node.cli.output import add_home, add_json, describe_training, emit
 from node.shell.control import call
 from node.shell.home import Home
 
@@ -127,6 +127,13 @@ def run_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def _peer_line(peer: dict[str, Any]) -> str:
+    heard = "never heard" if peer["heard_s_ago"] is None else f"heard {peer['heard_s_ago']} s ago"
+    where = peer["addrs"][0].split("/p2p/")[0] if peer.get("addrs") else "no address"
+    role = "member" if peer["member"] else "not a member"
+    return f"  {peer['name']:<14} {where}  {heard}, {role}"
+
+
 def run_status(args: argparse.Namespace) -> int:
     s = _call(args, "status")
     peers = (
@@ -137,6 +144,9 @@ def run_status(args: argparse.Namespace) -> int:
         f"{s['name']}  ({s['peer_id']})  network {s['network']}  up {s['uptime_s']} s",
         f"peers       {s['peers_connected']} connected ({s['peers_live']} heard from lately), "
         f"{s['peers_known']} known: {peers}",
+        *(_peer_line(peer) for peer in s["peers"]),
+        f"roster      epoch {s['roster_epoch']}, {len(s['members'])} members "
+        f"({', '.join(s['members'])}), threshold {s['threshold']}",
         f"records     {s['records']} held, {s['pending_records']} pending, "
         f"{s['rejected_records']} rejected; blobs {s['blobs']}, missing {s['missing_blobs']}",
         f"forge item  v{s['forge_item']}  head {s['head'][:16]}  orphans {s['orphans']}",
@@ -179,9 +189,11 @@ def run_log(args: argparse.Namespace) -> int:
     for e in entries:
         w1, w2 = e["coeffs"]
         tag = "  orphan" if e["orphan"] else ""
+        training = e.get("training")  # a node of an older build does not say
+        trained = f"  {describe_training(training)}" if training else ""
         lines.append(
             f"v{e['item']:<3} {e['author']:<16} task {e['task']:<20} "
-            f"w=({w1:+.4f}, {w2:+.4f}) commit {e['commit'][:12]}{tag}"
+            f"w=({w1:+.4f}, {w2:+.4f}) commit {e['commit'][:12]}{tag}{trained}"
         )
     excluded = _call(args, "status")["excluded"]
     for e in excluded:

@@ -31,6 +31,8 @@ class Ops:
             return forge_log(self.node)
         if op == "head":
             return head(self.node)
+        if op == "roster":  # the records behind the roster in force, for `network show`
+            return {"records": [r.encode().hex() for r in self.node.core.roster_records()]}
         if op == "publish":
             return await publish(self.node, Path(str(request["bundle"])))
         if op == "publish_record":
@@ -63,6 +65,7 @@ def forge_log(node: NodeService) -> list[dict[str, Any]]:
                 "objective": dict(commit.objective),
                 "orphan": k >= order.main_length,
                 "supersedes": commit.supersedes.hex() if commit.supersedes else None,
+                "training": dict(commit.training) if commit.training is not None else None,
             }
         )
     return entries

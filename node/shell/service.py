@@ -308,7 +308,9 @@ class NodeService:
         async for event in self.transport.events:
             match event:
                 case LinkUp(peer):
-                    log.info("peer %s connected", self.name_of(peer))
+                    addrs = self.transport.peer_addrs(peer)
+                    where = addrs[0].split("/p2p/")[0] if addrs else "unknown address"
+                    log.info("peer %s connected (%s, %s)", self.name_of(peer), where, peer)
                     try:
                         self.store.upsert_peer(peer, ())
                     except StoreError as exc:  # a full disk: the peer still counts
@@ -518,7 +520,8 @@ class NodeService:
         """A frozen snapshot of the node, taken on the trio thread."""
         core, order, stats = self.core, self.core.order, self.core.statistics()
         conv = core.convergence()
-        peers = peer_statuses(core, trio.current_time(), self.name_of)
+        peers = peer_statuses(core, trio.current_time(), self.name_of, self.transport.peer_addrs)
+        roster = core.roster
         transport = self.transport.statistics()
         return NodeStatus(
             name=self.config.name,
@@ -526,6 +529,9 @@ class NodeService:
             network=self.genesis.name,
             network_id=self.genesis.network_id.hex(),
             listen=tuple(self.listen_addrs),
+            roster_epoch=roster.epoch,
+            members=tuple(sorted(m.name for m in roster.members.values())),
+            threshold=roster.threshold,
             started_at=self.started_at,
             uptime_s=round(time.time() - self.started_at, 1),
             peers=peers,

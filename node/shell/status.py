@@ -29,6 +29,7 @@ class PeerStatus:
     records: int | None  # what its last summary said it holds
     heard_s_ago: float | None
     live: bool  # heard within three sync intervals
+    addrs: tuple[str, ...] = ()  # where the transport reaches it (empty when not connected)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class NodeStatus:
     network: str
     network_id: str
     listen: tuple[str, ...]
+    roster_epoch: int  # the roster in force: genesis is epoch 0, each update one more
+    members: tuple[str, ...]  # names of the members in force
+    threshold: int
     started_at: float  # unix time
     uptime_s: float
     peers: tuple[PeerStatus, ...]
@@ -95,11 +99,14 @@ class NodeStatus:
         out = dataclasses.asdict(self)
         out["listen"] = list(self.listen)
         out["equivocators"] = list(self.equivocators)
+        out["members"] = list(self.members)
         out["last_errors"] = list(self.last_errors)
         return out
 
 
-def peer_statuses(core: Core, now: float, name_of: NameOf) -> tuple[PeerStatus, ...]:
+def peer_statuses(
+    core: Core, now: float, name_of: NameOf, addrs_of: Callable[[str], tuple[str, ...]]
+) -> tuple[PeerStatus, ...]:
     # Liveness comes from traffic, not from the socket: every peer sends its summary each
     # sync interval, so one silent for three of them is cut off, whatever TCP believes.
     silent_after = 3 * core.config.sync_interval
@@ -118,6 +125,7 @@ def peer_statuses(core: Core, now: float, name_of: NameOf) -> tuple[PeerStatus, 
                 records=report.count if report else None,
                 heard_s_ago=heard,
                 live=heard is not None and heard <= silent_after,
+                addrs=addrs_of(peer),
             )
         )
     return tuple(peers)

@@ -358,7 +358,7 @@ class Libp2pTransport(Transport):
     def peer_addrs(self, peer: PeerId) -> tuple[str, ...]:
         try:
             addrs = self.host.get_peerstore().addrs(ID.from_base58(peer))
-        except (BaseLibp2pError, ValueError):
+        except (BaseLibp2pError, KeyError, ValueError):  # PeerStoreError is a KeyError
             return ()  # unknown or expired
         suffix = f"/p2p/{peer}"
         return tuple(a if a.endswith(suffix) else a + suffix for a in map(str, addrs))

@@ -81,6 +81,10 @@ async def test_a_member_added_by_a_roster_update_commits(
             assert [e["author"] for e in entry["items"]] == ["dave"]
             peers = {p["name"] for p in nodes[-1].status()["peers"]}
             assert "dave" in peers  # named by the roster in force, not a peer-id fragment
+            shown = json.loads(run(capsys, "network", "show", "--home", str(alice.path), "--json"))
+            assert shown["epoch"] == 1  # the roster in force, from the running node
+            assert "dave" in {m["name"] for m in shown["members"]}
+            assert nodes[-1].status()["roster_epoch"] == 1
         finally:
             logs.extend(stop([new]))
     assert not any("Traceback" in log for log in logs)
