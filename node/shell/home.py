@@ -37,6 +37,7 @@ class Config:
     listen: str = DEFAULT_LISTEN
     bootstrap: list[str] = field(default_factory=list)
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"  # where the metrics endpoint binds; loopback by default
     dht: bool = False  # also run a Kademlia DHT (py-libp2p's; discovery beyond bootstrap)
     strangers: str = "read"  # peers the roster never named: "read" (pull only) or "none"
 
@@ -45,6 +46,8 @@ class Config:
         lines.append("bootstrap = [" + ", ".join(_toml_str(b) for b in self.bootstrap) + "]")
         if self.metrics_port is not None:
             lines.append(f"metrics_port = {self.metrics_port}")
+        if self.metrics_host != "127.0.0.1":
+            lines.append(f"metrics_host = {_toml_str(self.metrics_host)}")
         if self.dht:
             lines.append("dht = true")
         if self.strangers != "read":
@@ -59,6 +62,7 @@ class Config:
             listen=str(raw.get("listen", DEFAULT_LISTEN)),
             bootstrap=[_dialable(str(b)) for b in raw.get("bootstrap", [])],
             metrics_port=raw.get("metrics_port"),
+            metrics_host=str(raw.get("metrics_host", "127.0.0.1")),
             dht=bool(raw.get("dht", False)),
             strangers=_one_of("strangers", raw.get("strangers", "read"), ("read", "none")),
         )

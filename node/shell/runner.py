@@ -9,6 +9,7 @@ talk to a node over its control socket do the same.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,11 @@ async def run_node(service: NodeService, *, task_status: Any = trio.TASK_STATUS_
         await nursery.start(control.serve, path, Ops(service).handle)
         port = service.config.metrics_port
         metrics_port = (
-            None if port is None else await nursery.start(metrics.serve, port, service.status)
+            None
+            if port is None
+            else await nursery.start(
+                partial(metrics.serve, host=service.config.metrics_host), port, service.status
+            )
         )
         task_status.started(Endpoints(path, metrics_port))
         await service.stopped.wait()
