@@ -18,6 +18,7 @@ def test_config_round_trips_through_toml() -> None:
         listen="/ip4/0.0.0.0/tcp/4001",
         bootstrap=["/ip4/10.0.0.2/tcp/4001/p2p/12D3KooWx"],
         metrics_port=9100,
+        metrics_host="0.0.0.0",
         dht=True,
     )
     assert Config.from_toml(config.to_toml()) == config
