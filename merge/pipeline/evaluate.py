@@ -1,4 +1,5 @@
-"""Accuracy and macro AUC of the base, a single plugin and a composite, per task.
+"""Accuracy, macro-F1 and macro AUC of the base, a single plugin and a composite, per task;
+class probabilities for new inputs.
 
 Every row is scored the same way the network would use it, through the backend's frozen
 class-name tower: fusion and stack composites add their dense ``ΔW`` (``fold.delta_weights``)
@@ -8,17 +9,23 @@ per member. Evaluation uses BLAS and is not bit-exact; it is never part of a dig
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 
 from merge.fold import Composite, delta_weights
 from merge.lora import LoraAdapter
 from merge.pipeline.backends.base import DualEncoder, cosine_logits
-from merge.pipeline.datasets import Examples
-from merge.pipeline.metrics import Metrics, classification_metrics
+from merge.pipeline.datasets import IMAGE_SUFFIXES, Examples, check_image
+from merge.pipeline.errors import DataFormatError, LabelError
+from merge.pipeline.metrics import Metrics, Scores, classification_metrics, scores
 
 Delta = Mapping[str, torch.Tensor]
+# Labelled records, raw items (texts or image paths) or ready model inputs.
+Inputs = Examples | Sequence[str] | torch.Tensor
 
 
 def adapter_delta(adapter: LoraAdapter) -> dict[str, torch.Tensor]:
@@ -28,9 +35,10 @@ def adapter_delta(adapter: LoraAdapter) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def features(
-    backend: DualEncoder, data: Examples | torch.Tensor, delta: Delta | None, batch_size: int = 64
+    backend: DualEncoder, data: Inputs, delta: Delta | None, batch_size: int = 64
 ) -> torch.Tensor:
-    """Unit-norm input features of raw records (prepared batch by batch) or ready inputs."""
+    """Unit-norm input features of raw records or items (prepared batch by batch) or ready
+    inputs."""
     n = len(data)
     chunks = []
     for i in range(0, n, batch_size):
@@ -43,12 +51,13 @@ def features(
     return torch.cat(chunks)
 
 
-def _prep(backend: DualEncoder, data: Examples, i: int, size: int) -> torch.Tensor:
-    return backend.prepare(data.items[i : i + size])
+def _prep(backend: DualEncoder, data: Examples | Sequence[str], i: int, size: int) -> torch.Tensor:
+    items = data.items if isinstance(data, Examples) else data
+    return backend.prepare(items[i : i + size])
 
 
 def probs_with_delta(
-    backend: DualEncoder, data: Examples | torch.Tensor, classes: Sequence[str], delta: Delta | None
+    backend: DualEncoder, data: Inputs, classes: Sequence[str], delta: Delta | None
 ) -> torch.Tensor:
     """Softmax over ``classes`` of scaled cosine logits, with ``delta`` on the input tower."""
     feats = features(backend, data, delta)
@@ -58,7 +67,7 @@ def probs_with_delta(
 def composite_probs(
     backend: DualEncoder,
     composite: Composite,
-    data: Examples | torch.Tensor,
+    data: Inputs,
     classes: Sequence[str],
 ) -> torch.Tensor:
     """Class probabilities of a composite (an empty one is the base)."""
@@ -76,7 +85,7 @@ Model = LoraAdapter | Composite | None
 
 
 def model_probs(
-    backend: DualEncoder, model: Model, data: Examples | torch.Tensor, classes: Sequence[str]
+    backend: DualEncoder, model: Model, data: Inputs, classes: Sequence[str]
 ) -> torch.Tensor:
     """``None``: the zero-shot base; an adapter: that plugin alone; a composite: as merged."""
     if model is None:
@@ -110,3 +119,70 @@ def mean_over_tasks(row: Mapping[str, Metrics]) -> Metrics:
         auc=sum(m.auc for m in ms) / len(ms),
         n=sum(m.n for m in ms),
     )
+
+
+# -- an institution's own held-out data and new inputs (`medforge evaluate`, `predict`) ------
+
+
+def score(backend: DualEncoder, model: Model, data: Examples) -> Scores:
+    """Accuracy, macro-F1 and macro AUC of ``model`` on one task's records."""
+    return scores(model_probs(backend, model, data, data.classes), data.label_tensor())
+
+
+def with_classes(records: Examples, classes: Sequence[str], source: str) -> Examples:
+    """``records`` relabelled onto ``classes`` (a task's class list, in its order). Held-out
+    data may lack some classes; a label outside ``classes`` is refused, naming it."""
+    index = {c: i for i, c in enumerate(classes)}
+    stray = sorted({records.classes[y] for y in records.labels} - index.keys())
+    if stray:
+        raise LabelError(f"{source}: label(s) {stray} are not among the classes {list(classes)}")
+    labels = tuple(index[records.classes[y]] for y in records.labels)
+    return Examples(records.items, labels, tuple(classes))
+
+
+def read_inputs(path: Path) -> tuple[str, ...]:
+    """Items to predict: a CSV with a ``text`` column or a JSONL file of objects with a
+    ``text`` key (a ``label`` is allowed and ignored), or a folder: every image below it,
+    in path order (each decoded once here, so a broken file fails now)."""
+    if path.is_dir():
+        images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise DataFormatError(f"{path}: no image files ({sorted(IMAGE_SUFFIXES)})")
+        for image in images:
+            check_image(image)
+        return tuple(str(p) for p in images)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        items = _csv_texts(path)
+    elif suffix in (".jsonl", ".ndjson"):
+        items = _jsonl_texts(path)
+    else:
+        raise DataFormatError(f"{path}: unknown input format (use .csv, .jsonl or a folder)")
+    if not items:
+        raise DataFormatError(f"{path}: no inputs")
+    return items
+
+
+def _csv_texts(path: Path) -> tuple[str, ...]:
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if "text" not in (reader.fieldnames or ()):
+            raise DataFormatError(f"{path}: missing column 'text'")
+        return tuple(row["text"] or "" for row in reader)
+
+
+def _jsonl_texts(path: Path) -> tuple[str, ...]:
+    items = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(f"{path}: line {n}: not JSON ({e.msg})") from e
+        if not isinstance(obj, dict) or "text" not in obj:
+            raise DataFormatError(f"{path}: line {n}: needs a key 'text'")
+        items.append(str(obj["text"]))
+    return tuple(items)

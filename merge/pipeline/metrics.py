@@ -1,8 +1,9 @@
-"""Classification metrics on class probabilities: accuracy and macro one-vs-rest AUC."""
+"""Classification metrics on class probabilities: accuracy, macro-F1 and macro one-vs-rest AUC."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,3 +58,64 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> Metrics
     """Accuracy (argmax; ties go to the lowest class) and macro AUC of ``probs [n, c]``."""
     accuracy = float((probs.argmax(dim=1) == labels).double().mean()) if len(labels) else math.nan
     return Metrics(accuracy=accuracy, auc=macro_auc(probs, labels), n=int(labels.numel()))
+
+
+def macro_f1(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean per-class F1 of the argmax predictions (ties: the lowest class), over the classes
+    that occur among the labels or the predictions: sklearn's ``f1_score(average="macro")``.
+    A class that is true or predicted but never hit counts 0; NaN when there is no example."""
+    if not len(labels):
+        return math.nan
+    predicted = probs.argmax(dim=1)
+    f1s = []
+    for c in sorted(set(labels.tolist()) | set(predicted.tolist())):
+        hit = int(((predicted == c) & (labels == c)).sum())
+        wrong = int((predicted != labels).logical_and((predicted == c) | (labels == c)).sum())
+        f1s.append(2 * hit / (2 * hit + wrong))
+    return sum(f1s) / len(f1s)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What ``medforge evaluate`` reports per task: accuracy, macro-F1 and macro AUC (NaN when
+    undefined: no example, or no class with both positives and negatives)."""
+
+    accuracy: float
+    macro_f1: float
+    auc: float
+    n: int
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        """JSON-ready: NaN becomes None (strict JSON has no NaN)."""
+        return {
+            "accuracy": _finite_or_none(self.accuracy),
+            "macro_f1": _finite_or_none(self.macro_f1),
+            "auc": _finite_or_none(self.auc),
+            "n": self.n,
+        }
+
+
+def scores(probs: torch.Tensor, labels: torch.Tensor) -> Scores:
+    """Accuracy, macro-F1 and macro AUC of ``probs [n, c]`` against integer ``labels [n]``."""
+    m = classification_metrics(probs, labels)
+    return Scores(m.accuracy, macro_f1(probs, labels), m.auc, m.n)
+
+
+def mean_scores(rows: Sequence[Scores]) -> Scores:
+    """The unweighted mean over tasks of each score, over the tasks where it is defined (each
+    task counts once, whatever its size); ``n`` is the total."""
+    return Scores(
+        accuracy=_mean_defined([r.accuracy for r in rows]),
+        macro_f1=_mean_defined([r.macro_f1 for r in rows]),
+        auc=_mean_defined([r.auc for r in rows]),
+        n=sum(r.n for r in rows),
+    )
+
+
+def _mean_defined(values: Sequence[float]) -> float:
+    defined = [v for v in values if not math.isnan(v)]
+    return sum(defined) / len(defined) if defined else math.nan
+
+
+def _finite_or_none(x: float) -> float | None:
+    return None if math.isnan(x) else x

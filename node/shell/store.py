@@ -294,7 +294,7 @@ class Store:
     # -- blobs -------------------------------------------------------------------------
 
     def _blob_file(self, sha256: bytes) -> Path:
-        return _blob_file(self.root, sha256)
+        return blob_file(self.root, sha256)
 
     def blob_path(self, sha256: bytes) -> Path | None:
         """The file holding the blob, or None. Fits ``Transport.set_blob_provider``."""
@@ -671,7 +671,7 @@ def _scan(
     indexed = {bytes(s): int(n) for s, n in db.execute("SELECT sha256, size FROM blobs")}
     total = sum(indexed.values())
     for sha256, size in indexed.items():
-        path = _blob_file(root, sha256)
+        path = blob_file(root, sha256)
         problem = _check_blob(path, sha256, size, rehash)
         if problem is not None and live:  # dropped, or dropped and fetched again, meanwhile?
             dropped = _indexed_size(db, sha256) != size
@@ -786,7 +786,8 @@ def _open_index(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _blob_file(root: Path, sha256: bytes) -> Path:
+def blob_file(root: Path, sha256: bytes) -> Path:
+    """Where blob ``sha256`` lives under a store root (readers without the store open)."""
     hex_ = _check_sha(sha256).hex()
     return root / BLOB_DIR / hex_[:2] / hex_[2:]
 

@@ -1,0 +1,166 @@
+"""The composite `medforge evaluate` and `medforge predict` score: exactly one source flag.
+
+``--home DIR``: the network's composite as this institution's node holds it, the main chain
+up to the tip (the composite every member searches against; orphans awaiting rebase are left
+out and counted). A running node is asked for its ``head`` over the control socket; with no
+node running the home's store is read offline: the index is opened read-only and immutable
+(SQLite creates no journal beside it, nothing is written) under a *shared* flock on
+``store/LOCK``, held only while the index is read, so that no node can start writing
+meanwhile; the blobs are then read as files. A node that holds the lock but does not answer
+(starting, stopping) is a ``StoreLocked``: try again. After an unclean shutdown the index's
+write-ahead log holds writes of its own; it is then read through SQLite's read-only mode.
+
+``--export DIR``, ``--plugin DIR``, ``--bundle DIR...``: see ``node.forge.sources``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from crypto.records import Genesis, Record, decode_record
+from node.errors import ControlError, NodeNotRunning, StoreCorrupt, StoreLocked
+from node.shell.control import call
+from node.shell.home import Home
+from node.shell.store import INDEX_FILE, LOCK_FILE, blob_file
+
+if TYPE_CHECKING:  # the tensor side loads when a command runs, not when the parser is built
+    from node.forge.sources import Source
+
+SOURCES_HELP = (
+    "The composite comes from exactly one of: --home (the network's composite as this "
+    "institution's node holds it, up to the tip of its main chain: asked over the control "
+    "socket if the node runs, else read offline from the home's store), --export (a "
+    "directory `medforge export` wrote: PEFT adapter or mixture), --plugin (one plugin's "
+    "directory as `medforge train` wrote it) or --bundle (commit bundles, folded in the "
+    "order given). Nothing is written anywhere."
+)
+
+
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--home", type=Path, metavar="DIR", help="institution home (its node's)")
+    group.add_argument("--export", type=Path, metavar="DIR", help="what `medforge export` wrote")
+    group.add_argument("--plugin", type=Path, metavar="DIR", help="what `medforge train` wrote")
+    group.add_argument(
+        "--bundle", type=Path, nargs="+", metavar="DIR", help="commit bundle(s), in fold order"
+    )
+
+
+def load_source(args: argparse.Namespace) -> Source:
+    from node.forge import sources
+
+    if args.home is not None:
+        return home_source(Home(args.home))
+    if args.export is not None:
+        return sources.read_export(args.export)
+    if args.plugin is not None:
+        return sources.read_plugin(args.plugin)
+    return sources.read_bundles(args.bundle)
+
+
+def home_source(home: Home) -> Source:
+    genesis = home.genesis()
+    try:
+        answer: dict[str, Any] = call(home.control_path, "head", timeout=60)
+    except NodeNotRunning:
+        return _offline(home, genesis)
+    return _online(home, genesis, answer)
+
+
+def _online(home: Home, genesis: Genesis, answer: dict[str, Any]) -> Source:
+    from node.forge.author import Head
+    from node.forge.sources import read_head
+
+    source = read_head(genesis, Head.from_answer(answer), home.path)
+    notes = ["node running: composed from its head"]
+    try:
+        status: dict[str, Any] = call(home.control_path, "status", timeout=30)
+    except ControlError:
+        status = {}  # it stopped meanwhile: what it answered still stands
+    if status.get("orphans"):
+        notes.append(f"{status['orphans']} orphan commit(s) awaiting rebase are left out")
+    served = status.get("composite_digest")
+    if status and served != source.digest:
+        notes.append(f"the node serves digest {served or '(merging)'}")
+    return replace(source, notes=tuple(notes))
+
+
+def _offline(home: Home, genesis: Genesis) -> Source:
+    from node.forge.author import Head
+    from node.forge.sources import read_head, stored_head
+
+    records, files = read_store(home, genesis)
+    if not records:
+        head, orphans = Head.empty(genesis), 0
+    else:
+        head, orphans = stored_head(genesis, records, files)
+    notes = ["no node running: read from the store offline"]
+    if orphans:
+        notes.append(f"{orphans} orphan commit(s) awaiting rebase are left out")
+    return read_head(genesis, head, home.path, notes)
+
+
+def read_store(home: Home, genesis: Genesis) -> tuple[list[Record], dict[bytes, Path]]:
+    """The valid records of the home's store (those judged invalid are evidence, left out)
+    and the file of every blob it holds; nothing is written."""
+    root = home.store_path
+    index = root / INDEX_FILE
+    if not index.is_file():
+        return [], {}  # no node has run on this home: the empty composite
+    with _shared_lock(root / LOCK_FILE, home):
+        try:
+            rows, held = _read_index(index)
+        except sqlite3.Error as exc:
+            raise StoreCorrupt(f"{index}: {exc}") from exc
+    records = [decode_record(data, network=genesis.network_id) for data in rows]
+    return records, {sha: blob_file(root, sha) for sha in held}
+
+
+def _read_index(index: Path) -> tuple[list[bytes], list[bytes]]:
+    wal = index.with_name(index.name + "-wal")
+    # immutable: no lock, no -wal/-shm file made; only right when nobody writes (the shared
+    # flock) and no write-ahead log holds writes the file does not have yet.
+    mode = "mode=ro" if wal.is_file() and wal.stat().st_size > 0 else "immutable=1"
+    db = sqlite3.connect(f"{index.resolve().as_uri()}?{mode}", uri=True, isolation_level=None)
+    try:
+        judged = db.execute("SELECT record_id FROM verifications WHERE ok = 0")
+        invalid = {bytes(r) for (r,) in judged}
+        rows = [
+            bytes(data)
+            for record_id, data in db.execute("SELECT id, data FROM records ORDER BY id")
+            if bytes(record_id) not in invalid
+        ]
+        held = [bytes(s) for (s,) in db.execute("SELECT sha256 FROM blobs ORDER BY sha256")]
+    finally:
+        db.close()
+    return rows, held
+
+
+@contextlib.contextmanager
+def _shared_lock(path: Path, home: Home) -> Iterator[None]:
+    """A shared flock on the store lock: a node (which takes it exclusively) cannot open the
+    store while it is held, and one that holds it makes this fail at once."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:  # no node ever locked it; one starting now makes its own
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise StoreLocked(
+                f"a node holds {path} but does not answer on {home.control_path} (starting "
+                "or stopping?): try again"
+            ) from exc
+        yield
+    finally:
+        os.close(fd)  # releases the flock
