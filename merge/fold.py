@@ -20,6 +20,12 @@ Modes (w1, w2 = the commit's coefficients):
 - **mixture**: members kept whole, weights ``λ ← [w1·λ_1, ..., w1·λ_k, w2]`` in python floats.
 
 The first commit onto an empty composite gives ``w2·L`` (fusion/stack) or ``[w2]`` (mixture).
+
+Per-module coefficients (``module_coeffs``, a ``merge.groups.ModuleCoeffs``): in fusion and
+stack each module takes its group's pair where the commit names one, else the scalar pair, with
+exactly the same two operations per element; without them (``None``) every module takes the
+scalar pair, bytes and digest unchanged. A mixture weights whole members' outputs, where a
+module's pair has no meaning: it refuses them.
 """
 
 from __future__ import annotations
@@ -32,10 +38,15 @@ from types import MappingProxyType
 import torch
 
 from merge.errors import CoefficientError, ModeError, ShapeError
+from merge.groups import ModuleCoeffs
 from merge.lora import LoraAdapter, LoraModule
 from merge.spec import MODES
 
 Coeffs = tuple[float, float]
+# One fold step: an adapter, its scalar pair and optionally its per-group pairs.
+Step = (
+    tuple[LoraAdapter, Sequence[float]] | tuple[LoraAdapter, Sequence[float], ModuleCoeffs | None]
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,18 +86,32 @@ def empty(mode: str) -> Composite:
     return Composite(mode=mode)
 
 
-def apply(c: Composite, adapter: LoraAdapter, coeffs: Sequence[float]) -> Composite:
-    """Merge one commit into ``c``; pure (neither input is modified), bit-exact."""
+def apply(
+    c: Composite,
+    adapter: LoraAdapter,
+    coeffs: Sequence[float],
+    module_coeffs: ModuleCoeffs | None = None,
+) -> Composite:
+    """Merge one commit into ``c``; pure (neither input is modified), bit-exact.
+
+    ``module_coeffs``: the commit's per-group pairs (fusion/stack only); a module of no named
+    group takes ``coeffs``."""
     w1, w2 = check_coeffs(coeffs)
     if c.mode == "mixture":
+        if module_coeffs is not None:
+            raise ModeError("a mixture weights whole members: per-module coefficients do not apply")
         return Composite(
             "mixture", members=(*c.members, adapter), weights=(*(w1 * lam for lam in c.weights), w2)
         )
     _check_fits(c, adapter)
-    t1, t2 = _f32(w1), _f32(w2)
+    scalar = (_f32(w1), _f32(w2))
+    named = module_coeffs.pairs if module_coeffs is not None else {}
+    groups = {g: (_f32(a), _f32(b)) for g, (a, b) in named.items()}  # cast once, as the scalar
     step = _fuse if c.mode == "fusion" else _stack
     modules = {}
     for name in sorted(set(c.modules) | set(adapter.modules)):
+        group = module_coeffs.group(name) if module_coeffs is not None else None
+        t1, t2 = scalar if group is None else groups[group]
         old, new = c.modules.get(name), adapter.modules.get(name)
         if old is None:
             assert new is not None
@@ -98,11 +123,11 @@ def apply(c: Composite, adapter: LoraAdapter, coeffs: Sequence[float]) -> Compos
     return Composite(c.mode, modules=modules)
 
 
-def fold(mode: str, steps: Iterable[tuple[LoraAdapter, Sequence[float]]]) -> Composite:
+def fold(mode: str, steps: Iterable[Step]) -> Composite:
     """Apply commits in the given (already canonical) order onto ``empty(mode)``."""
     c = empty(mode)
-    for adapter, coeffs in steps:
-        c = apply(c, adapter, coeffs)
+    for step in steps:
+        c = apply(c, step[0], step[1], step[2] if len(step) == 3 else None)
     return c
 
 

@@ -4,6 +4,11 @@ The spec lives in the genesis record, so it must round-trip through the canonica
 ``to_dict()`` gives plain python values only (str, int, float, nested dicts) and
 ``from_dict()`` refuses anything it would not have produced (unknown or missing keys, wrong
 types, out-of-range values) with a ``SpecError``.
+
+Settings added after the first networks were signed (``OPTIONAL``: per-module groups) appear in
+``to_dict()`` only when they differ from their default, so a spec that does not use them has
+exactly the bytes, and its genesis exactly the network id, it always had; ``from_dict()`` reads
+them as the default when absent and refuses them written out at the default (one encoding).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from merge.errors import SpecError
+from merge.groups import GROUPINGS
 
 MODES = ("fusion", "stack", "mixture")
 OBJECTIVES = ("paper", "logprob")
@@ -49,9 +55,17 @@ class SearchSettings:
     # composite (w1 = 0) and above so that no run of commits can blow it up (w1 > 1 each).
     keep_min: float = 0.5
     keep_max: float = 1.0
+    # Per-module coefficients (merge.groups): "none" (one pair per commit), "layer" or
+    # "target"; the author refines one pair per group with group_budget evaluations
+    # (0: budget x the number of groups) after the scalar search.
+    groups: str = "none"
+    group_budget: int = 0
 
     def __post_init__(self) -> None:
         _check_int("budget", self.budget, low=1)
+        _check_int("group_budget", self.group_budget, low=0)
+        if self.groups not in GROUPINGS:
+            raise SpecError(f"groups must be one of {GROUPINGS}, got {self.groups!r}")
         _check_float("bound", self.bound, positive=True)
         _check_float("init", self.init)
         _check_float("l1", self.l1)
@@ -81,9 +95,12 @@ class MergeSpec:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise SpecError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode == "mixture" and self.search.groups != "none":
+            raise SpecError("a mixture weights whole members: module groups apply to fusion/stack")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain python values, ready for the canonical encoding."""
+        """Plain python values, ready for the canonical encoding (``OPTIONAL`` settings only
+        where they differ from their default)."""
         return {"mode": self.mode, "search": _flat(self.search), "limits": _flat(self.limits)}
 
     @classmethod
@@ -98,8 +115,17 @@ class MergeSpec:
         return cls(mode=mode, search=search, limits=limits)
 
 
+# Settings newer than the first signed specs: written only when not at their default.
+OPTIONAL: dict[type, dict[str, Any]] = {SearchSettings: {"groups": "none", "group_budget": 0}}
+
+
 def _flat(obj: SearchSettings | Limits) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}
+    optional = OPTIONAL.get(type(obj), {})
+    return {
+        f.name: getattr(obj, f.name)
+        for f in fields(obj)
+        if f.name not in optional or getattr(obj, f.name) != optional[f.name]
+    }
 
 
 def _expect_keys(what: str, data: object, keys: set[str]) -> None:
@@ -113,11 +139,18 @@ def _typed_fields(cls: type[SearchSettings] | type[Limits], data: object) -> dic
     """Check every field's python type against the default's; ints are accepted for floats
     because some encoders write 2.0 as 2, never the reverse."""
     defaults = cls()
-    _expect_keys(cls.__name__, data, {f.name for f in fields(cls)})
-    assert isinstance(data, Mapping)
+    optional = OPTIONAL.get(cls, {})
+    if not isinstance(data, Mapping):
+        raise SpecError(f"{cls.__name__} must be a mapping, got {type(data).__name__}")
+    present = {f.name for f in fields(cls) if f.name not in optional or f.name in data}
+    _expect_keys(cls.__name__, data, present)
     out: dict[str, Any] = {}
     for f in fields(cls):
+        if f.name not in present:
+            continue  # an optional setting left out: its default
         value, want = data[f.name], type(getattr(defaults, f.name))
+        if f.name in optional and value == optional[f.name] and type(value) is want:
+            raise SpecError(f"{cls.__name__}.{f.name} at its default is written by leaving it out")
         if isinstance(value, bool) or not isinstance(value, (want, int) if want is float else want):
             raise SpecError(f"{cls.__name__}.{f.name} must be {want.__name__}, got {value!r}")
         out[f.name] = float(value) if want is float else value

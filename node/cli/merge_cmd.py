@@ -51,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
     bundles: list[Bundle] = [verify_bundle(path, genesis) for path in args.bundles]
     blobs = {b.commit.blobs[k].sha256: b.blob_path(k) for b in bundles for k in b.commit.blobs}
     spec = merge_spec(genesis)
-    if args.mode:
-        spec = replace(spec, mode=args.mode)
+    if args.mode:  # a mixture takes no module groups: its commits' per-group pairs are refused
+        groups = "none" if args.mode == "mixture" else spec.search.groups
+        spec = replace(spec, mode=args.mode, search=replace(spec.search, groups=groups))
     composer = Composer(spec, Rules.of(genesis), lambda sha: blobs[sha].read_bytes())
     digest = composer.update([b.commit for b in bundles])
     if args.export:

@@ -6,6 +6,10 @@ tip), applies only the new steps. Anything else (an orphan inserted before other
 revocation) refolds from the empty composite. Both paths give the same bytes; a test holds them
 to it by digest.
 
+Each commit is applied with its scalar pair and, where it carries them (schema 2), its
+per-group pairs under the merge spec's grouping (``merge.groups``): every node groups every
+module alike, so the bytes stay a function of the order.
+
 Adapters are loaded through the one validity function (``node.forge.validate``), so the fold only
 ever sees what a node would have admitted. A step that still fails (a defect of ours, a blob
 gone from disk) raises ``FoldError`` naming the commit, and the composer keeps its last
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 from crypto.records import Commit
 from merge import fold
 from merge.digest import composite_digest
+from merge.groups import ModuleCoeffs
 from merge.lora import LoraAdapter
 from merge.spec import MergeSpec
 from node.errors import FoldError
@@ -58,6 +63,12 @@ class Composer:
             self._adapters[commit.id] = cached
         return cached
 
+    def module_coeffs(self, commit: Commit) -> ModuleCoeffs | None:
+        """The commit's per-group pairs under the spec's grouping (``None``: schema 1)."""
+        if commit.module_coeffs is None:
+            return None
+        return ModuleCoeffs(self.spec.search.groups, commit.module_coeffs)
+
     def update(self, commits: Sequence[Commit]) -> str:
         """Make the composite that of ``commits`` (in this order); returns its digest."""
         ids = tuple(c.id for c in commits)
@@ -69,7 +80,8 @@ class Composer:
             start, composite = 0, fold.empty(self.spec.mode)
         for commit in commits[start:]:
             try:
-                composite = fold.apply(composite, self.adapter(commit), commit.coeffs)
+                adapter, groups = self.adapter(commit), self.module_coeffs(commit)
+                composite = fold.apply(composite, adapter, commit.coeffs, groups)
             except Exception as exc:  # noqa: BLE001 - reported with the commit that caused it
                 raise FoldError(commit.id, exc) from exc
         self.order, self.composite = ids, composite

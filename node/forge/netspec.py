@@ -10,23 +10,63 @@ Layout (canonical CBOR map inside the genesis)::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from crypto.records import Genesis
+from crypto.records import MAX_MODULE_GROUPS, MAX_NAME, MAX_RECORD_BYTES, Genesis
 from merge.base_shapes import BaseShapes
 from merge.errors import SpecError
-from merge.spec import MergeSpec
+from merge.groups import group_names
+from merge.spec import MergeSpec, SearchSettings
 
 
 def make_spec(
-    mode: str, base: str, shapes: BaseShapes, *, backend: str = "text", model: str = ""
+    mode: str,
+    base: str,
+    shapes: BaseShapes,
+    *,
+    backend: str = "text",
+    model: str = "",
+    groups: str = "none",
 ) -> dict[str, Any]:
+    """``groups`` (``merge.groups``): per-module coefficient groups; at the default "none"
+    the merge spec has the keys and bytes it always had."""
     return {
         "base": base,
         "shapes": shapes.to_dict(),
         "backend": {"kind": backend, "model": model},
-        "merge": MergeSpec(mode=mode).to_dict(),
+        "merge": MergeSpec(mode=mode, search=SearchSettings(groups=groups)).to_dict(),
     }
+
+
+_PAIR_BYTES = 24  # per group beside its name: a 2-list of float64 and the name's text header
+
+
+def check_spec(spec: Mapping[str, Any]) -> None:
+    """Refuse a genesis spec before anyone signs it: a malformed merge spec or shape table,
+    or a module grouping under which the base has no group, or groups no commit could name
+    (more than a commit carries, or names longer than a record allows)."""
+    merge = MergeSpec.from_dict(spec["merge"])
+    shapes = BaseShapes.from_dict(spec["shapes"])
+    grouping = merge.search.groups
+    if grouping == "none":
+        return
+    names = group_names(grouping, shapes.modules)
+    if not names:
+        raise SpecError(f"groups = {grouping!r}: no module of the base is in any group")
+    # A commit carrying every group's pair must still be a record peers accept: names, two
+    # float64 and the CBOR framing, within half of the record size limit.
+    size = sum(len(g.encode()) + _PAIR_BYTES for g in names)
+    if (
+        len(names) > MAX_MODULE_GROUPS
+        or any(len(g) > MAX_NAME for g in names)
+        or size > MAX_RECORD_BYTES // 2
+    ):
+        raise SpecError(
+            f"groups = {grouping!r}: {len(names)} groups ({size} bytes of pairs); a commit "
+            f"names at most {MAX_MODULE_GROUPS}, each of at most {MAX_NAME} characters, in at "
+            f"most {MAX_RECORD_BYTES // 2} bytes"
+        )
 
 
 def merge_spec(genesis: Genesis) -> MergeSpec:

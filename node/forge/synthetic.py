@@ -17,7 +17,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,6 +25,7 @@ import torch
 from merge.base_shapes import BaseShapes
 from merge.digest import composite_digest
 from merge.fold import Composite, apply, empty
+from merge.groups import ModuleCoeffs
 from merge.lora import LoraAdapter, LoraModule
 from node.forge.netspec import make_spec
 
@@ -38,7 +39,11 @@ SHAPES = BaseShapes(
     (-1, DIMS),
 )
 
-Step = tuple[int, Sequence[float]]  # one fold step: (adapter seed, coefficients)
+# One fold step: (adapter seed, coefficients[, the commit's per-group pairs or None]).
+Step = (
+    tuple[int, Sequence[float]]
+    | tuple[int, Sequence[float], Mapping[str, tuple[float, float]] | None]
+)
 
 
 def spec(mode: str) -> dict[str, Any]:
@@ -62,8 +67,8 @@ def tiny_adapter(
 class Folds:
     """Composite digests of chains of steps, memoised by prefix (see the module's rules)."""
 
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
+    def __init__(self, mode: str, groups: str = "none") -> None:
+        self.mode, self.groups = mode, groups
         self._folds: dict[bytes, tuple[Composite, str]] = {}
         self._adapters: dict[int, LoraAdapter] = {}
 
@@ -75,8 +80,10 @@ class Folds:
             k -= 1
         composite = self._folds[keys[k]][0] if k else empty(self.mode)
         for j in range(k, n):
-            seed, coeffs = step(j)
-            composite = apply(composite, self._adapter(seed), coeffs)
+            s = step(j)
+            pairs = s[2] if len(s) == 3 else None
+            groups = ModuleCoeffs(self.groups, pairs) if pairs is not None else None
+            composite = apply(composite, self._adapter(s[0]), s[1], groups)
             self._folds[keys[j + 1]] = (composite, composite_digest(composite))
         return self._folds[keys[n]][1] if n else composite_digest(composite)
 

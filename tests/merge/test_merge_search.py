@@ -162,3 +162,53 @@ def test_delta_weights_used_by_the_search_are_b_times_a() -> None:
     dw = delta_weights(L1.modules)
     assert set(dw) == {"fc1", "fc2"}
     torch.testing.assert_close(dw["fc1"], L1.modules["fc1"].B @ L1.modules["fc1"].A)
+
+
+# --- per-module groups (issue 12) ----------------------------------------------------------
+
+
+def test_group_search_refines_the_scalar_optimum_per_group_and_is_never_worse() -> None:
+    from merge.groups import ModuleCoeffs
+
+    head = single_task("stack", L1)
+    scalar = search_coeffs(ENC, head, L2, DATA, SearchSettings(budget=12, seed=3))
+    cfg = SearchSettings(budget=12, seed=3, groups="target", group_budget=16)
+    one = search_coeffs(ENC, head, L2, DATA, cfg)
+    assert one == search_coeffs(ENC, head, L2, DATA, cfg)  # seeded
+    assert one.coeffs == scalar.coeffs  # the scalar search is today's, then refined
+    assert scalar.module_coeffs is None
+    assert one.module_coeffs is not None
+    assert sorted(one.module_coeffs) == ["fc1", "fc2"]
+    assert one.objective["loss_scalar"] == scalar.objective["loss_after"]
+    assert one.objective["evaluations"] == 12 + 1 + 16  # scalar, the start, the refinement
+    for w1, w2 in one.module_coeffs.values():
+        assert 0.5 <= w1 <= 1.0
+        assert abs(w2) <= 1.5
+        assert type(w1) is float
+        assert type(w2) is float
+    # The claim re-evaluates exactly on the fold every node runs.
+    merged = apply(head, L2, one.coeffs, ModuleCoeffs("target", one.module_coeffs))
+    assert one.objective["loss_after"] == pooled_loss(probs_of(merged), "logprob")
+
+    def total(loss: float, ws: list[float]) -> float:
+        return loss + 0.05 * sum(abs(w) for w in ws) / len(ws)
+
+    pairs = [w for pair in one.module_coeffs.values() for w in pair]
+    refined = total(one.objective["loss_after"], pairs)
+    assert refined <= total(scalar.objective["loss_after"], list(scalar.coeffs) * 2)
+
+
+def test_group_search_applies_only_where_groups_exist() -> None:
+    head = single_task("fusion", L1)
+    # "layer" finds no layer index in fc1/fc2: nothing to refine, the scalar result alone.
+    layer = search_coeffs(ENC, head, L2, DATA, SearchSettings(budget=6, groups="layer"))
+    assert layer.module_coeffs is None
+    assert layer == search_coeffs(ENC, head, L2, DATA, SearchSettings(budget=6))
+    # The first commit is not searched, with or without groups.
+    first = search_coeffs(ENC, empty("stack"), L1, DATA, SearchSettings(groups="target"))
+    assert (first.coeffs, first.module_coeffs) == ((1.0, 1.0), None)
+    # A mixture weights members' outputs: no per-module pairs, whatever the settings say.
+    mixture = search_coeffs(
+        ENC, single_task("mixture", L1), L2, DATA, SearchSettings(budget=6, groups="target")
+    )
+    assert mixture.module_coeffs is None

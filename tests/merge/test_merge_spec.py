@@ -91,3 +91,57 @@ def test_merge_paths_refuses_mixed_bases(tmp_path: Path) -> None:
         (path / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(BaseMismatchError, match="abab"):
         merge_paths(MergeSpec(), [(a, (1.0, 1.0)), (b, (1.0, 1.0))])
+
+
+# --- module groups (issue 12): a setting that old specs never wrote -----------------------
+
+# Every key a merge spec had before module groups: a spec at the defaults still has exactly
+# these, so its genesis bytes and network id are the ones it always had.
+V1_SEARCH_KEYS = ["bound", "budget", "init", "keep_max", "keep_min", "l1", "objective", "seed"]
+
+
+def test_a_spec_without_groups_has_exactly_its_old_keys() -> None:
+    for mode in ("fusion", "stack", "mixture"):
+        data = MergeSpec(mode=mode).to_dict()
+        assert sorted(data) == ["limits", "mode", "search"]
+        assert sorted(data["search"]) == V1_SEARCH_KEYS
+        assert MergeSpec.from_dict(data).search.groups == "none"
+
+
+def test_groups_round_trip_and_appear_only_when_set() -> None:
+    spec = MergeSpec(mode="fusion", search=SearchSettings(groups="layer", group_budget=12))
+    data = json.loads(json.dumps(spec.to_dict()))
+    assert data["search"]["groups"] == "layer"
+    assert data["search"]["group_budget"] == 12
+    assert MergeSpec.from_dict(data) == spec
+    only = MergeSpec(mode="stack", search=SearchSettings(groups="target")).to_dict()
+    assert "group_budget" not in only["search"]
+    assert MergeSpec.from_dict(only).search.groups == "target"
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("search", "groups"), "none"),  # the default is written by leaving it out
+        (("search", "group_budget"), 0),
+        (("search", "groups"), "block"),
+        (("search", "groups"), 1),
+        (("search", "group_budget"), -1),
+        (("search", "group_budget"), 4.0),
+        (("search", "group_budget"), False),
+    ],
+)
+def test_from_dict_refuses_group_settings_it_never_writes(
+    path: tuple[str, ...], value: Any
+) -> None:
+    with pytest.raises(SpecError):
+        MergeSpec.from_dict(_with(path, value))
+
+
+def test_a_mixture_takes_no_module_groups() -> None:
+    with pytest.raises(SpecError, match="mixture"):
+        MergeSpec(mode="mixture", search=SearchSettings(groups="layer"))
+    data = _with(("search", "groups"), "target")
+    data["mode"] = "mixture"
+    with pytest.raises(SpecError, match="mixture"):
+        MergeSpec.from_dict(data)
