@@ -4,7 +4,19 @@ The head is not learned: logits are ``logit_scale * cos(f(x), g(class name))`` w
 frozen class-name tower, exactly as the composite will be evaluated after merging. Training is
 seeded end to end (LoRA init, dropout and batch order run under a forked, seeded RNG, so the
 caller's global RNG is untouched) and writes a standard PEFT adapter directory, plus
-``medforge.json`` with the task, classes, base fingerprint and validation metrics.
+``medforge.json`` with the task, classes, base fingerprint, validation metrics and how the
+plugin was trained (``"training"``).
+
+Two methods. **Independent** (the paper): the LoRA learns on the frozen base alone.
+**Continual** (:class:`Continual`): the LoRA learns on top of the composite it will be committed
+onto, the frozen base plus the composite's dense ``ΔW`` (a fixed delta added to a private copy
+of the base's weights; the shared base is never modified, and the saved adapter holds the new
+LoRA only), on its own data plus a replay of the distilled sets of every task merged so far:
+each replayed example is scored against its own task's class names, and the replay loss is
+added with weight ``replay_weight``. In stack mode a commit with coefficients ``(1, 1)`` is then
+exactly sequential fine-tuning with rehearsal; the coefficient search still runs at commit time.
+A mixture's members are evaluated one by one on the base (``P = Σ λ_j P_j``), so a mixture
+gives no delta: the member trains on the base, with the same replay.
 """
 
 from __future__ import annotations
@@ -13,7 +25,7 @@ import copy
 import json
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +35,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from merge.fold import Composite, delta_weights
 from merge.lora_config import CONFIG_NAME, WEIGHTS_NAME
-from merge.pipeline.backends.base import DualEncoder, cosine_logits
+from merge.pipeline.backends.base import DualEncoder, cosine_logits, delta_params
 from merge.pipeline.datasets import Examples, require_every_class, stratified_split
-from merge.pipeline.errors import DatasetTooSmallError, LabelError
+from merge.pipeline.distill import Distilled
+from merge.pipeline.errors import DataFormatError, DatasetTooSmallError, LabelError
 from merge.pipeline.metrics import Metrics, classification_metrics
 from merge.safetensors_io import write_canonical
 
@@ -50,6 +64,10 @@ class TrainConfig:
     max_val: int = 256
     seed: int = 0
     progress: bool = True
+    # continual training only: the replay loss's weight, and replayed examples per step
+    # (None: half a batch, at least one)
+    replay_weight: float = 1.0
+    replay_batch: int | None = None
 
     @classmethod
     def for_backend(cls, kind: str, **overrides: Any) -> TrainConfig:
@@ -62,14 +80,45 @@ class TrainConfig:
         return cls(**{"steps": 8, "max_val": 64, "progress": False, **overrides})
 
 
+@dataclass(frozen=True, eq=False)
+class Continual:
+    """What a continual plugin trains on: the composite at forge item ``parent`` (hex).
+
+    ``delta``: the composite's dense ``{module path: ΔW}``, held fixed under the new LoRA
+    (empty for an empty composite or a mixture); ``replay``: the distilled sets of the tasks
+    merged into it, each replayed against its own classes. Build one with :meth:`of`."""
+
+    parent: str
+    delta: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    replay: tuple[Distilled, ...] = ()
+
+    @classmethod
+    def of(cls, composite: Composite, replay: Sequence[Distilled], *, parent: str) -> Continual:
+        """Fusion/stack: ``ΔW = delta_weights(composite.modules)``. Mixture: no delta, since
+        each member is applied alone to the base; the replay is what ties it to the others."""
+        delta = {} if composite.mode == "mixture" else delta_weights(composite.modules)
+        return cls(parent, delta, tuple(replay))
+
+    @property
+    def n_replay(self) -> int:
+        return sum(len(d.labels) for d in self.replay)
+
+
 @dataclass(frozen=True)
 class TrainResult:
     out: Path
     base: Metrics  # zero-shot base on the validation split
-    plugin: Metrics  # trained plugin on the same split
+    plugin: Metrics  # trained plugin on the same split (continual: on top of the composite)
     seconds: float
     seconds_per_step: float
     losses: tuple[float, ...] = field(repr=False)
+    # how it was trained: {"method": "independent" | "continual", "replay": n, "parent": hex}
+    training: Mapping[str, Any] = field(
+        default_factory=lambda: {"method": "independent", "replay": 0, "parent": None}
+    )
+    composite: Metrics | None = None  # continual: the composite alone on the validation split
+    # continual with replay: accuracy on the replayed sets, of the composite alone and after
+    replay_accuracy: tuple[float, float] | None = None
 
 
 def check_trainable(records: Examples, batch_size: int) -> None:
@@ -83,21 +132,55 @@ def check_trainable(records: Examples, batch_size: int) -> None:
 
 
 def train_plugin(
-    backend: DualEncoder, records: Examples, *, task: str, out: Path, config: TrainConfig
+    backend: DualEncoder,
+    records: Examples,
+    *,
+    task: str,
+    out: Path,
+    config: TrainConfig,
+    continual: Continual | None = None,
 ) -> TrainResult:
-    """Train, validate and save a plugin for ``task`` on ``records`` (see module docstring)."""
+    """Train, validate and save a plugin for ``task`` on ``records`` (see module docstring);
+    on top of ``continual``'s composite with its replay when given, else independently."""
     train_set, val_set = _split(records, config)
     check_trainable(train_set, config.batch_size)
+    replay = _replay_pools(backend, continual.replay) if continual is not None else []
     t0 = time.perf_counter()
+    eval_batch = config.batch_size * 4
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        peft_model = _wrap(backend, config)
-        losses, step_s = _fit(backend, peft_model, train_set, config)
-    base_m = evaluate_model(backend, backend.model, val_set, config.batch_size * 4)
-    plugin_m = evaluate_model(backend, _inner(peft_model), val_set, config.batch_size * 4)
+        start = _start_model(backend, continual.delta) if continual is not None else None
+        start_m = evaluate_model(backend, start, val_set, eval_batch) if start is not None else None
+        replay_before = (
+            _replay_accuracy(backend, start, replay) if start is not None and replay else None
+        )
+        peft_model = _wrap(backend, config, start)
+        losses, step_s = _fit(backend, peft_model, train_set, config, replay)
+    base_m = evaluate_model(backend, backend.model, val_set, eval_batch)
+    plugin_m = evaluate_model(backend, _inner(peft_model), val_set, eval_batch)
+    replay_after = _replay_accuracy(backend, _inner(peft_model), replay) if replay else None
+    training = _training(continual)
     save_adapter(peft_model, out, backend.fingerprint)
-    _write_meta(out, backend, task, records.classes, config, base_m, plugin_m)
-    return TrainResult(out, base_m, plugin_m, time.perf_counter() - t0, step_s, tuple(losses))
+    _write_meta(out, backend, task, records.classes, config, base_m, plugin_m, training, start_m)
+    return TrainResult(
+        out,
+        base_m,
+        plugin_m,
+        time.perf_counter() - t0,
+        step_s,
+        tuple(losses),
+        training,
+        start_m,
+        (replay_before, replay_after)
+        if replay_before is not None and replay_after is not None
+        else None,
+    )
+
+
+def _training(continual: Continual | None) -> dict[str, Any]:
+    if continual is None:
+        return {"method": "independent", "replay": 0, "parent": None}
+    return {"method": "continual", "replay": continual.n_replay, "parent": continual.parent}
 
 
 def _split(records: Examples, config: TrainConfig) -> tuple[Examples, Examples]:
@@ -105,8 +188,86 @@ def _split(records: Examples, config: TrainConfig) -> tuple[Examples, Examples]:
     return train_set, val_set.subset(range(min(len(val_set), config.max_val)))
 
 
-def _wrap(backend: DualEncoder, config: TrainConfig) -> Any:
-    """A PEFT model around a *copy* of the base, so the shared frozen base stays untouched."""
+@dataclass(frozen=True, eq=False)
+class _Pool:
+    """Replayed examples of one input shape (they share a forward pass): ``inputs``, and per
+    example its set's index into ``classes`` (that set's class features) and its label."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    task: torch.Tensor
+    classes: tuple[torch.Tensor, ...]
+
+
+def _replay_pools(backend: DualEncoder, sets: Sequence[Distilled]) -> list[_Pool]:
+    """The replay sets checked against the backend, grouped by example shape (usually one)."""
+    by_shape: dict[tuple[int, ...], list[Distilled]] = {}
+    for d in sets:
+        if d.kind != backend.input_kind or (d.base and d.base != backend.fingerprint):
+            raise DataFormatError(
+                f"replay set of task {d.task!r} is {d.kind} on base {d.base[:16]}…, "
+                f"this base takes {backend.input_kind} and is {backend.fingerprint[:16]}…"
+            )
+        if len(d.labels):
+            by_shape.setdefault(tuple(d.inputs.shape[1:]), []).append(d)
+    pools = []
+    for group in by_shape.values():
+        pools.append(
+            _Pool(
+                torch.cat([d.inputs for d in group]),
+                torch.cat([d.labels for d in group]),
+                torch.cat([torch.full((len(d.labels),), i) for i, d in enumerate(group)]),
+                tuple(backend.encode_classes(d.classes) for d in group),
+            )
+        )
+    return pools
+
+
+def _replay_loss(
+    backend: DualEncoder, pool: _Pool, feats: torch.Tensor, idx: torch.Tensor
+) -> torch.Tensor:
+    """Mean cross-entropy of replayed examples ``idx``, each against its own task's classes."""
+    total = feats.new_zeros(())
+    task, labels = pool.task[idx], pool.labels[idx]
+    for t in torch.unique(task).tolist():
+        mask = task == t
+        logits = cosine_logits(feats[mask], pool.classes[t], backend.logit_scale)
+        total = total + F.cross_entropy(logits, labels[mask], reduction="sum")
+    return total / len(idx)
+
+
+@torch.no_grad()
+def _replay_accuracy(backend: DualEncoder, model: nn.Module, pools: Sequence[_Pool]) -> float:
+    """Accuracy of ``model`` over every replayed example, each against its own classes."""
+    right = total = 0
+    for pool in pools:
+        feats = torch.cat(
+            [backend.features(model, pool.inputs[i : i + 64]) for i in range(0, len(pool.task), 64)]
+        )
+        for t, classes in enumerate(pool.classes):
+            mask = pool.task == t
+            guess = cosine_logits(feats[mask], classes, backend.logit_scale).argmax(dim=1)
+            right += int((guess == pool.labels[mask]).sum())
+        total += len(pool.task)
+    return right / max(total, 1)
+
+
+def _start_model(backend: DualEncoder, delta: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A private copy of the base with the composite's ``ΔW`` added to its weights (frozen).
+    The shared base is never touched; an empty delta gives a plain copy."""
+    model = copy.deepcopy(backend.model)
+    if delta:
+        summed = delta_params(model, delta)  # checks every module and shape against the base
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in summed:
+                    param.copy_(summed[name])
+    return model
+
+
+def _wrap(backend: DualEncoder, config: TrainConfig, start: nn.Module | None = None) -> Any:
+    """A PEFT model around ``start`` (owned by the caller) or a *copy* of the base, so the
+    shared frozen base stays untouched."""
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
@@ -116,7 +277,7 @@ def _wrap(backend: DualEncoder, config: TrainConfig) -> Any:
         target_modules=list(config.targets or backend.lora_targets),
         bias="none",
     )
-    model = copy.deepcopy(backend.model)
+    model = start if start is not None else copy.deepcopy(backend.model)
     with warnings.catch_warnings():
         # peft 0.21.2 reads transformers' deprecated `is_gradient_checkpointing`: their
         # FutureWarning, not ours (the suite turns warnings into errors).
@@ -140,24 +301,55 @@ def _batches(n: int, size: int, seed: int) -> Iterator[torch.Tensor]:
 
 
 def _fit(
-    backend: DualEncoder, peft_model: Any, data: Examples, config: TrainConfig
+    backend: DualEncoder,
+    peft_model: Any,
+    data: Examples,
+    config: TrainConfig,
+    replay: Sequence[_Pool] = (),
 ) -> tuple[list[float], float]:
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     classes = backend.encode_classes(data.classes)
     labels = data.label_tensor()
     batches = _batches(len(data), config.batch_size, config.seed)
+    size = config.replay_batch or max(1, config.batch_size // 2)
+    # one endless seeded stream per pool; the steps take the pools in turn
+    streams = [
+        _batches(len(p.labels), min(size, len(p.labels)), config.seed + 1 + k)
+        for k, p in enumerate(replay)
+    ]
     peft_model.train()
     losses: list[float] = []
     bar = tqdm(range(config.steps), desc="train", disable=not config.progress, leave=False)
     t0 = time.perf_counter()
-    for _ in bar:
+    for step in bar:
         idx = next(batches)
-        loss = _step(backend, peft_model, opt, data, idx, labels[idx], classes)
+        rehearse = None
+        if replay:
+            k = step % len(replay)
+            rehearse = (replay[k], next(streams[k]), config.replay_weight)
+        loss = _step(backend, peft_model, opt, data, idx, labels[idx], classes, rehearse)
         losses.append(loss)
         bar.set_postfix(loss=f"{loss:.3f}")
     peft_model.eval()
     return losses, (time.perf_counter() - t0) / max(config.steps, 1)
+
+
+def _joint_features(
+    backend: DualEncoder, model: nn.Module, x: torch.Tensor, r: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of the own batch ``x`` and the replayed ``r``, in one forward pass where the
+    inputs allow it (a small model's step is mostly per-pass overhead): pixels concatenate;
+    token ids and synthetic embeddings go through the text backend's ``joint_features``,
+    which pads them to one pass when that wastes little."""
+    if x.is_floating_point() and x.shape[1:] == r.shape[1:]:
+        both = backend.features(model, torch.cat([x, r.to(x.dtype)]))
+        return both[: len(x)], both[len(x) :]
+    joint = getattr(backend, "joint_features", None)
+    if joint is not None and not x.is_floating_point() and r.dim() == 3:
+        feats, rfeats = joint(model, x, r)
+        return feats, rfeats
+    return backend.features(model, x), backend.features(model, r)
 
 
 def _step(
@@ -168,10 +360,19 @@ def _step(
     idx: torch.Tensor,
     y: torch.Tensor,
     classes: torch.Tensor,
+    rehearse: tuple[_Pool, torch.Tensor, float] | None = None,
 ) -> float:
+    model = _inner(peft_model)
     x = backend.prepare([data.items[int(i)] for i in idx])
-    feats = backend.features(_inner(peft_model), x)
-    loss = F.cross_entropy(cosine_logits(feats, classes, backend.logit_scale), y)
+    if rehearse is None:
+        feats = backend.features(model, x)
+        loss = F.cross_entropy(cosine_logits(feats, classes, backend.logit_scale), y)
+    else:
+        pool, ridx, weight = rehearse
+        r = pool.inputs[ridx]
+        feats, rfeats = _joint_features(backend, model, x, r)
+        loss = F.cross_entropy(cosine_logits(feats, classes, backend.logit_scale), y)
+        loss = loss + weight * _replay_loss(backend, pool, rfeats, ridx)
     opt.zero_grad(set_to_none=True)
     torch.autograd.backward(loss)
     opt.step()
@@ -221,7 +422,12 @@ def _write_meta(
     config: TrainConfig,
     base_m: Metrics,
     plugin_m: Metrics,
+    training: Mapping[str, Any],
+    start_m: Metrics | None,
 ) -> None:
+    validation = {"base": base_m.as_dict(), "plugin": plugin_m.as_dict()}
+    if start_m is not None:
+        validation["composite"] = start_m.as_dict()
     meta = {
         "format": PLUGIN_FORMAT,
         "task": task,
@@ -230,7 +436,8 @@ def _write_meta(
         "base": backend.fingerprint,
         "base_name": backend.name,
         "config": {k: v for k, v in asdict(config).items() if k != "progress"},
-        "validation": {"base": base_m.as_dict(), "plugin": plugin_m.as_dict()},
+        "validation": validation,
+        "training": dict(training),
     }
     (out / PLUGIN_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from crypto.records import Genesis, Record, decode_record
 from merge.lora_config import CONFIG_NAME, WEIGHTS_NAME
-from node.cli.output import add_home, add_json, emit
+from node.cli.output import add_home, add_json, describe_training, emit
 from node.errors import NodeNotRunning, UsageError
 from node.forge.bundle import blob_ref, read_bundle_genesis, verify_bundle, write_bundle
 from node.forge.netspec import merge_spec
@@ -124,6 +124,30 @@ def _search(
     return author.search(genesis, head, adapter, own, composer)
 
 
+def _training(adapter: Path, parent: bytes) -> dict[str, str | int | float] | None:
+    """How the plugin was trained, from its ``medforge.json`` (None: it does not say, and the
+    commit stays schema 1). Warns when a continual plugin goes onto another item than the one
+    it was trained on: still valid, committed as trained (never retrained here)."""
+    from merge.pipeline.train import PLUGIN_META, read_plugin_meta
+    from node.forge.author import training_record
+
+    if not (adapter / PLUGIN_META).is_file():
+        return None
+    try:
+        training = training_record(read_plugin_meta(adapter))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{adapter / PLUGIN_META} is not a plugin meta file: {exc}") from exc
+    on = training.get("trained_on") if training else None
+    if isinstance(on, str) and on != parent.hex():
+        print(
+            f"warning: this plugin was trained on forge item {on[:16]}…, it is committed onto "
+            f"{parent.hex()[:16]}… (the tip moved); it is still valid and its coefficients are "
+            f"searched against that tip, but retrain (`medforge train --home`) to build on it",
+            file=sys.stderr,
+        )
+    return training
+
+
 def run_commit(args: argparse.Namespace) -> int:
     home = Home(Path(args.home))
     genesis = home.genesis()
@@ -141,7 +165,8 @@ def run_commit(args: argparse.Namespace) -> int:
     target = head if head is not None else author.Head.empty(genesis)
     result = _search(genesis, target, adapter, args)
     parent = bytes.fromhex(args.parent) if args.parent else target.tip
-    check_coeffs(rules, [float(w) for w in result.coeffs])
+    check_coeffs(rules, [float(w) for w in result.coeffs], result.module_coeffs)
+    training = _training(args.adapter, parent)
     commit = author.sign_commit(
         home.identity(),
         genesis,
@@ -152,6 +177,7 @@ def run_commit(args: argparse.Namespace) -> int:
         parent=parent,
         result=result,
         supersedes=bytes.fromhex(args.supersedes) if args.supersedes else None,
+        training=training,
     )
     write_bundle(args.out, commit, blobs, genesis)
     data: dict[str, Any] = {
@@ -159,9 +185,16 @@ def run_commit(args: argparse.Namespace) -> int:
         "seq": commit.seq,
         "bundle": str(args.out),
         "coeffs": list(commit.coeffs),
+        "module_coeffs": {g: list(p) for g, p in (commit.module_coeffs or {}).items()} or None,
         "objective": dict(commit.objective),
+        "training": dict(commit.training) if commit.training is not None else None,
     }
     human = f"commit {commit.id.hex()} (seq {commit.seq}, w={commit.coeffs}) written to {args.out}"
+    if commit.training is not None:
+        human += f"\ntraining: {describe_training(commit.training)}"
+    if commit.module_coeffs:
+        after, scalar = (commit.objective.get(k) for k in ("loss_after", "loss_scalar"))
+        human += f"\n{len(commit.module_coeffs)} per-group pairs (loss {after}; scalar {scalar})"
     if head is not None:
         published = call(home.control_path, "publish", bundle=str(args.out.resolve()))
         data["published"] = published

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -16,3 +17,13 @@ def add_json(parser: Any) -> None:
 
 def add_home(parser: Any, *, required: bool = True) -> None:
     parser.add_argument("--home", type=str, required=required, help="institution home directory")
+
+
+def describe_training(training: Mapping[str, Any]) -> str:
+    """``continual (replay 48, trained on forge item 1a2b3c4d5e6f…)`` or ``independent``."""
+    method = str(training.get("method", "?"))
+    if method != "continual":
+        return method
+    on = training.get("trained_on")
+    where = f", trained on forge item {str(on)[:12]}…" if isinstance(on, str) else ""
+    return f"continual (replay {training.get('replay', 0)}{where})"

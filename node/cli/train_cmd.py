@@ -1,14 +1,30 @@
 """`medforge train`: train a task's LoRA plugin on local data; `medforge fingerprint`: print
-the base model fingerprint a genesis names. Parse arguments, call ``merge``, print."""
+the base model fingerprint a genesis names. Parse arguments, call ``merge``, print.
+
+With ``--home`` the plugin is trained on the network's base (its fingerprint checked) and, by
+default, *continually*: on top of the composite at the tip of the home's main chain, with a
+replay of the distilled sets of every commit in it (``merge.pipeline.train.Continual``). The
+running node is asked for its head; with no node running the home's store is read offline,
+read-only (``node.cli.composite_source``, as `medforge evaluate --home` does); a home whose node
+never ran gives the empty composite. ``--independent`` (or no ``--home``) is the paper's
+training on the frozen base alone. ``medforge.json`` records which (``"training"``),
+and `medforge commit` signs that into the commit."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node.cli.output import add_json, emit
+from node.errors import NodeNotRunning, UsageError
+
+if TYPE_CHECKING:  # torch loads only when a plugin is trained
+    from crypto.records import Genesis
+    from merge.pipeline.backends.base import DualEncoder
+    from merge.pipeline.train import Continual
+    from node.shell.home import Home
 
 
 def add_base_args(p: argparse.ArgumentParser) -> None:
@@ -25,6 +41,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--data", type=Path, required=True, help="CSV/JSONL (text,label) or folder")
     p.add_argument("--out", type=Path, required=True, help="adapter directory to write")
     add_base_args(p)
+    p.set_defaults(backend=None)  # with --home: the network's; else text
+    p.add_argument(
+        "--home",
+        help="institution home: train on the network's base, continually on top of its "
+        "composite (the running node's, else its store read offline) with a replay of its "
+        "distilled sets",
+    )
+    p.add_argument(
+        "--independent",
+        action="store_true",
+        help="train on the frozen base alone (the paper's method), even with --home",
+    )
+    p.add_argument(
+        "--replay-weight", type=float, help="weight of the replay loss (continual; default 1)"
+    )
+    p.add_argument(
+        "--replay-batch", type=int, help="replayed examples per step (default: half a batch)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="optimizer steps (default 60)")
     p.add_argument("--rank", type=int, help="LoRA rank (default: 8 text, 16 clip)")
@@ -47,13 +81,59 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     fp.set_defaults(func=run_fingerprint)
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace, kind: str) -> Any:
     from merge.pipeline.train import TrainConfig
 
     quick = {"steps": 8, "max_val": 64, "progress": False} if args.quick else {}
-    given = {"steps": args.steps, "rank": args.rank, "batch_size": args.batch_size, "lr": args.lr}
+    given = {
+        "steps": args.steps,
+        "rank": args.rank,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "replay_weight": args.replay_weight,
+        "replay_batch": args.replay_batch,
+    }
     chosen = {k: v for k, v in given.items() if v is not None}
-    return TrainConfig.for_backend(args.backend, seed=args.seed, **{**quick, **chosen})
+    return TrainConfig.for_backend(kind, seed=args.seed, **{**quick, **chosen})
+
+
+def _check_replay_args(args: argparse.Namespace) -> None:
+    import math
+
+    if args.replay_weight is not None and not (
+        math.isfinite(args.replay_weight) and args.replay_weight >= 0
+    ):
+        raise UsageError(f"--replay-weight must be a finite number >= 0, got {args.replay_weight}")
+    if args.replay_batch is not None and args.replay_batch < 1:
+        raise UsageError(f"--replay-batch must be >= 1, got {args.replay_batch}")
+
+
+def _network_backend(args: argparse.Namespace, genesis: Genesis) -> DualEncoder:
+    """The network's base (or --backend/--base), refused unless it has the genesis' print."""
+    from node.forge.author import load_encoder
+    from node.forge.netspec import backend, base_fingerprint
+
+    kind, model = backend(genesis)
+    return load_encoder(args.backend or kind, args.base or model, base_fingerprint(genesis))
+
+
+def _home_head(genesis: Genesis, home: Home) -> tuple[Continual, str]:
+    """What to train on, and where it came from: the running node's head, or with no node
+    running the main chain of the home's store read offline (nothing is written)."""
+    from node.cli.composite_source import read_store
+    from node.forge.author import Head, continual
+    from node.forge.sources import stored_head
+    from node.shell.control import call
+
+    try:
+        answer: dict[str, Any] = call(home.control_path, "head", timeout=30)
+    except NodeNotRunning:
+        records, files = read_store(home, genesis)
+        head = stored_head(genesis, records, files)[0] if records else Head.empty(genesis)
+        where = f"forge item v{len(head.commits)} of {home.path}'s store (no node running: "
+        return continual(genesis, head), where + "read offline)"
+    head = Head.from_answer(answer)
+    return continual(genesis, head), f"forge item v{len(head.commits)} of the running node"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,25 +142,59 @@ def run(args: argparse.Namespace) -> int:
     from merge.pipeline.backends import load_backend
     from merge.pipeline.datasets import load_data
     from merge.pipeline.train import train_plugin
+    from node.shell.home import Home
 
     torch.set_num_threads(args.threads)
-    config = _config(args)
+    _check_replay_args(args)
     records = load_data(args.data, args.classes)  # every data check runs before the model loads
-    backend = load_backend(args.backend, args.base)
-    result = train_plugin(backend, records, task=args.task, out=args.out, config=config)
+    continual, why = None, "--independent" if args.independent else "no --home"
+    if args.home:
+        home = Home(Path(args.home))
+        genesis = home.genesis()
+        backend = _network_backend(args, genesis)
+        if not args.independent:
+            continual, why = _home_head(genesis, home)
+    else:
+        backend = load_backend(args.backend or "text", args.base)
+    config = _config(args, backend.kind)
+    result = train_plugin(
+        backend, records, task=args.task, out=args.out, config=config, continual=continual
+    )
+    validation = {"base": result.base.as_dict(), "plugin": result.plugin.as_dict()}
+    if result.composite is not None:
+        validation["composite"] = result.composite.as_dict()
+    training = dict(result.training)
     data = {
         "task": args.task,
         "out": str(result.out),
         "base": backend.fingerprint,
-        "validation": {"base": result.base.as_dict(), "plugin": result.plugin.as_dict()},
+        "validation": validation,
+        "training": training,
+        "replay_accuracy": list(result.replay_accuracy) if result.replay_accuracy else None,
         "seconds": result.seconds,
         "seconds_per_step": result.seconds_per_step,
         "steps": config.steps,
     }
+    if continual is None:
+        how = f"independently, on the base alone ({why})"
+    else:
+        on = "the composite's ΔW" if continual.delta else "the base (no ΔW: empty or mixture)"
+        how = f"continually on {why}: {on} + replay of {continual.n_replay} distilled examples"
     human = (
         f"plugin for {args.task!r} -> {result.out}\n"
+        f"trained {how}\n"
         f"validation accuracy {result.base.accuracy:.3f} (base) -> {result.plugin.accuracy:.3f}"
         f", macro AUC {result.base.auc:.3f} -> {result.plugin.auc:.3f} (n={result.plugin.n})\n"
+    )
+    if result.composite is not None:
+        human += (
+            f"the composite it trained on: accuracy {result.composite.accuracy:.3f}, "
+            f"macro AUC {result.composite.auc:.3f} on the same split\n"
+        )
+    if result.replay_accuracy is not None:
+        before, after = result.replay_accuracy
+        human += f"replayed distilled sets: accuracy {before:.3f} (composite) -> {after:.3f}\n"
+    human += (
         f"{config.steps} steps in {result.seconds:.1f} s ({result.seconds_per_step:.2f} s/step)"
     )
     emit(args, data, human)

@@ -8,11 +8,17 @@ passes; the result travels in the signed commit. This module is the one author u
 - ``search``: the coefficients of a plugin onto a head, scored on the distilled sets of the
   tasks merged so far and the plugin's own (``coefficients`` is that search on in-memory
   composites, for benchmarks);
-- ``sign_commit``: the signed ``Commit`` naming the blobs, the parent and the claim;
-- ``rebase``: all three for one of the node's own orphans, superseding it.
+- ``sign_commit``: the signed ``Commit`` naming the blobs, the parent and the claim (with
+  the per-group pairs where the network groups modules: a schema 2 commit);
+- ``continual``: what a plugin committed onto a head trains on (the composite's ``ΔW`` and the
+  replay of the head's distilled sets, ``merge.pipeline.train.Continual``); ``training_record``:
+  the commit's ``training`` field from the plugin's meta;
+- ``rebase``: all three for one of the node's own orphans, superseding it (re-searched, never
+  retrained: it keeps the orphan's blobs and ``training``).
 
-Callers: ``medforge commit`` (against the running node's tip), the node's service (its
-orphans), the demo (refolds the head to check the nodes' digest) and ``scripts/bench_forge.py``.
+Callers: ``medforge commit`` (against the running node's tip), ``medforge train`` (trains on
+the home's tip), the node's service (its orphans), the demo (refolds the head to check
+the nodes' digest) and ``scripts/bench_forge.py``.
 Publishing is the caller's: a control call, or the service's own ``publish``.
 """
 
@@ -32,6 +38,7 @@ from merge.lora import LoraAdapter
 from merge.pipeline.backends.base import DualEncoder
 from merge.pipeline.distill import Distilled, load_distilled
 from merge.pipeline.search import SearchResult, TaskData, search_coeffs
+from merge.pipeline.train import Continual
 from merge.spec import SearchSettings
 from node.core.order import root_item
 from node.forge.composer import Composer
@@ -114,6 +121,33 @@ def task_data(commits: Sequence[Commit], blob_path: BlobPath) -> list[Distilled]
     return data
 
 
+def continual(genesis: Genesis, head: Head, composer: Composer | None = None) -> Continual:
+    """What a plugin to be committed onto ``head`` trains on: the head's composite (its dense
+    ``ΔW`` in fusion and stack; none in mixture, whose members run alone on the base) and the
+    distilled sets of its commits as replay, tagged with the head's tip (``composer``: ``head``
+    already composed, if the caller has it). An empty head gives an empty ``Continual``."""
+    composite = (composer or head.compose(genesis)).composite
+    replay = task_data(head.commits, head.blob_path)
+    return Continual.of(composite, replay, parent=head.tip.hex())
+
+
+def training_record(meta: Mapping[str, Any]) -> dict[str, str | int | float] | None:
+    """The commit's ``training`` field from a plugin's ``medforge.json``: ``{"method",
+    "replay"}``, plus ``"trained_on"`` (the forge item, hex) for a continual plugin. ``None``
+    when the plugin says nothing (trained before provenance was recorded, or not by
+    ``medforge train``): such a commit stays schema version 1."""
+    raw = meta.get("training")
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("method"), str):
+        return None
+    record: dict[str, str | int | float] = {
+        "method": str(raw["method"]),
+        "replay": int(raw.get("replay") or 0),
+    }
+    if isinstance(raw.get("parent"), str) and raw["parent"]:
+        record["trained_on"] = str(raw["parent"])
+    return record
+
+
 def coefficients(
     encoder: DualEncoder,
     head: Composite,
@@ -153,6 +187,7 @@ def sign_commit(
     parent: bytes,
     result: SearchResult,
     supersedes: bytes | None = None,
+    training: Mapping[str, str | int | float] | None = None,
 ) -> Commit:
     objective: dict[str, Any] = {k: float(v) for k, v in result.objective.items()}
     return Commit.create(
@@ -167,15 +202,26 @@ def sign_commit(
         coeffs=(float(result.coeffs[0]), float(result.coeffs[1])),
         objective=objective,
         supersedes=supersedes,
+        module_coeffs=_module_coeffs(result),
+        training=dict(training) if training is not None else None,
     )
+
+
+def _module_coeffs(result: SearchResult) -> dict[str, tuple[float, float]] | None:
+    """The search's per-group pairs as the commit carries them (``None``: a schema 1 commit)."""
+    if result.module_coeffs is None:
+        return None
+    return {g: (float(a), float(b)) for g, (a, b) in sorted(result.module_coeffs.items())}
 
 
 def rebase(
     identity: Identity, genesis: Genesis, orphan: Commit, head: Head, next_seq: Callable[[], int]
 ) -> Commit:
     """Re-search ``orphan``'s plugin against ``head`` and sign a commit superseding it, with
-    the orphan's blobs (``head.files`` must hold them too). ``next_seq`` is called once, when
-    the search succeeded: a failed rebase uses up no sequence number."""
+    the orphan's blobs (``head.files`` must hold them too) and its ``training`` record: the
+    plugin is not retrained, so a continual one keeps the ``trained_on`` it was trained on.
+    ``next_seq`` is called once, when the search succeeded: a failed rebase uses up no
+    sequence number."""
     composer = head.compose(genesis)
     adapter = composer.adapter(orphan)  # the validity function on the orphan's blobs
     own = load_distilled(head.blob_path(orphan.blobs["distilled"].sha256))
@@ -190,4 +236,5 @@ def rebase(
         parent=head.tip,
         result=result,
         supersedes=orphan.id,
+        training=orphan.training,
     )

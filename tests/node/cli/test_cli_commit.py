@@ -444,9 +444,9 @@ def test_a_removed_member_is_refused(
 def test_unknown_schema_version_is_refused(
     bundle: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bad = _copy(bundle, "v2")
+    bad = _copy(bundle, "v3")
     envelope = canonical.decode((bad / "commit.cbor").read_bytes())
-    envelope["v"] = 2
+    envelope["v"] = 3  # commits are versions 1 and 2
     (bad / "commit.cbor").write_bytes(canonical.encode(envelope))
     code, out = verify(capsys, bad)
     assert code == 2
@@ -609,7 +609,7 @@ def test_status_without_a_running_node_says_so(
     network: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out = run(capsys, "status", "--home", str(network / "alice"))
-    assert code == 2
+    assert code == 3  # Exit.NO_NODE: told apart from bad input (2) and a refusal (4)
     assert "no node is running" in out
 
 

@@ -1,0 +1,231 @@
+"""Continual plugins: trained on top of a composite's ΔW (held fixed) with a replay of the
+distilled sets merged into it. The base is never modified; the saved adapter is the new LoRA
+alone, and stacking it onto the composite at (1, 1) is the model that was trained."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from pipeline_fixtures import tiny_text_backend, toy_records
+
+from merge.fold import Composite, apply, delta_weights, empty
+from merge.lora import LoraAdapter, load_adapter
+from merge.pipeline.backends.text import TextBackend
+from merge.pipeline.datasets import Examples, stratified_split
+from merge.pipeline.distill import DistillConfig, Distilled, distill
+from merge.pipeline.errors import DataFormatError, DeltaError
+from merge.pipeline.evaluate import evaluate
+from merge.pipeline.train import (
+    Continual,
+    TrainConfig,
+    TrainResult,
+    read_plugin_meta,
+    train_plugin,
+)
+from merge.spec import Limits
+
+CONFIG = TrainConfig(steps=24, batch_size=8, lr=3e-2, progress=False, max_val=64)
+PARENT = "ab" * 32
+
+
+@pytest.fixture(scope="module")
+def backend() -> TextBackend:
+    return tiny_text_backend()
+
+
+def _relabelled(records: Examples) -> Examples:
+    """The toy data under other class names: a second task with its own classes."""
+    return Examples(records.items, records.labels, ("break", "germ", "growth"))
+
+
+@pytest.fixture(scope="module")
+def first(
+    backend: TextBackend, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[LoraAdapter, Distilled]:
+    """Task one: an independent plugin and its distilled set."""
+    out = tmp_path_factory.mktemp("first") / "plugin"
+    train_plugin(backend, toy_records(), task="one", out=out, config=CONFIG)
+    d = distill(backend, toy_records(), task="one", config=DistillConfig.quick(ipc=2)).distilled
+    return load_adapter(out, base=backend.fingerprint, limits=Limits()), d
+
+
+@pytest.fixture(scope="module")
+def composite(first: tuple[LoraAdapter, Distilled]) -> Composite:
+    return apply(empty("stack"), first[0], (1.0, 1.0))
+
+
+@pytest.fixture(scope="module")
+def continual(
+    backend: TextBackend,
+    composite: Composite,
+    first: tuple[LoraAdapter, Distilled],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> TrainResult:
+    before = {k: v.clone() for k, v in backend.model.state_dict().items()}
+    out = tmp_path_factory.mktemp("second") / "plugin"
+    prior = Continual.of(composite, [first[1]], parent=PARENT)
+    result = train_plugin(
+        backend, _relabelled(toy_records()), task="two", out=out, config=CONFIG, continual=prior
+    )
+    after = backend.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "the shared base changed"
+    return result
+
+
+def test_the_plugin_records_how_it_was_trained(continual: TrainResult) -> None:
+    meta = read_plugin_meta(continual.out)
+    assert meta["training"] == {"method": "continual", "replay": 6, "parent": PARENT}
+    assert dict(continual.training) == meta["training"]
+    assert set(meta["validation"]) == {"base", "plugin", "composite"}
+    assert meta["config"]["replay_weight"] == 1.0
+    assert continual.composite is not None
+    assert continual.replay_accuracy is not None
+
+
+def test_stacking_it_at_one_one_is_the_model_that_was_trained(
+    backend: TextBackend, composite: Composite, continual: TrainResult
+) -> None:
+    """The saved adapter is the new LoRA alone; composite + plugin at (1, 1) in stack mode
+    scores exactly what training measured (sequential fine-tuning with rehearsal)."""
+    plugin = load_adapter(continual.out, base=backend.fingerprint, limits=Limits())
+    assert sorted(plugin.modules) == sorted(composite.modules)
+    assert all(m.rank == CONFIG.rank for m in plugin.modules.values())
+    _, val = stratified_split(_relabelled(toy_records()), CONFIG.val_fraction, CONFIG.seed)
+    stacked = evaluate(backend, apply(composite, plugin, (1.0, 1.0)), val)
+    assert stacked.accuracy == continual.plugin.accuracy
+    assert stacked.auc == pytest.approx(continual.plugin.auc, abs=1e-6)
+    start = evaluate(backend, composite, val)
+    assert continual.composite is not None
+    assert start.accuracy == continual.composite.accuracy
+
+
+def test_replay_keeps_the_merged_task(
+    backend: TextBackend,
+    composite: Composite,
+    first: tuple[LoraAdapter, Distilled],
+    continual: TrainResult,
+    tmp_path: Path,
+) -> None:
+    """Without the replay term (weight 0) the replayed set fares worse than with it."""
+    prior = Continual.of(composite, [first[1]], parent=PARENT)
+    config = TrainConfig(**{**CONFIG.__dict__, "replay_weight": 0.0})
+    unrehearsed = train_plugin(
+        backend,
+        _relabelled(toy_records()),
+        task="two",
+        out=tmp_path / "p",
+        config=config,
+        continual=prior,
+    )
+    assert continual.replay_accuracy is not None
+    assert unrehearsed.replay_accuracy is not None
+    assert continual.replay_accuracy[0] == unrehearsed.replay_accuracy[0]  # same start
+    assert continual.replay_accuracy[1] > unrehearsed.replay_accuracy[1]
+    assert continual.replay_accuracy[1] >= continual.replay_accuracy[0]
+
+
+def test_an_empty_prior_trains_exactly_like_independent(
+    backend: TextBackend, tmp_path: Path
+) -> None:
+    """No ΔW and no replay: byte-identical adapter to the independent path (same seed)."""
+    records = toy_records()
+    alone = train_plugin(backend, records, task="t", out=tmp_path / "a", config=CONFIG)
+    prior = Continual(parent=PARENT)
+    on_empty = train_plugin(
+        backend, records, task="t", out=tmp_path / "b", config=CONFIG, continual=prior
+    )
+    name = "adapter_model.safetensors"
+    assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert alone.losses == on_empty.losses
+    assert read_plugin_meta(tmp_path / "a")["training"] == {
+        "method": "independent",
+        "replay": 0,
+        "parent": None,
+    }
+    assert read_plugin_meta(tmp_path / "b")["training"]["method"] == "continual"
+
+
+def test_of_a_mixture_gives_no_delta(
+    composite: Composite, first: tuple[LoraAdapter, Distilled]
+) -> None:
+    mixture = apply(empty("mixture"), first[0], (1.0, 1.0))
+    prior = Continual.of(mixture, [first[1]], parent=PARENT)
+    assert not prior.delta
+    assert prior.n_replay == 6
+    stacked = Continual.of(composite, [], parent=PARENT)
+    want = delta_weights(composite.modules)
+    assert sorted(stacked.delta) == sorted(want)
+    assert all(torch.equal(stacked.delta[k], want[k]) for k in want)
+    assert not Continual.of(empty("fusion"), [], parent=PARENT).delta
+
+
+def test_joint_features_are_the_separate_ones(
+    backend: TextBackend, first: tuple[LoraAdapter, Distilled]
+) -> None:
+    """A step with replay: ids of different lengths and synthetic embeddings give what each
+    gives alone, in one padded pass (short texts) or in two (long ones)."""
+    embeds = first[1].inputs[:3]
+    for texts in (["flu", "broken rib and fever"], ["flu", "a long history of " * 6]):
+        ids = backend.prepare(texts)
+        got_ids, got_embeds = backend.joint_features(backend.model, ids, embeds)
+        torch.testing.assert_close(got_ids, backend.features(backend.model, ids))
+        torch.testing.assert_close(got_embeds, backend.features(backend.model, embeds))
+
+
+def test_a_replay_set_of_another_base_or_a_bad_delta_is_refused(
+    backend: TextBackend, first: tuple[LoraAdapter, Distilled], tmp_path: Path
+) -> None:
+    d = first[1]
+    other = Distilled(d.inputs, d.labels, d.classes, d.task, d.kind, "cd" * 32)
+    with pytest.raises(DataFormatError, match="replay set"):
+        train_plugin(
+            backend,
+            toy_records(),
+            task="t",
+            out=tmp_path / "x",
+            config=CONFIG,
+            continual=Continual(PARENT, {}, (other,)),
+        )
+    with pytest.raises(DeltaError):
+        train_plugin(
+            backend,
+            toy_records(),
+            task="t",
+            out=tmp_path / "y",
+            config=CONFIG,
+            continual=Continual(PARENT, {"nope": torch.zeros(2, 2)}),
+        )
+    assert not (tmp_path / "x").exists()
+    assert not (tmp_path / "y").exists()
+
+
+def test_a_clip_plugin_trains_on_a_composite_with_pixel_replay(tmp_path: Path) -> None:
+    """Pixels: the own and the replayed batch share one forward pass; stacking at (1, 1)
+    is again the trained model."""
+    from pipeline_fixtures import save_tiny_clip, write_toy_images
+
+    from merge.pipeline.backends import load_backend
+    from merge.pipeline.datasets import read_image_folder
+
+    clip = load_backend("clip", str(save_tiny_clip(tmp_path / "clip")))
+    write_toy_images(tmp_path / "images")
+    records = read_image_folder(tmp_path / "images")
+    config = TrainConfig.for_backend("clip", steps=6, batch_size=4, progress=False)
+    train_plugin(clip, records, task="one", out=tmp_path / "one", config=config)
+    d = distill(clip, records, task="one", config=DistillConfig.quick(ipc=2)).distilled
+    composite = apply(
+        empty("stack"),
+        load_adapter(tmp_path / "one", base=clip.fingerprint, limits=Limits()),
+        (1.0, 1.0),
+    )
+    prior = Continual.of(composite, [d], parent=PARENT)
+    result = train_plugin(
+        clip, records, task="two", out=tmp_path / "two", config=config, continual=prior
+    )
+    assert dict(result.training) == {"method": "continual", "replay": 4, "parent": PARENT}
+    plugin = load_adapter(tmp_path / "two", base=clip.fingerprint, limits=Limits())
+    _, val = stratified_split(records, config.val_fraction, config.seed)
+    stacked = evaluate(clip, apply(composite, plugin, (1.0, 1.0)), val)
+    assert stacked.accuracy == result.plugin.accuracy
