@@ -49,6 +49,7 @@ class DemoConfig:
     fresh: bool = False
     per_class: int | None = None
     converge_timeout: float = 120.0
+    independent: bool = False  # the paper's plugins; default: continual on the node's tip
 
     @property
     def sizes(self) -> dict[str, Any]:
@@ -262,11 +263,17 @@ def contribute(config: DemoConfig, inst: Institution) -> None:
     sizes = config.sizes
     classes = list(inst.classes)
     if not (adapter / WEIGHTS_NAME).exists():
-        say(f"\n[{inst.name}] training a LoRA plugin on {inst.task} (its own data only)")
+        how = (
+            "its own data only"
+            if config.independent
+            else "its own data, on top of the network's composite, replaying its distilled sets"
+        )
+        say(f"\n[{inst.name}] training a LoRA plugin on {inst.task} ({how})")
         _cli(
             cli,
             [
                 "train",
+                *(["--independent"] if config.independent else ["--home", str(inst.dir)]),
                 "--task",
                 inst.task,
                 "--data",

@@ -23,6 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     demo.add_argument("--quick", action="store_true", help="small data and few steps (CI)")
     demo.add_argument("--mode", choices=("stack", "fusion", "mixture"), default="stack")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--independent",
+        action="store_true",
+        help="train each plugin on its own data only (the paper); default: continual on the "
+        "network's composite with replay",
+    )
     again = demo.add_mutually_exclusive_group()
     again.add_argument("--fresh", action="store_true", help="delete --workdir and start over")
     again.add_argument(
@@ -38,7 +44,12 @@ def run(args: argparse.Namespace) -> int:
 
     run_demo(
         DemoConfig(
-            workdir=args.workdir, quick=args.quick, mode=args.mode, seed=args.seed, fresh=args.fresh
+            workdir=args.workdir,
+            quick=args.quick,
+            mode=args.mode,
+            seed=args.seed,
+            fresh=args.fresh,
+            independent=args.independent,
         )
     )
     return 0
