@@ -38,6 +38,7 @@ def test_macro_f1_by_hand(labels: list[int], predicted: list[int], expected: flo
 
 def test_macro_f1_and_auc_agree_with_sklearn() -> None:
     from sklearn import metrics  # a dev dependency: the reference our metrics must agree with
+
     g = torch.Generator().manual_seed(3)
     probs = torch.rand(60, 4, generator=g).softmax(1)
     labels = torch.randint(0, 4, (60,), generator=g)
