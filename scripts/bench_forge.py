@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Reproduce MedForge's comparison offline: real medical data from wheels, MiniLM as the base.
 
-Three settings, each with >= 3 institutions (issue 6, "Benchmark"):
+Three settings, each with >= 3 institutions by default (issue 6, "Benchmark"):
 
 - ``tasks``: task-incremental like the paper: each institution has its own task and class
-  names, the blocks of one ICD-10-CM chapter (neoplasms 2, circulatory 9, respiratory 10);
-- ``skew``: one task (ICD-10-CM chapters 1-21 as classes) dealt to 3 institutions by
-  Dirichlet(0.3) label skew; each trains and distils on the classes it holds (``train_plugin``
-  refuses a class with no example), its distilled labels index the task's full class list;
+  names, the blocks of one ICD-10-CM chapter (``--chapters``, default 2,9,10: neoplasms,
+  circulatory, respiratory; any chapters of >= 2 blocks, one institution each);
+- ``skew``: one task (ICD-10-CM chapters 1-21 as classes) dealt to ``--institutions`` (3) by
+  Dirichlet(``--alpha`` 0.3) label skew; each trains and distils on the classes it holds
+  (``train_plugin`` refuses a class with no example), its distilled labels index the task's
+  full class list;
 - ``heart``: the four real UCI Heart Disease hospitals, one institution (and test set) per site,
   as the text lines ``merge.pipeline.datasets.heart_disease`` writes.
 
@@ -21,8 +23,25 @@ Stack. Orders: every permutation for 3 institutions, the n cyclic rotations beyo
 (``--orders``). Order-independent rows are computed once per seed. Every row is scored through
 the same DualEncoder path (``merge.pipeline.evaluate``).
 
+Optional rows (``--rows``; the first two by default, the others cost a search or a training per
+commit and order):
+
+- ``distilled``: "pooled distilled sets (one plugin)", a diagnostic: one plugin trained only on
+  the union of every institution's distilled set (``n x steps`` steps, like pooled). Near
+  pooled, the distilled data holds the tasks and the merge is the bottleneck;
+- ``shares``: "Mixture (shares)", the mixture searched as the new member's share of a convex
+  mixture with a prior at the uniform share (``merge.pipeline.search.search_mixture_share``,
+  ``--mixture-prior``); "Mixture" stays the paper's two-coefficient search every node runs;
+- ``continual``, ``continual-noreplay``: each plugin after the first trained on top of the
+  composite it is committed onto (``merge.pipeline.train.Continual``), with or without a replay
+  of the distilled sets merged so far, then searched as a commit; every mode (without replay
+  a mixture member trains on the base alone: that is the "Mixture" row, not repeated);
+- ``per-module``: fusion and stack with one coefficient pair per module group
+  (``SearchSettings.groups``, ``--module-groups``, default ``layer``).
+
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_forge.py --quick   # CI, < 2 min
     HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_forge.py           # 3 seeds, 3 settings
+    HF_HUB_OFFLINE=1 .venv/bin/python scripts/bench_forge.py --settings tasks --chapters 4,11,14
 
 Writes ``bench_forge-<tag>.{json,md,png}`` under ``bench-results/`` (or ``--out``).
 """
@@ -39,55 +58,101 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from merge.base_shapes import shapes_of
 from merge.fold import Composite, apply, empty, uniform_average
 from merge.lora import LoraAdapter, load_adapter
 from merge.pipeline.backends import DualEncoder, load_backend
+from merge.pipeline.backends.base import cosine_logits
 from merge.pipeline.datasets import (
     HEART_SITES,
     Examples,
     dirichlet_split,
     heart_disease,
     icd10_blocks,
+    icd10_chapter_ids,
     icd10_chapters,
     stratified_split,
 )
-from merge.pipeline.distill import DistillConfig, distill
+from merge.pipeline.distill import DistillConfig, Distilled, distill
 from merge.pipeline.evaluate import model_probs
 from merge.pipeline.metrics import Metrics, classification_metrics
-from merge.pipeline.search import DistilledSet
+from merge.pipeline.search import MIXTURE_PRIOR, SearchResult, TaskData, search_mixture_share
 from merge.pipeline.train import TrainConfig, train_plugin
 from merge.spec import Limits, SearchSettings
 from node.forge.author import coefficients
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("tasks", "skew", "heart")
-TASK_CHAPTERS = (("neoplasms", "2"), ("circulatory", "9"), ("respiratory", "10"))
+# ICD-10-CM chapter id -> the task's (and institution's) name in the tasks setting
+CHAPTER_NAMES = {
+    "1": "infectious",
+    "2": "neoplasms",
+    "3": "blood",
+    "4": "endocrine",
+    "5": "mental",
+    "6": "nervous",
+    "7": "eye",
+    "8": "ear",
+    "9": "circulatory",
+    "10": "respiratory",
+    "11": "digestive",
+    "12": "skin",
+    "13": "musculoskeletal",
+    "14": "genitourinary",
+    "15": "pregnancy",
+    "16": "perinatal",
+    "17": "congenital",
+    "18": "symptoms",
+    "19": "injury",
+    "20": "external-causes",
+    "21": "health-factors",
+    "22": "special-purposes",
+}
+TASK_CHAPTERS = ("2", "9", "10")
 SKEW_CHAPTERS = tuple(str(c) for c in range(1, 22))  # 22 ("special purposes") has 5 codes
 MODES = ("fusion", "mixture", "stack")
 TEST_FRACTION = 0.3
+BATCH = TrainConfig().batch_size
 BASE, POOLED, UNIFORM, UMIX = (
     "zero-shot base",
     "pooled (breaks privacy)",
     "uniform average",
     ("uniform mixture"),
 )
+DISTILLED = "pooled distilled sets (one plugin)"
 PEFT_ROWS = {"linear": "PEFT linear", "cat": "PEFT cat"}
 SEARCHED = {"fusion": "Fusion", "mixture": "Mixture", "stack": "Stack"}
+SHARES = "Mixture (shares)"
+# Optional row families (--rows); the defaults are cheap, the others train or search per order.
+ROW_FAMILIES = ("distilled", "shares", "continual", "continual-noreplay", "per-module")
+DEFAULT_ROWS = ("distilled", "shares")
+GROUPINGS = ("layer", "target")
+
+
+def continual_row(mode: str, replay: bool) -> str:
+    return f"continual {'+ replay' if replay else 'no replay'}: {SEARCHED[mode]}"
+
+
+def per_module_row(mode: str, grouping: str) -> str:
+    return f"per-module ({grouping}): {SEARCHED[mode]}"
 
 
 @dataclass(frozen=True)
 class Sizes:
-    """How big a run is; ``--quick`` and the full run differ only here."""
+    """How big a run is and on which split; ``--quick`` and the full run differ only in size."""
 
-    seeds: int = 3
+    seeds: tuple[int, ...] = (0, 1, 2)
     settings: tuple[str, ...] = SETTINGS
+    chapters: tuple[str, ...] = TASK_CHAPTERS  # tasks: one institution per ICD-10 chapter
+    institutions: int = 3  # skew: how many institutions share the task
+    alpha: float = 0.3  # skew: Dirichlet concentration (smaller: more skewed)
     per_class_blocks: int = 24  # descriptions per ICD-10 block (task-incremental)
     per_class_chapters: int = 36  # descriptions per ICD-10 chapter (label skew)
     heart_fraction: float = 1.0  # fraction of each hospital's patients used
@@ -97,10 +162,13 @@ class Sizes:
     budget: int = 20  # coefficient-search evaluations per commit
     max_test: int = 100  # test records per task (seeded subsample)
     orders: str = "auto"  # "auto" | "all" | "cyclic" | an int (the first k permutations)
+    rows: tuple[str, ...] = DEFAULT_ROWS  # optional row families (ROW_FAMILIES)
+    mixture_prior: float = MIXTURE_PRIOR  # "Mixture (shares)": pseudo-samples at uniform
+    module_groups: str = "layer"  # "per-module" rows: merge.groups grouping
 
 
 QUICK = Sizes(
-    seeds=1,
+    seeds=(0,),
     settings=("tasks",),
     per_class_blocks=5,
     per_class_chapters=8,
@@ -169,25 +237,56 @@ def fraction(records: Examples, f: float, seed: int) -> Examples:
     return records if f >= 1 else cap(records, max(1, round(len(records) * f)), seed)
 
 
+def chapter_task(chapter: str) -> str:
+    return CHAPTER_NAMES.get(chapter, f"chapter-{chapter}")
+
+
+def check_chapters(chapters: Sequence[str]) -> None:
+    """Refuse, before any model loads, a split the tasks setting cannot run."""
+    known = icd10_chapter_ids()
+    if len(chapters) < 2 or len(set(chapters)) != len(chapters):
+        raise ValueError(f"--chapters needs >= 2 distinct chapters, got {list(chapters)}")
+    for c in chapters:
+        if c not in known:
+            raise ValueError(f"--chapters: {c!r} is not an ICD-10-CM chapter ({', '.join(known)})")
+        blocks = len(icd10_blocks(c, per_class=1).classes)
+        if blocks < 2:
+            raise ValueError(f"--chapters: chapter {c} has {blocks} block(s); a task needs >= 2")
+
+
+def check_trainable_split(insts: Sequence[Institution], hint: str) -> None:
+    """Each institution must hold >= 2 classes and a batch of records."""
+    for inst in insts:
+        n, k = len(inst.train), len(inst.train.classes)
+        if k < 2 or n < BATCH:
+            raise ValueError(
+                f"{inst.name} holds {n} records of {k} class(es) (needs >= {BATCH} of >= 2): "
+                + hint
+            )
+
+
 def build_tasks(sizes: Sizes, seed: int) -> Setting:
     insts, tests = [], {}
-    for task, chapter in TASK_CHAPTERS:
+    for chapter in sizes.chapters:
+        task = chapter_task(chapter)
         records = icd10_blocks(chapter, per_class=sizes.per_class_blocks, seed=seed)
         train, test = stratified_split(records, TEST_FRACTION, seed)
         insts.append(Institution(task, task, train, records.classes))
         tests[task] = cap(test, sizes.max_test, seed)
+    check_trainable_split(insts, "more descriptions per block (--per-class) or other chapters")
     return Setting("tasks", tuple(insts), tests, union([i.train for i in insts]))
 
 
 def build_skew(sizes: Sizes, seed: int) -> Setting:
     records = icd10_chapters(per_class=sizes.per_class_chapters, chapters=SKEW_CHAPTERS, seed=seed)
     train, test = stratified_split(records, TEST_FRACTION, seed)
-    parts = dirichlet_split(train, 3, 0.3, seed)
+    parts = dirichlet_split(train, sizes.institutions, sizes.alpha, seed)
     task = "icd10-chapters"
     insts = tuple(
         Institution(f"inst{k + 1}", task, local_view(p), records.classes)
         for k, p in enumerate(parts)
     )
+    check_trainable_split(insts, "a larger --alpha, fewer --institutions or another seed")
     return Setting("skew", insts, {task: cap(test, sizes.max_test, seed)}, train)
 
 
@@ -210,34 +309,82 @@ BUILDERS: dict[str, Callable[[Sizes, int], Setting]] = {
 
 def arrival_orders(names: Sequence[str], how: str) -> list[tuple[str, ...]]:
     """``auto``: every permutation for <= 3 institutions, else the cyclic rotations."""
-    perms = list(itertools.permutations(names))
     if how == "auto":
         how = "all" if len(names) <= 3 else "cyclic"
-    if how == "all":
-        return perms
     if how == "cyclic":
         return [tuple(names[k:]) + tuple(names[:k]) for k in range(len(names))]
-    return perms[: int(how)]
+    perms = itertools.permutations(names)
+    return list(perms) if how == "all" else list(itertools.islice(perms, int(how)))
 
 
 # --- plugins -------------------------------------------------------------------------------
 
 
 def train(
-    backend: DualEncoder, records: Examples, task: str, out: Path, steps: int, seed: int
+    backend: DualEncoder,
+    records: Examples,
+    task: str,
+    out: Path,
+    steps: int,
+    seed: int,
+    continual: Any = None,
 ) -> LoraAdapter:
-    """A plugin on all of ``records`` (no validation split: the benchmark has a test set)."""
+    """A plugin on all of ``records`` (no validation split: the benchmark has a test set);
+    ``continual``: a ``merge.pipeline.train.Continual`` to train on top of."""
     config = TrainConfig(steps=steps, seed=seed, val_fraction=0.0, progress=False)
-    train_plugin(backend, records, task=task, out=out, config=config)
+    if continual is None:
+        train_plugin(backend, records, task=task, out=out, config=config)
+    else:
+        train_plugin(backend, records, task=task, out=out, config=config, continual=continual)
     return load_adapter(out, base=backend.fingerprint, limits=Limits(), name=out.name)
 
 
-def summary_set(backend: DualEncoder, inst: Institution, sizes: Sizes, seed: int) -> DistilledSet:
+def summary_set(backend: DualEncoder, inst: Institution, sizes: Sizes, seed: int) -> Distilled:
     """The institution's distilled set, labels re-indexed into the task's class list."""
     cfg = DistillConfig(ipc=sizes.ipc, steps=sizes.distill_steps, seed=seed, progress=False)
     d = distill(backend, inst.train, task=inst.task, config=cfg).distilled
     index = torch.tensor([inst.classes.index(c) for c in d.classes], dtype=torch.int64)
-    return DistilledSet(d.inputs, index[d.labels], inst.classes)
+    return replace(d, labels=index[d.labels], classes=inst.classes)
+
+
+def pooled_distilled(
+    sets: Sequence[Distilled],
+) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """Every distilled input, labelled in the joint class list (as ``union`` labels pooled)."""
+    classes = tuple(dict.fromkeys(c for d in sets for c in d.classes))
+    index = {c: i for i, c in enumerate(classes)}
+    labels = [torch.tensor([index[d.classes[int(y)]] for y in d.labels]) for d in sets]
+    return torch.cat([d.inputs for d in sets]), torch.cat(labels).to(torch.int64), classes
+
+
+def train_on_distilled(
+    backend: DualEncoder, sets: Sequence[Distilled], out: Path, steps: int, seed: int
+) -> LoraAdapter:
+    """The diagnostic plugin: trained on the pooled distilled sets only, with the training
+    recipe of ``train_plugin`` (its LoRA config, optimiser, seeded batches and forked RNG;
+    batches capped at the pool's size), scored against the joint class list."""
+    from merge.pipeline import train as recipe  # its internals: a bench-only entry point
+
+    inputs, labels, classes = pooled_distilled(sets)
+    config = TrainConfig(steps=steps, seed=seed, batch_size=min(BATCH, len(labels)))
+    targets = backend.encode_classes(classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        peft_model = recipe._wrap(backend, config)
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+        batches = recipe._batches(len(labels), config.batch_size, seed)
+        peft_model.train()
+        for _ in range(steps):
+            idx = next(batches)
+            feats = backend.features(recipe._inner(peft_model), inputs[idx])
+            loss = F.cross_entropy(cosine_logits(feats, targets, backend.logit_scale), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            torch.autograd.backward(loss)
+            opt.step()
+        peft_model.eval()
+    recipe.save_adapter(peft_model, out, backend.fingerprint)
+    return load_adapter(out, base=backend.fingerprint, limits=Limits(), name=out.name)
 
 
 def peft_merges(backend: DualEncoder, dirs: Sequence[Path], work: Path) -> dict[str, LoraAdapter]:
@@ -305,26 +452,82 @@ def nanmean(xs: Sequence[float]) -> float:
     return statistics.fmean(good) if good else math.nan
 
 
+# One commit's search: (head, plugin, distilled sets merged so far, the plugin's own) -> result.
+Searcher = Callable[[Composite, LoraAdapter, Sequence[TaskData], TaskData], SearchResult]
+# The plugin an institution commits onto ``head`` (after the distilled sets ``seen``).
+PluginFor = Callable[[str, Composite, Sequence[Distilled]], LoraAdapter]
+
+
+@dataclass
+class Forged:
+    composite: Composite
+    coeffs: list[tuple[float, float]] = field(default_factory=list)
+    module_coeffs: list[Mapping[str, tuple[float, float]] | None] = field(default_factory=list)
+
+
 def forge(
-    backend: DualEncoder,
     mode: str,
     order: Sequence[str],
-    adapters: Mapping[str, LoraAdapter],
-    data: Mapping[str, DistilledSet],
-    search: SearchSettings,
-) -> tuple[Composite, list[tuple[float, float]]]:
+    plugin_for: PluginFor,
+    data: Mapping[str, Distilled],
+    searcher: Searcher,
+    grouping: str | None = None,
+) -> Forged:
     """Commit the plugins in arrival order, each searched against the head before it."""
-    head, coeffs = empty(mode), []
-    seen: list[DistilledSet] = []  # the tasks merged so far
+    out = Forged(empty(mode))
+    seen: list[Distilled] = []  # the tasks merged so far
     for name in order:
-        result = coefficients(backend, head, adapters[name], seen, data[name], search)
-        head = apply(head, adapters[name], result.coeffs)
-        coeffs.append(result.coeffs)
+        adapter = plugin_for(name, out.composite, seen)
+        result = searcher(out.composite, adapter, seen, data[name])
+        out.composite = apply(out.composite, adapter, result.coeffs, _groups(result, grouping))
+        out.coeffs.append(result.coeffs)
+        out.module_coeffs.append(getattr(result, "module_coeffs", None))
         seen.append(data[name])
-    return head, coeffs
+    return out
+
+
+def _groups(result: SearchResult, grouping: str | None) -> Any:
+    pairs = getattr(result, "module_coeffs", None)
+    if grouping is None or not pairs:
+        return None
+    from merge.groups import ModuleCoeffs
+
+    return ModuleCoeffs(grouping, pairs)
 
 
 # --- one seed of one setting ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """What every row of one seed shares: the split, plugins, distilled sets, cached probs."""
+
+    backend: DualEncoder
+    setting: Setting
+    sizes: Sizes
+    seed: int
+    work: Path
+    adapters: Mapping[str, LoraAdapter]
+    data: Mapping[str, Distilled]
+    singles: Mapping[str, Probs]
+
+    @property
+    def search(self) -> SearchSettings:
+        return SearchSettings(budget=self.sizes.budget, seed=self.seed)
+
+    def commit_search(self, settings: SearchSettings | None = None) -> Searcher:
+        """The search every commit runs (``node.forge.author.coefficients``)."""
+        s = settings or self.search
+        return lambda head, a, seen, own: coefficients(self.backend, head, a, seen, own, s)
+
+    def independent(self, name: str, head: Composite, seen: Sequence[Distilled]) -> LoraAdapter:
+        return self.adapters[name]
+
+    def score(self, c: Composite) -> dict[str, dict[str, float]]:
+        """A composite of the independent plugins: a mixture from the cached probabilities."""
+        known = c.mode == "mixture" and all(m.name in self.singles for m in c.members)
+        p = mixture_probs(c, self.singles) if known else probs_of(self.backend, c, self.setting)
+        return scores(p, self.setting)
 
 
 def run_seed(
@@ -351,18 +554,21 @@ def run_seed(
     data = {i.name: summary_set(backend, i, sizes, seed) for i in insts}
     say(t0, f"  distilled {sizes.ipc} per class for each institution")
     rows = fixed_rows(backend, setting, adapters, pooled, work, seed)
-    say(t0, "  scored the order-independent rows")
     singles = {n: r["probs"] for n, r in rows.items() if n in adapters}
+    run = SeedRun(backend, setting, sizes, seed, work, adapters, data, singles)
+    if "distilled" in sizes.rows:
+        rows[DISTILLED] = distilled_row(run)
+    say(t0, "  scored the order-independent rows")
     samples = [sample(seed, None, label_row(n, setting), r["scores"]) for n, r in rows.items()]
-    search = SearchSettings(budget=sizes.budget, seed=seed)
     for order in arrival_orders([i.name for i in insts], sizes.orders):
-        samples += searched_rows(backend, setting, order, adapters, data, singles, search, seed)
+        mine = searched_rows(run, order)
+        for family in (f for f in sizes.rows if f in ORDER_ROWS):
+            mine += ORDER_ROWS[family](run, order)
+        samples += mine
         say(
             t0,
             f"  order {' > '.join(order)}: "
-            + ", ".join(
-                f"{s['row']} {s['scores']['mean']['accuracy']:.3f}" for s in samples[-len(MODES) :]
-            ),
+            + ", ".join(f"{s['row']} {s['scores']['mean']['accuracy']:.3f}" for s in mine),
         )
     return samples
 
@@ -406,30 +612,135 @@ def fixed_rows(
     return out
 
 
-def searched_rows(
-    backend: DualEncoder,
-    setting: Setting,
-    order: Sequence[str],
-    adapters: Mapping[str, LoraAdapter],
-    data: Mapping[str, DistilledSet],
-    singles: Mapping[str, Probs],
-    search: SearchSettings,
-    seed: int,
-) -> list[dict[str, Any]]:
+def distilled_row(run: SeedRun) -> dict[str, Any]:
+    """The diagnostic: one plugin on the union of the distilled sets (``n x steps`` steps)."""
+    steps = run.sizes.steps * len(run.adapters)
+    sets = list(run.data.values())
+    plugin = train_on_distilled(run.backend, sets, run.work / "distilled", steps, run.seed)
+    p = probs_of(run.backend, plugin, run.setting)
+    return {"probs": p, "scores": scores(p, run.setting)}
+
+
+def searched_rows(run: SeedRun, order: Sequence[str]) -> list[dict[str, Any]]:
+    """Fusion, Mixture, Stack: the commits' own search, on the independent plugins."""
     out = []
     for mode in MODES:
-        c, coeffs = forge(backend, mode, order, adapters, data, search)
-        p = mixture_probs(c, singles) if mode == "mixture" else probs_of(backend, c, setting)
-        out.append(sample(seed, order, SEARCHED[mode], scores(p, setting), coeffs=coeffs))
+        f = forge(mode, order, run.independent, run.data, run.commit_search())
+        out.append(sample(run.seed, order, SEARCHED[mode], run.score(f.composite), coeffs=f.coeffs))
     return out
+
+
+def shares_rows(run: SeedRun, order: Sequence[str]) -> list[dict[str, Any]]:
+    """ "Mixture (shares)": the mixture searched as the new member's convex share."""
+
+    def searcher(
+        head: Composite, a: LoraAdapter, seen: Sequence[TaskData], own: TaskData
+    ) -> SearchResult:
+        data = [*seen, own]
+        prior = run.sizes.mixture_prior
+        return search_mixture_share(run.backend, head, a, data, run.search, prior=prior)
+
+    f = forge("mixture", order, run.independent, run.data, searcher)
+    return [sample(run.seed, order, SHARES, run.score(f.composite), coeffs=f.coeffs)]
+
+
+# --- rows from the other engineers' APIs (issue 12) -----------------------------------------
+#
+# HOOK "continual with replay (each mode)" / "continual without replay": continual_rows,
+# on merge.pipeline.train.Continual. HOOK "per-module coefficients": per_module_rows, on
+# SearchSettings.groups and SearchResult.module_coeffs. Both import their APIs lazily, so the
+# default rows run without them.
+
+
+def continual_rows(run: SeedRun, order: Sequence[str], replay: bool) -> list[dict[str, Any]]:
+    """Each plugin after the first trains on top of the head it is committed onto (the
+    first one is the independent plugin: an empty composite gives it nothing to build on),
+    with a replay of the distilled sets merged so far or without; then the commit's search.
+    A mixture member trains on the base (``Continual.of``), so without replay the mixture is
+    the "Mixture" row exactly: that row is not repeated."""
+    from merge.pipeline.train import Continual
+
+    out = []
+    for mode in MODES if replay else ("fusion", "stack"):
+        tag = f"{mode}-{'replay' if replay else 'plain'}"
+
+        def plugin_for(
+            name: str, head: Composite, seen: Sequence[Distilled], tag: str = tag
+        ) -> LoraAdapter:
+            if head.is_empty:
+                return run.adapters[name]
+            inst = next(i for i in run.setting.institutions if i.name == name)
+            prefix = "-".join(order[: len(seen) + 1])
+            base = Continual.of(head, seen if replay else [], parent=f"bench:{tag}:{prefix}")
+            out_dir = run.work / "continual" / tag / prefix
+            steps, seed = run.sizes.steps, run.seed
+            return train(run.backend, inst.train, inst.task, out_dir, steps, seed, base)
+
+        f = forge(mode, order, plugin_for, run.data, run.commit_search())
+        row = continual_row(mode, replay)
+        out.append(sample(run.seed, order, row, run.score(f.composite), coeffs=f.coeffs))
+    return out
+
+
+def per_module_rows(run: SeedRun, order: Sequence[str]) -> list[dict[str, Any]]:
+    """Fusion and stack with one pair per module group, refined after the scalar search."""
+    grouping = run.sizes.module_groups
+    settings = replace(run.search, groups=grouping)
+    out = []
+    for mode in ("fusion", "stack"):
+        search = run.commit_search(settings)
+        f = forge(mode, order, run.independent, run.data, search, grouping)
+        row = per_module_row(mode, grouping)
+        extra = {"coeffs": f.coeffs, "module_coeffs": [dict(m or {}) for m in f.module_coeffs]}
+        out.append(sample(run.seed, order, row, run.score(f.composite), **extra))
+    return out
+
+
+def _has_continual() -> bool:
+    from merge.pipeline import train as module
+
+    return hasattr(module, "Continual")
+
+
+def _has_groups() -> bool:
+    return hasattr(SearchSettings(), "groups") and "module_coeffs" in {
+        f.name for f in fields(SearchResult)
+    }
+
+
+HOOK_API = {
+    "continual": "merge.pipeline.train.Continual",
+    "continual-noreplay": "merge.pipeline.train.Continual",
+    "per-module": "SearchSettings.groups, SearchResult.module_coeffs",
+}
+HOOK_READY: dict[str, Callable[[], bool]] = {
+    "continual": _has_continual,
+    "continual-noreplay": _has_continual,
+    "per-module": _has_groups,
+}
+ORDER_ROWS: dict[str, Callable[[SeedRun, Sequence[str]], list[dict[str, Any]]]] = {
+    "shares": shares_rows,
+    "continual": lambda run, order: continual_rows(run, order, replay=True),
+    "continual-noreplay": lambda run, order: continual_rows(run, order, replay=False),
+    "per-module": per_module_rows,
+}
 
 
 # --- aggregation and report ----------------------------------------------------------------
 
 
+def is_searched(row: str) -> bool:
+    """Rows made by the incremental fold with searched coefficients (the goal applies)."""
+    return row in SEARCHED.values() or row == SHARES or row.startswith(("continual", "per-module"))
+
+
 def row_order(setting: str, samples: Sequence[dict[str, Any]]) -> list[str]:
-    singles = list(dict.fromkeys(s["row"] for s in samples if s["row"].startswith("single: ")))
-    return [BASE, *singles, POOLED, UNIFORM, UMIX, *PEFT_ROWS.values(), *SEARCHED.values()]
+    present = list(dict.fromkeys(s["row"] for s in samples))
+    singles = [r for r in present if r.startswith("single: ")]
+    fixed = [BASE, *singles, POOLED, DISTILLED, UNIFORM, UMIX, *PEFT_ROWS.values()]
+    searched = [*SEARCHED.values(), SHARES]
+    known = [r for r in [*fixed, *searched] if r in present]
+    return known + [r for r in present if r not in known]
 
 
 def mean_sd(xs: Sequence[float]) -> dict[str, float]:
@@ -452,11 +763,11 @@ def summarize(samples: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str
 
 
 def goals(summary: Mapping[str, Any], metric: str = "accuracy") -> dict[str, Any]:
-    """The issue's goal, per searched mode, on the mean over tasks."""
+    """The issue's goal, per searched row, on the mean over tasks."""
     mean = {row: v["mean"][metric]["mean"] for row, v in summary.items()}
     singles = {r: x for r, x in mean.items() if r.startswith("single: ")}
     out: dict[str, Any] = {}
-    for row in SEARCHED.values():
+    for row in (r for r in summary if is_searched(r)):
         out[row] = {
             "mean": mean[row],
             "beats_every_single": all(mean[row] > x for x in singles.values()),
@@ -517,7 +828,11 @@ def plot(results: Mapping[str, Any], path: Path) -> None:
         rows, summary = results[name]["rows"], results[name]["summary"]
         accs = [summary[r]["mean"]["accuracy"] for r in rows]
         colors = [
-            "tab:orange" if r in SEARCHED.values() else "tab:gray" if r == POOLED else "tab:blue"
+            "tab:orange"
+            if is_searched(r)
+            else "tab:gray"
+            if r in (POOLED, DISTILLED)
+            else "tab:blue"
             for r in rows
         ]
         ax.barh(
@@ -573,10 +888,29 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Sizes]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI size: tiny data, 1 seed, 1 order")
     ap.add_argument("--settings", nargs="+", choices=SETTINGS, default=None)
-    ap.add_argument("--seeds", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--budget", type=int, default=None)
+    ap.add_argument(
+        "--seeds", default=None, help="N (seeds 0..N-1) or a list: 3,4,5 (one seed: 7,)"
+    )
+    ap.add_argument(
+        "--chapters", default=None, help="tasks: ICD-10-CM chapter ids, one institution each"
+    )
+    ap.add_argument("--institutions", type=int, default=None, help="skew: institutions")
+    ap.add_argument("--alpha", type=float, default=None, help="skew: Dirichlet concentration")
+    ap.add_argument("--steps", type=int, default=None, help="LoRA steps per plugin")
+    ap.add_argument("--budget", type=int, default=None, help="search evaluations per commit")
+    ap.add_argument("--ipc", type=int, default=None, help="distilled inputs per class")
+    ap.add_argument("--distill-steps", type=int, default=None)
+    ap.add_argument("--per-class", type=int, default=None, help="tasks: descriptions per block")
+    ap.add_argument("--max-test", type=int, default=None, help="test records per task")
     ap.add_argument("--orders", default=None, help="auto | all | cyclic | N")
+    ap.add_argument(
+        "--rows",
+        default=None,
+        help=f"optional row families, comma-separated, from {','.join(ROW_FAMILIES)} "
+        f"(default {','.join(DEFAULT_ROWS)}; 'none' for none)",
+    )
+    ap.add_argument("--mixture-prior", type=float, default=None, help="Mixture (shares) prior")
+    ap.add_argument("--module-groups", choices=GROUPINGS, default=None, help="per-module rows")
     ap.add_argument("--tag", default=None, help="output name (default: quick/full[-settings])")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results")
     ap.add_argument(
@@ -590,11 +924,81 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Sizes]:
     )
     args = ap.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
-    overrides = {k: getattr(args, k) for k in ("seeds", "steps", "budget", "orders")}
-    sizes = replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
-    if args.settings:
-        sizes = replace(sizes, settings=tuple(args.settings))
+    try:
+        sizes = replace(sizes, **overrides(args))
+        check_sizes(sizes)
+    except ValueError as e:
+        ap.error(str(e))
     return args, sizes
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The sizes the command line names (``None``: the preset's)."""
+    plain = ("steps", "budget", "ipc", "distill_steps", "max_test", "institutions", "alpha")
+    out = {k: getattr(args, k) for k in plain}
+    out |= {
+        "per_class_blocks": args.per_class,
+        "orders": args.orders,
+        "mixture_prior": args.mixture_prior,
+        "module_groups": args.module_groups,
+        "settings": tuple(args.settings) if args.settings else None,
+        "seeds": parse_seeds(args.seeds) if args.seeds is not None else None,
+        "chapters": split_list(args.chapters) if args.chapters is not None else None,
+        "rows": split_list(args.rows) if args.rows is not None else None,
+    }
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def split_list(text: str) -> tuple[str, ...]:
+    items = tuple(x.strip() for x in text.split(",") if x.strip())
+    return () if items == ("none",) else items
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``"3"``: seeds 0, 1, 2; ``"4,5"``: those seeds; ``"7,"``: seed 7 alone."""
+    try:
+        if "," not in text:
+            return tuple(range(int(text)))
+        return tuple(int(x) for x in split_list(text))
+    except ValueError:
+        raise ValueError(f"--seeds: expected N or a comma-separated list, got {text!r}") from None
+
+
+def check_sizes(sizes: Sizes) -> None:
+    """Everything that would otherwise fail after the models trained."""
+    if not sizes.seeds or min(sizes.seeds) < 0 or len(set(sizes.seeds)) != len(sizes.seeds):
+        raise ValueError(f"--seeds: need distinct seeds >= 0, got {list(sizes.seeds)}")
+    if sizes.orders not in ("auto", "all", "cyclic") and not (
+        sizes.orders.isdigit() and int(sizes.orders) >= 1
+    ):
+        raise ValueError(f"--orders: auto, all, cyclic or N >= 1, got {sizes.orders!r}")
+    unknown = set(sizes.rows) - set(ROW_FAMILIES)
+    if unknown:
+        raise ValueError(f"--rows: unknown {sorted(unknown)}; choose from {ROW_FAMILIES}")
+    if sizes.institutions < 2 or not sizes.alpha > 0:
+        raise ValueError("--institutions needs >= 2 and --alpha > 0")
+    for name in ("steps", "budget", "ipc", "distill_steps", "per_class_blocks", "max_test"):
+        if getattr(sizes, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if sizes.mixture_prior < 0:
+        raise ValueError("--mixture-prior must be >= 0")
+    for family in sorted(set(sizes.rows) - set(DEFAULT_ROWS)):
+        if not HOOK_READY[family]():
+            raise ValueError(f"--rows {family}: this tree lacks its API ({HOOK_API[family]})")
+    if "tasks" in sizes.settings:
+        check_chapters(sizes.chapters)
+
+
+def default_tag(quick: bool, sizes: Sizes) -> str:
+    """quick / full[-settings], plus what of the split differs from the default one."""
+    tag = "quick" if quick else "full"
+    if not quick and sizes.settings != Sizes().settings:
+        tag += "-" + "-".join(sizes.settings)
+    if sizes.chapters != TASK_CHAPTERS and "tasks" in sizes.settings:
+        tag += "-ch" + "-".join(sizes.chapters)
+    if (sizes.institutions, sizes.alpha) != (3, 0.3) and "skew" in sizes.settings:
+        tag += f"-n{sizes.institutions}-a{sizes.alpha:g}"
+    return tag
 
 
 def combine(paths: Sequence[Path], out: Path, tag: str) -> Path:
@@ -620,12 +1024,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     torch.set_num_threads(1)  # measured: MiniLM on this VM is several times faster on one
     t0 = time.perf_counter()
-    default = "quick" if args.quick else "full"
-    tag = args.tag or (
-        default
-        if sizes.settings == Sizes().settings or args.quick
-        else f"{default}-{'-'.join(sizes.settings)}"
-    )
+    tag = args.tag or default_tag(args.quick, sizes)
     backend = load_backend("text", None)
     say(t0, f"loaded MiniLM ({backend.fingerprint[:12]}); sizes {asdict(sizes)}")
     meta = {"tag": tag, "sizes": asdict(sizes), "torch_threads": 1, "base": backend.name}
@@ -633,7 +1032,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in sizes.settings:
         samples: list[dict[str, Any]] = []
         started = time.perf_counter()
-        for seed in range(sizes.seeds):
+        for seed in sizes.seeds:
             with tempfile.TemporaryDirectory(prefix=f"bench-forge-{name}-") as work:
                 samples += run_seed(backend, name, sizes, seed, Path(work), t0)
             results[name] = finish(name, samples, time.perf_counter() - started)

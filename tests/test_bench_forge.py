@@ -1,14 +1,19 @@
-"""`scripts/bench_forge.py --quick`: the MedForge comparison end to end at CI size."""
+"""`scripts/bench_forge.py`: its options and rows fast, and `--quick` end to end at CI size."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+import torch
+
+from merge.pipeline.distill import Distilled
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = (
@@ -17,13 +22,130 @@ ROWS = (
     "single: circulatory",
     "single: respiratory",
     "pooled (breaks privacy)",
+    "pooled distilled sets (one plugin)",
     "uniform average",
+    "uniform mixture",
     "PEFT linear",
     "PEFT cat",
     "Fusion",
     "Mixture",
     "Stack",
+    "Mixture (shares)",
 )
+
+
+def load_bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_forge", ROOT / "scripts/bench_forge.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_forge"] = module  # dataclasses look their module up while it runs
+    spec.loader.exec_module(module)
+    return module
+
+
+bf = load_bench()
+
+
+def test_defaults_are_the_split_and_sizes_the_readme_table_was_measured_on() -> None:
+    sizes = bf.parse([])[1]
+    assert sizes.seeds == (0, 1, 2)
+    assert sizes.settings == ("tasks", "skew", "heart")
+    assert sizes.chapters == ("2", "9", "10")
+    assert (sizes.institutions, sizes.alpha) == (3, 0.3)
+    assert (sizes.steps, sizes.ipc, sizes.distill_steps, sizes.budget) == (30, 2, 30, 20)
+    assert (sizes.per_class_blocks, sizes.max_test, sizes.orders) == (24, 100, "auto")
+    assert [bf.chapter_task(c) for c in sizes.chapters] == [
+        "neoplasms",
+        "circulatory",
+        "respiratory",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "seeds"), [("3", (0, 1, 2)), ("4,5", (4, 5)), ("7,", (7,)), ("1", (0,))]
+)
+def test_seeds_are_a_count_or_a_list(text: str, seeds: tuple[int, ...]) -> None:
+    assert bf.parse(["--seeds", text])[1].seeds == seeds
+
+
+def test_split_options_reach_the_sizes_and_the_tag() -> None:
+    args, sizes = bf.parse(
+        ["--settings", "tasks", "skew", "--chapters", "4,11", "--institutions", "5", "--alpha", "1"]
+    )
+    assert sizes.chapters == ("4", "11")
+    assert (sizes.institutions, sizes.alpha) == (5, 1.0)
+    assert bf.default_tag(False, sizes) == "full-tasks-skew-ch4-11-n5-a1"
+    assert bf.default_tag(False, bf.parse([])[1]) == "full"
+    assert bf.default_tag(True, bf.parse(["--quick"])[1]) == "quick"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--chapters", "2,99"],  # no such chapter
+        ["--chapters", "2,22"],  # chapter 22 has one block
+        ["--chapters", "2,2"],
+        ["--chapters", "9"],
+        ["--orders", "0"],
+        ["--orders", "some"],
+        ["--seeds", "x"],
+        ["--rows", "bogus"],
+        ["--institutions", "1"],
+        ["--alpha", "0"],
+    ],
+)
+def test_a_split_that_cannot_run_is_refused_before_any_model_loads(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        bf.parse(argv)
+
+
+def test_rows_can_be_chosen_or_none() -> None:
+    assert bf.parse([])[1].rows == ("distilled", "shares")
+    assert bf.parse(["--rows", "none"])[1].rows == ()
+    assert bf.parse(["--rows", "shares"])[1].rows == ("shares",)
+
+
+def test_orders() -> None:
+    names = ("a", "b", "c")
+    assert len(bf.arrival_orders(names, "auto")) == 6
+    assert bf.arrival_orders(names, "2") == [("a", "b", "c"), ("a", "c", "b")]
+    assert bf.arrival_orders(names, "cyclic") == [("a", "b", "c"), ("b", "c", "a"), ("c", "a", "b")]
+    assert len(bf.arrival_orders((*names, "d"), "auto")) == 4
+
+
+def test_any_chapters_make_the_tasks_setting() -> None:
+    sizes = bf.parse(["--quick", "--chapters", "4,11,14"])[1]
+    setting = bf.build_tasks(sizes, 0)
+    assert [i.name for i in setting.institutions] == ["endocrine", "digestive", "genitourinary"]
+    assert set(setting.tests) == {"endocrine", "digestive", "genitourinary"}
+
+
+def test_pooled_distilled_sets_label_the_joint_class_list() -> None:
+    def d(classes: tuple[str, ...], labels: list[int]) -> Distilled:
+        x = torch.full((len(labels), 2, 3), float(len(classes)))
+        return Distilled(x, torch.tensor(labels), classes, "t", "text-embeds", "base")
+
+    inputs, labels, classes = bf.pooled_distilled([d(("a", "b"), [0, 1]), d(("c", "b"), [0, 1])])
+    assert classes == ("a", "b", "c")
+    assert labels.tolist() == [0, 1, 2, 1]
+    assert inputs.shape == (4, 2, 3)
+
+
+def test_new_rows_sit_beside_the_ones_they_are_read_against() -> None:
+    singles = [r for r in ROWS if r.startswith("single: ")]  # kept in arrival order
+    others = [r for r in reversed(ROWS) if r not in singles]
+    present = [*others, *singles, "continual + replay: Stack", "per-module (layer): Fusion"]
+    order = bf.row_order("tasks", [{"row": r} for r in present])
+    assert order[: len(ROWS)] == list(ROWS)
+    assert [r for r in order if bf.is_searched(r)] == [
+        "Fusion",
+        "Mixture",
+        "Stack",
+        "Mixture (shares)",
+        "continual + replay: Stack",
+        "per-module (layer): Fusion",
+    ]
 
 
 @pytest.mark.slow
@@ -52,7 +174,9 @@ def test_quick_bench_writes_every_row(tmp_path: Path) -> None:
         mean = tasks["summary"][row]["mean"]["accuracy"]
         assert 0.0 <= mean["mean"] <= 1.0
         assert mean["n"] == 1  # one seed, one order
-    assert set(tasks["goals"]["accuracy"]) == {"Fusion", "Mixture", "Stack"}
+    assert set(tasks["goals"]["accuracy"]) == {"Fusion", "Mixture", "Stack", "Mixture (shares)"}
+    shares = [s["coeffs"] for s in tasks["samples"] if s["row"] == "Mixture (shares)"]
+    assert all(abs(w1 + w2 - 1.0) < 1e-12 for w1, w2 in shares[0][1:])  # convex shares
     table = (tmp_path / "bench_forge-quick.md").read_text()
     assert all(f"| {row} |" in table for row in ROWS)
     assert (tmp_path / "bench_forge-quick.png").stat().st_size > 10_000
