@@ -16,20 +16,15 @@ write-ahead log holds writes of its own; it is then read through SQLite's read-o
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import os
-import sqlite3
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crypto.records import Genesis, Record, decode_record
-from node.errors import ControlError, NodeNotRunning, StoreCorrupt, StoreLocked
+from node.errors import ControlError, NodeNotRunning, StoreLocked
 from node.shell.control import call
 from node.shell.home import Home
-from node.shell.store import INDEX_FILE, LOCK_FILE, blob_file
+from node.shell.store import blob_file, read_snapshot
 
 if TYPE_CHECKING:  # the tensor side loads when a command runs, not when the parser is built
     from node.forge.sources import Source
@@ -112,55 +107,9 @@ def read_store(home: Home, genesis: Genesis) -> tuple[list[Record], dict[bytes, 
     """The valid records of the home's store (those judged invalid are evidence, left out)
     and the file of every blob it holds; nothing is written."""
     root = home.store_path
-    index = root / INDEX_FILE
-    if not index.is_file():
-        return [], {}  # no node has run on this home: the empty composite
-    with _shared_lock(root / LOCK_FILE, home):
-        try:
-            rows, held = _read_index(index)
-        except sqlite3.Error as exc:
-            raise StoreCorrupt(f"{index}: {exc}") from exc
+    try:
+        rows, held = read_snapshot(root)
+    except StoreLocked as exc:
+        raise StoreLocked(f"{exc} (no node answers on {home.control_path})") from exc
     records = [decode_record(data, network=genesis.network_id) for data in rows]
     return records, {sha: blob_file(root, sha) for sha in held}
-
-
-def _read_index(index: Path) -> tuple[list[bytes], list[bytes]]:
-    wal = index.with_name(index.name + "-wal")
-    # immutable: no lock, no -wal/-shm file made; only right when nobody writes (the shared
-    # flock) and no write-ahead log holds writes the file does not have yet.
-    mode = "mode=ro" if wal.is_file() and wal.stat().st_size > 0 else "immutable=1"
-    db = sqlite3.connect(f"{index.resolve().as_uri()}?{mode}", uri=True, isolation_level=None)
-    try:
-        judged = db.execute("SELECT record_id FROM verifications WHERE ok = 0")
-        invalid = {bytes(r) for (r,) in judged}
-        rows = [
-            bytes(data)
-            for record_id, data in db.execute("SELECT id, data FROM records ORDER BY id")
-            if bytes(record_id) not in invalid
-        ]
-        held = [bytes(s) for (s,) in db.execute("SELECT sha256 FROM blobs ORDER BY sha256")]
-    finally:
-        db.close()
-    return rows, held
-
-
-@contextlib.contextmanager
-def _shared_lock(path: Path, home: Home) -> Iterator[None]:
-    """A shared flock on the store lock: a node (which takes it exclusively) cannot open the
-    store while it is held, and one that holds it makes this fail at once."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:  # no node ever locked it; one starting now makes its own
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise StoreLocked(
-                f"a node holds {path} but does not answer on {home.control_path} (starting "
-                "or stopping?): try again"
-            ) from exc
-        yield
-    finally:
-        os.close(fd)  # releases the flock
