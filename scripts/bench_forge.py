@@ -134,6 +134,9 @@ SHARES = "Mixture (shares)"
 ROW_FAMILIES = ("distilled", "shares", "continual", "continual-noreplay", "per-module")
 DEFAULT_ROWS = ("distilled", "shares")
 GROUPINGS = ("layer", "target")
+# CPU seconds per training step, by kind ("independent" | "continual"): the issue's cost
+# target (a continual plugin at most 1.5x an independent one at the same steps).
+TRAIN_CPU: dict[str, list[float]] = {}
 
 
 def continual_row(mode: str, replay: bool) -> str:
@@ -332,10 +335,13 @@ def train(
     """A plugin on all of ``records`` (no validation split: the benchmark has a test set);
     ``continual``: a ``merge.pipeline.train.Continual`` to train on top of."""
     config = TrainConfig(steps=steps, seed=seed, val_fraction=0.0, progress=False)
+    started = time.process_time()
     if continual is None:
         train_plugin(backend, records, task=task, out=out, config=config)
     else:
         train_plugin(backend, records, task=task, out=out, config=config, continual=continual)
+    kind = "independent" if continual is None else "continual"
+    TRAIN_CPU.setdefault(kind, []).append((time.process_time() - started) / steps)
     return load_adapter(out, base=backend.fingerprint, limits=Limits(), name=out.name)
 
 
@@ -847,9 +853,19 @@ def plot(results: Mapping[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def train_cost() -> dict[str, Any]:
+    """Mean CPU seconds per step of each kind of plugin, and continual / independent."""
+    out: dict[str, Any] = {k: statistics.fmean(v) for k, v in TRAIN_CPU.items()}
+    if "independent" in out and "continual" in out:
+        out["ratio"] = out["continual"] / out["independent"]
+    return out
+
+
 def write_outputs(out: Path, tag: str, results: dict[str, Any], meta: dict[str, Any]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     md = [f"# bench_forge ({tag})", "", json.dumps(meta["sizes"]), ""]
+    if meta.get("train_cpu_per_step"):
+        md += [f"Training CPU seconds per step: {json.dumps(meta['train_cpu_per_step'])}", ""]
     for name, r in results.items():
         md += [
             markdown(name, r["summary"], r["rows"], r["runs"]),
@@ -1037,6 +1053,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 samples += run_seed(backend, name, sizes, seed, Path(work), t0)
             results[name] = finish(name, samples, time.perf_counter() - started)
             meta["seconds"] = time.perf_counter() - t0
+            meta["train_cpu_per_step"] = train_cost()
             path = write_outputs(args.out, tag, results, meta)  # partial results survive
     say(t0, f"done in {time.perf_counter() - t0:.0f} s; wrote {path} (+ .json, .png)")
     print(path.read_text())
