@@ -9,16 +9,20 @@ import warnings
 from pathlib import Path
 
 from node.cli.output import add_json, emit
-from node.cli.train_cmd import add_base_args
+from node.cli.train_cmd import DATA_FORMAT, add_base_args, add_data_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("distill", help="distil a synthetic summary set of local data")
+    p = sub.add_parser(
+        "distill",
+        help="distil a synthetic summary set of local data",
+        epilog=DATA_FORMAT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--task", required=True, help="task name (stored in the file)")
-    p.add_argument("--data", type=Path, required=True, help="CSV/JSONL (text,label) or folder")
+    add_data_args(p)
     p.add_argument("--ipc", type=int, required=True, help="synthetic inputs per class")
     p.add_argument("--out", type=Path, required=True, help="safetensors file to write")
-    p.add_argument("--classes", nargs="+", help="class names in label order (default: sorted)")
     p.add_argument(
         "--init-from-real",
         action="store_true",

@@ -27,6 +27,28 @@ if TYPE_CHECKING:  # torch loads only when a plugin is trained
     from node.shell.home import Home
 
 
+# The local data both `train` and `distill` read (merge.pipeline.datasets.load_data), and the
+# one class-order rule they share, so a plugin and its distilled set always agree.
+DATA_FORMAT = """\
+data (--data):
+  CSV     a header row with the columns text and label, one record per row
+  JSONL   one object per line: {"text": "...", "label": "..."}
+  folder  DIR/<class name>/<image>.png|jpg|... (CLIP backend)
+  A label is a class name (not an index); every class needs at least one record.
+
+class order (--classes): the order given, else the sorted label set (folder names for
+images), in `medforge train` and `medforge distill` alike. The distilled file records its
+classes, and `medforge commit` signs those."""
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """--data and --classes, with the same meaning and default in `train` and `distill`."""
+    p.add_argument("--data", type=Path, required=True, help="CSV, JSONL or image folder (below)")
+    p.add_argument(
+        "--classes", nargs="+", help="class names in label order (default: sorted labels)"
+    )
+
+
 def add_base_args(p: argparse.ArgumentParser) -> None:
     """The arguments that pick a base model, shared with `medforge distill`."""
     p.add_argument("--backend", choices=("text", "clip"), default="text", help="model kind")
@@ -35,10 +57,14 @@ def add_base_args(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("train", help="train a LoRA plugin for one task on local data")
+    p = sub.add_parser(
+        "train",
+        help="train a LoRA plugin for one task on local data",
+        epilog=DATA_FORMAT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--task", required=True, help="task name (goes into the commit)")
-    p.add_argument("--classes", nargs="+", required=True, help="class names, in label order")
-    p.add_argument("--data", type=Path, required=True, help="CSV/JSONL (text,label) or folder")
+    add_data_args(p)
     p.add_argument("--out", type=Path, required=True, help="adapter directory to write")
     add_base_args(p)
     p.set_defaults(backend=None)  # with --home: the network's; else text
@@ -166,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
     training = dict(result.training)
     data = {
         "task": args.task,
+        "classes": list(records.classes),
         "out": str(result.out),
         "base": backend.fingerprint,
         "validation": validation,

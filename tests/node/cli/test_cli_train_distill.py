@@ -104,3 +104,31 @@ def test_bad_data_exits_2_with_the_reason(
     assert main(argv) == 2
     assert "LabelError" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_train_and_distill_agree_on_class_order_without_classes(
+    base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Labels first seen in a non-sorted order: both commands take the sorted label set, so a
+    plugin and its distilled set index the same classes (issue 15)."""
+    records = toy_records()
+    order = sorted(range(len(records)), key=lambda i: -records.labels[i])  # last class first
+    data = tmp_path / "reversed.jsonl"
+    write_table(records.subset(order), data)
+    common = ["--task", "toy", "--data", str(data), "--base", str(base), "--quick"]
+    assert (
+        main(["train", *common, "--out", str(tmp_path / "p"), "--batch-size", "8", "--json"]) == 0
+    )
+    trained = json.loads(capsys.readouterr().out)["classes"]
+    out = tmp_path / "d.safetensors"
+    assert main(["distill", *common, "--ipc", "1", "--out", str(out), "--init-from-real"]) == 0
+    assert trained == list(load_distilled(out).classes) == sorted(CLASSES)
+
+
+def test_train_help_says_the_data_format(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("train", "distill"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "columns text and label" in text
+        assert "sorted label set" in text
