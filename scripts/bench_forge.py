@@ -36,6 +36,8 @@ commit and order):
   composite it is committed onto (``merge.pipeline.train.Continual``), with or without a replay
   of the distilled sets merged so far, then searched as a commit; every mode (without replay
   a mixture member trains on the base alone: that is the "Mixture" row, not repeated);
+- ``continual-unit``: continual stack with replay and no search, coefficients (1, 1): exactly
+  sequential fine-tuning with rehearsal (what the search is measured against);
 - ``per-module``: fusion and stack with one coefficient pair per module group
   (``SearchSettings.groups``, ``--module-groups``, default ``layer``).
 
@@ -131,7 +133,14 @@ PEFT_ROWS = {"linear": "PEFT linear", "cat": "PEFT cat"}
 SEARCHED = {"fusion": "Fusion", "mixture": "Mixture", "stack": "Stack"}
 SHARES = "Mixture (shares)"
 # Optional row families (--rows); the defaults are cheap, the others train or search per order.
-ROW_FAMILIES = ("distilled", "shares", "continual", "continual-noreplay", "per-module")
+ROW_FAMILIES = (
+    "distilled",
+    "shares",
+    "continual",
+    "continual-noreplay",
+    "continual-unit",
+    "per-module",
+)
 DEFAULT_ROWS = ("distilled", "shares")
 GROUPINGS = ("layer", "target")
 # CPU seconds per training step, by kind ("independent" | "continual"): the issue's cost
@@ -658,7 +667,9 @@ def shares_rows(run: SeedRun, order: Sequence[str]) -> list[dict[str, Any]]:
 # default rows run without them.
 
 
-def continual_rows(run: SeedRun, order: Sequence[str], replay: bool) -> list[dict[str, Any]]:
+def continual_rows(
+    run: SeedRun, order: Sequence[str], replay: bool, unit: bool = False
+) -> list[dict[str, Any]]:
     """Each plugin after the first trains on top of the head it is committed onto (the
     first one is the independent plugin: an empty composite gives it nothing to build on),
     with a replay of the distilled sets merged so far or without; then the commit's search.
@@ -667,8 +678,9 @@ def continual_rows(run: SeedRun, order: Sequence[str], replay: bool) -> list[dic
     from merge.pipeline.train import Continual
 
     out = []
-    for mode in MODES if replay else ("fusion", "stack"):
-        tag = f"{mode}-{'replay' if replay else 'plain'}"
+    modes = ("stack",) if unit else MODES if replay else ("fusion", "stack")
+    for mode in modes:
+        tag = f"{mode}-{'replay' if replay else 'plain'}{'-unit' if unit else ''}"
 
         def plugin_for(
             name: str, head: Composite, seen: Sequence[Distilled], tag: str = tag
@@ -682,10 +694,19 @@ def continual_rows(run: SeedRun, order: Sequence[str], replay: bool) -> list[dic
             steps, seed = run.sizes.steps, run.seed
             return train(run.backend, inst.train, inst.task, out_dir, steps, seed, base)
 
-        f = forge(mode, order, plugin_for, run.data, run.commit_search())
-        row = continual_row(mode, replay)
+        f = forge(mode, order, plugin_for, run.data, unit_coeffs if unit else run.commit_search())
+        row = (
+            f"continual + replay, (1, 1): {SEARCHED[mode]}" if unit else continual_row(mode, replay)
+        )
         out.append(sample(run.seed, order, row, run.score(f.composite), coeffs=f.coeffs))
     return out
+
+
+def unit_coeffs(
+    head: Composite, a: LoraAdapter, seen: Sequence[TaskData], own: TaskData
+) -> SearchResult:
+    """No search: (1, 1), i.e. in stack mode exactly sequential fine-tuning with rehearsal."""
+    return SearchResult(coeffs=(1.0, 1.0), objective={})
 
 
 def per_module_rows(run: SeedRun, order: Sequence[str]) -> list[dict[str, Any]]:
@@ -717,17 +738,20 @@ def _has_groups() -> bool:
 HOOK_API = {
     "continual": "merge.pipeline.train.Continual",
     "continual-noreplay": "merge.pipeline.train.Continual",
+    "continual-unit": "merge.pipeline.train.Continual",
     "per-module": "SearchSettings.groups, SearchResult.module_coeffs",
 }
 HOOK_READY: dict[str, Callable[[], bool]] = {
     "continual": _has_continual,
     "continual-noreplay": _has_continual,
+    "continual-unit": _has_continual,
     "per-module": _has_groups,
 }
 ORDER_ROWS: dict[str, Callable[[SeedRun, Sequence[str]], list[dict[str, Any]]]] = {
     "shares": shares_rows,
     "continual": lambda run, order: continual_rows(run, order, replay=True),
     "continual-noreplay": lambda run, order: continual_rows(run, order, replay=False),
+    "continual-unit": lambda run, order: continual_rows(run, order, replay=True, unit=True),
     "per-module": per_module_rows,
 }
 
