@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
+from node.cli import logs
 from node.cli.output import add_home, add_json, describe_training, emit
 from node.shell.control import call
 from node.shell.home import Home
@@ -20,7 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cmds = node.add_subparsers(dest="node_command", required=True)
     run = cmds.add_parser("run", help="run the node in the foreground (SIGTERM/Ctrl-C stops it)")
     add_home(run)
-    run.add_argument("--log-json", action="store_true", help="log as JSON lines")
+    run.add_argument(
+        "--log-json",
+        action="store_true",
+        help="log as JSON lines on stderr (records, warnings, tracebacks, the ready event)",
+    )
     run.add_argument(
         "--sync-interval", type=float, default=30.0, help="seconds between anti-entropy rounds"
     )
@@ -60,32 +63,6 @@ def _call(args: argparse.Namespace, op: str, **params: Any) -> Any:
     return call(Home(Path(args.home)).control_path, op, **params)
 
 
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {
-                "ts": round(record.created, 3),
-                "level": record.levelname,
-                "logger": record.name,
-                "msg": record.getMessage(),
-            }
-        )
-
-
-def _setup_logging(as_json: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _JsonFormatter()
-        if as_json
-        else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    for noisy in ("libp2p", "multiaddr", "async_service"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-
-
 def run_node(args: argparse.Namespace) -> int:
     import trio
 
@@ -93,7 +70,7 @@ def run_node(args: argparse.Namespace) -> int:
     from node.shell.runner import run_node
     from node.shell.service import NodeService
 
-    _setup_logging(args.log_json)
+    logs.setup(args.log_json)
     from node.shell.transport.libp2p import ensure_port_free
 
     home = Home(Path(args.home)).require()
@@ -111,6 +88,7 @@ def run_node(args: argparse.Namespace) -> int:
                 await nursery.start(run_node, service)
                 ready = {"event": "ready", "listen": list(service.listen_addrs)}
                 print(json.dumps(ready), flush=True)
+                logs.log_event(ready)
 
                 async def stop_on_signal() -> None:
                     async for _ in signals:

@@ -42,8 +42,9 @@ class Node:
         return result
 
 
-def start(home: Home, bootstrap: list[str]) -> Node:
-    """Start a node on ``home`` (bootstrapping to ``bootstrap``) and wait for its "ready"."""
+def start(home: Home, bootstrap: list[str], *extra: str) -> Node:
+    """Start a node on ``home`` (bootstrapping to ``bootstrap``; ``extra``: more `node run`
+    arguments) and wait for its "ready"."""
     config = home.config()
     config.bootstrap = bootstrap
     home.save_config(config)
@@ -60,6 +61,7 @@ def start(home: Home, bootstrap: list[str]) -> Node:
                 str(home.path),
                 "--sync-interval",
                 "1",
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=stderr,
