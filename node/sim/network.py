@@ -276,7 +276,9 @@ class Simulation:
         if epoch is None:
             return
         arrive = self._send_time(src, dst, len(data), self.now)
-        self.nodes[src].sent += len(data)
+        sender = self.nodes[src]
+        sender.sent += len(data)
+        sender.messages += 1
         if not self._lost():
             self.at(arrive, self._arrive, src, dst, data, epoch)
 
@@ -295,6 +297,7 @@ class Simulation:
         if epoch is None:
             return
         node.sent += _REQUEST_BYTES
+        node.messages += 1
         asked = self._send_time(node.index, holder.index, _REQUEST_BYTES, self.now)
         if self._lost() or holder.role == "withhold":
             return  # no answer: the core's deadline moves on to another holder
@@ -304,6 +307,7 @@ class Simulation:
             return
         arrive = self._send_time(holder.index, node.index, action.size, asked)
         holder.sent += action.size
+        holder.messages += 1
         if not self._lost():
             result = BlobResult.VERIFIED
             self.at(arrive, self._blob, node, holder, action.sha256, action.size, result, epoch)

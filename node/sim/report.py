@@ -2,9 +2,11 @@
 
 Rules: everything in the report is a function of the scenario and the seed (virtual times, byte
 counts, digests), never of the wall clock, so two runs give the same bytes; floats are rounded
-to microseconds; keys are sorted. The plot shows distinct composite digests among online honest
-nodes over time, each node's time to its final composite, bytes sent and received per node, and
-duplicate payload bytes per node.
+to microseconds; keys are sorted. The plot (``figure``) is titled with the seed
+and the scenario's main knobs, and shows distinct composite digests among online honest nodes
+over time (partitions shaded, commits as ticks, churn as down/up markers with the node count),
+each node's time to its final composite, bytes sent and received per node, and duplicate
+payload bytes per node.
 
 Figures:
 
@@ -16,6 +18,9 @@ Figures:
   bandwidth``; ``bound_formula`` is the coarser ``diameter x mean latency + size / bandwidth``.
 - ``payload.max_ratio_per_blob``: the most payload bytes any node received for one blob,
   divided by the blob's size (1.0 = every blob pulled exactly once).
+- ``traffic``: messages (protocol messages, blob requests, blobs) and bytes sent by all nodes.
+- ``timeline``: when honest commits were signed (rebases included), each churn step
+  ``[t, node, online]`` and each partition ``[start, end, fraction]``: what the plot marks.
 - ``adversaries.bad_in_honest_orders``: adversarial commits found in honest orders (must be 0);
   ``honest_disconnects``: honest nodes that disconnected each other (must be 0).
 """
@@ -26,11 +31,16 @@ import json
 import statistics
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from node.sim.network import Simulation
+from node.sim.schedule import SetOnline
 from node.sim.simnode import SimNode
 from node.sim.topology import diameter, latency_eccentricity
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 def _r(x: float) -> float:
@@ -47,6 +57,8 @@ def build(sim: Simulation) -> dict[str, Any]:
         "propagation": _propagation(sim, honest),
         "payload": _payload(sim, honest),
         "adversaries": _adversaries(sim, honest),
+        "traffic": _traffic(sim),
+        "timeline": _timeline(sim),
         "nodes": _per_node(sim),
         "samples": [[_r(t), k] for t, k in sim.samples],
     }
@@ -148,9 +160,26 @@ def _adversaries(sim: Simulation, honest: list[SimNode]) -> dict[str, Any]:
     }
 
 
+def _traffic(sim: Simulation) -> dict[str, int]:
+    return {
+        "messages_sent": sum(n.messages for n in sim.nodes),
+        "bytes_sent": sum(n.sent for n in sim.nodes),
+        "bytes_received": sum(n.received for n in sim.nodes),
+    }
+
+
+def _timeline(sim: Simulation) -> dict[str, list[Any]]:
+    return {
+        "commits": sorted(_r(sim.world.published[c]) for c in sim.authored),
+        "churn": [[_r(s.at), s.node, s.online] for s in sim.plan.steps if isinstance(s, SetOnline)],
+        "partitions": [[_r(p.start), _r(p.end), p.fraction] for p in sim.s.partitions],
+    }
+
+
 def _per_node(sim: Simulation) -> dict[str, list[Any]]:
     return {
         "role": [n.role for n in sim.nodes],
+        "messages": [n.messages for n in sim.nodes],
         "sent": [n.sent for n in sim.nodes],
         "received": [n.received for n in sim.nodes],
         "duplicate": [n.duplicate for n in sim.nodes],
@@ -182,21 +211,30 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
+def title(report: dict[str, Any]) -> str:
+    """The seed and the scenario's main knobs, in two lines."""
+    s = report["scenario"]
+    links = f" degree {s['degree']}" if s["topology"] in ("random-regular", "small-world") else ""
+    churn = s["churn"]["fraction"] + s["churn"]["late"]
+    return (
+        f"seed {report['seed']}: {s['nodes']} nodes, {s['topology']}{links}, mode {s['mode']}\n"
+        f"{s['commits']} commits by {s['authors']} authors every {s['commit_interval']} s, "
+        f"latency {s['latency']} s, loss {s['loss']}, {len(s['partitions'])} partition(s), "
+        f"churn {churn:g}, {sum(s['adversaries'].values())} adversaries"
+    )
+
+
+def figure(report: dict[str, Any]) -> Figure:
+    """The report's figure, not yet saved (``plot`` saves and closes it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     nodes = report["nodes"]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    t, k = zip(*report["samples"], strict=True) if report["samples"] else ((), ())
-    axes[0][0].step((*t, report["scenario"]["duration"]), (*k, k[-1] if k else 0), where="post")
-    axes[0][0].set(
-        title="distinct composite digests (online honest nodes)",
-        xlabel="virtual s",
-        ylabel="digests",
-    )
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    fig.suptitle(title(report), fontsize=10)
+    _timeline_axes(axes[0][0], report)
     axes[0][1].plot(sorted(nodes["converged_at"]))
     axes[0][1].set(
         title="time to final composite per node", xlabel="node (sorted)", ylabel="virtual s"
@@ -208,5 +246,39 @@ def plot(report: dict[str, Any], path: Path) -> None:
     axes[1][1].bar(range(len(nodes["duplicate"])), nodes["duplicate"])
     axes[1][1].set(title="duplicate payload bytes per node", xlabel="node", ylabel="bytes")
     fig.tight_layout()
+    return fig
+
+
+def _timeline_axes(ax: Axes, report: dict[str, Any]) -> None:
+    """Distinct digests over time; partitions shaded, commits ticked, churn marked."""
+    end = report["scenario"]["duration"]
+    t, k = zip(*report["samples"], strict=True) if report["samples"] else ((), ())
+    ax.step((*t, end), (*k, k[-1] if k else 0), where="post", label="digests")
+    ax.set(title="distinct composite digests (online honest nodes)", xlabel="virtual s")
+    ax.set(ylabel="digests", xlim=(0, end), ylim=(0, 1.4 * max(k, default=1) + 0.5))
+    timeline = report["timeline"]
+    for j, (start, stop, _) in enumerate(timeline["partitions"]):
+        label = "partition" if j == 0 else "_partition"
+        ax.axvspan(start, min(stop, end), color="tab:orange", alpha=0.2, label=label)
+    axis = ax.get_xaxis_transform()  # x in seconds, y from 0 (bottom) to 1 (top)
+    if timeline["commits"]:
+        ax.vlines(timeline["commits"], 0, 0.05, transform=axis, colors="k", lw=0.6, label="commit")
+    events = Counter((at, online) for at, _, online in timeline["churn"])
+    for online, marker, colour in ((False, "v", "tab:red"), (True, "^", "tab:green")):
+        times = sorted(at for at, up in events if up is online)
+        if not times:
+            continue
+        name = "node(s) up" if online else "node(s) down"
+        y = 0.9 if online else 0.95
+        ax.plot(times, [y] * len(times), marker, color=colour, transform=axis, label=name)
+        for at in times:
+            ax.text(at, y - 0.06, str(events[at, online]), transform=axis, fontsize=7, ha="center")
+    ax.legend(fontsize=7, loc="center right")
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = figure(report)
     fig.savefig(path, dpi=80, metadata={"Software": None})
     plt.close(fig)

@@ -27,6 +27,7 @@ class SimNode:
         self.seq = 0
         self.timer_gen = 0
         self.sent = 0
+        self.messages = 0  # things sent over a link: messages, blob requests, blobs
         self.received = 0
         self.payload = 0
         self.duplicate = 0

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypto.records import decode_record
-from node.cli import simulate_cmd
+from node.cli import main, simulate_cmd
 from node.core.order import forge_order
 from node.errors import ScenarioError
 from node.sim import Simulation, plan, schedule, simulate, topology
@@ -248,7 +248,8 @@ def test_cli_runs_a_scenario_with_overrides(
     )
     assert "converged: True" in capsys.readouterr().out
     assert (tmp_path / "report.png").stat().st_size > 0
-    assert _cli(tmp_path, 1, "--topology", "torus") == 2
+    assert main(["simulate", "--out", str(tmp_path), "--topology", "torus"]) == 2
+    assert "error: ScenarioError: topology: one of" in capsys.readouterr().err
 
 
 def test_scenario_files_are_checked(tmp_path: Path) -> None:
@@ -261,8 +262,19 @@ def test_scenario_files_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match="adversaries"):
         Scenario(adversaries={"dragon": 1})
     good = tmp_path / "good.toml"
-    good.write_text("nodes = 17\n[churn]\nfraction = 0.5\n")
-    assert load(good) == Scenario(nodes=17, churn=Churn(fraction=0.5))
+    good.write_text("nodes = 17\nduration = 90\n[churn]\nfraction = 0.5\n")
+    assert load(good) == Scenario(nodes=17, duration=90.0, churn=Churn(fraction=0.5))
+    assert isinstance(load(good).duration, float)
+    for data, message in [
+        ({"nodes": "five"}, "nodes: expected int, got 'five'"),
+        ({"loss": True}, "loss: expected float"),
+        ({"mode": "average"}, "mode: one of"),
+        ({"churn": {"colour": 1}}, r"churn\.colour"),
+        ({"partitions": [{"start": 1.0}]}, r"partitions\[0\]\.end: required"),
+        ({"adversaries": {"garbage": -1}}, "adversaries.garbage: a count >= 0"),
+    ]:
+        with pytest.raises(ScenarioError, match=message):
+            from_mapping(data)
 
 
 def test_topologies_are_connected_and_seeded(tmp_path: Path) -> None:
