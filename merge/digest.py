@@ -5,13 +5,17 @@ composites share bytes)::
 
     "medforge-composite/1", mode,
     fusion/stack: n_modules, then per module in sorted order:
-        name, then for A and B: dtype name, ndim, each dim (u64 LE), raw little-endian bytes
+        factored: name, then for A and B: dtype name, ndim, each dim (u64 LE), raw
+            little-endian bytes
+        dense (stack with compaction): name, "dense", then W as a tensor above
     mixture: n_members, each weight as a float64 (LE), each member's adapter digest (32 bytes)
 
     adapter digest: "medforge-adapter/1", base, then the modules as above.
 
 Mixture weights are hashed as the exact float64 values the fold computed; the adapter's
-``name`` (an error label) is not part of anything hashed.
+``name`` (an error label) is not part of anything hashed. A factored module's next field after
+its name is a dtype name (``"float32"``), a dense one's is ``"dense"``: the two never share
+bytes, and a composite with no dense module has exactly the bytes it had before compaction.
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from merge.fold import Composite
-from merge.lora import LoraAdapter, LoraModule
+from merge.dense import DenseModule
+from merge.fold import Composite, Module
+from merge.lora import LoraAdapter
 
 _COMPOSITE_TAG = b"medforge-composite/1"
 _ADAPTER_TAG = b"medforge-adapter/1"
+_DENSE_TAG = b"dense"
 
 
 def composite_digest(c: Composite) -> str:
@@ -55,11 +61,16 @@ def adapter_digest(a: LoraAdapter) -> str:
     return h.hexdigest()
 
 
-def _modules(h: hashlib._Hash, modules: Mapping[str, LoraModule]) -> None:
+def _modules(h: hashlib._Hash, modules: Mapping[str, Module]) -> None:
     _u64(h, len(modules))
     for name in sorted(modules):
         _field(h, name.encode())
-        for t in (modules[name].A, modules[name].B):
+        m = modules[name]
+        if isinstance(m, DenseModule):
+            _field(h, _DENSE_TAG)
+            _tensor(h, m.W)
+            continue
+        for t in (m.A, m.B):
             _tensor(h, t)
 
 

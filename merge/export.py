@@ -9,6 +9,14 @@ full path, regex-escaped, which ``merge.lora`` reads back exactly as PEFT does.
 ``Aᵀ = Q_a R_a`` (thin QR), ``ΔW = Q_b (R_b R_aᵀ) Q_aᵀ``; the SVD of the small ``r×r`` core
 gives the best rank-k approximation of the exact sum (Eckart–Young), in
 O((out + in)·r² + r³) instead of a dense SVD's O(out·in·min(out, in)).
+
+A compacted module (``merge.dense.DenseModule``, stack with compaction) holds ``ΔW`` itself;
+it is factored by a truncated SVD of that one ``out×in`` matrix (per module: never an SVD of
+the whole model's weights). Without ``max_rank`` it keeps its numerical rank (singular values
+above float32's noise floor, ``σ > σ_max·max(out, in)·eps``), so an export stays the composite
+itself up to float32 rounding, as the factored path is; a module of full rank then exports
+``min(out, in)·(out + in)`` numbers, more than the dense ``ΔW``: pass ``max_rank`` for a
+smaller, approximate file.
 Exports are for people and tools, not for digests: they use BLAS and float64 freely.
 """
 
@@ -23,9 +31,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as st_save
 
+from merge.dense import DenseModule
 from merge.errors import ModeError
-from merge.fold import Composite
+from merge.fold import Composite, Module
 from merge.lora import CONFIG_NAME, PEFT_PREFIX, WEIGHTS_NAME, LoraModule
+
+# float32's machine epsilon: a singular value below σ_max·max(out, in)·eps is rounding noise.
+_F32_EPS = float(torch.finfo(torch.float32).eps)
 
 
 def export_peft(
@@ -33,8 +45,9 @@ def export_peft(
 ) -> Path:
     """Write ``adapter_config.json`` + ``adapter_model.safetensors`` for ``c`` into
     ``out_dir`` (created; existing files are replaced). ``max_rank`` caps each module's rank
-    with ``cap_rank``. ``base`` is recorded as ``base_model_name_or_path`` and as the
-    safetensors metadata ``"base"``."""
+    with ``cap_rank``; without it factored modules are written as they are and dense ones at
+    their numerical rank (see the module docstring). ``base`` is recorded as
+    ``base_model_name_or_path`` and as the safetensors metadata ``"base"``."""
     config, weights = peft_files(c, base=base, max_rank=max_rank)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CONFIG_NAME).write_bytes(config)
@@ -50,7 +63,7 @@ def peft_files(
         raise ModeError("a mixture is several models; export its members one by one")
     if not c.modules:
         raise ModeError("an empty composite has nothing to export")
-    modules = cap_rank(c.modules, max_rank) if max_rank is not None else dict(c.modules)
+    modules = cap_rank(c.modules, max_rank) if max_rank is not None else factored(c.modules)
     tensors: dict[str, torch.Tensor] = {}
     for name, m in modules.items():
         tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = m.A.contiguous()
@@ -83,19 +96,32 @@ def _config(modules: Mapping[str, LoraModule], base: str | None) -> dict[str, ob
     }
 
 
+def factored(modules: Mapping[str, Module]) -> dict[str, LoraModule]:
+    """Every module as factors: factored ones as they are, dense ones at their numerical rank
+    (lossless up to float32 rounding)."""
+    return {
+        name: _truncate_dense(m, min(m.shape)) if isinstance(m, DenseModule) else m
+        for name, m in sorted(modules.items())
+    }
+
+
 def cap_rank(
-    modules: Mapping[str, LoraModule], max_rank: int, *, recompress: bool = False
+    modules: Mapping[str, Module], max_rank: int, *, recompress: bool = False
 ) -> dict[str, LoraModule]:
     """Every module with rank > ``max_rank`` replaced by its best rank-``max_rank``
     approximation (QR + small SVD); the others are returned unchanged unless ``recompress``,
     which puts every module through QR + SVD (orthogonal factors, singular values split
-    evenly), dropping nothing a module's rank allows."""
+    evenly), dropping nothing a module's rank allows. A dense module is always factored, by
+    the SVD of its own ``ΔW``, at ``max_rank`` or its numerical rank if that is lower."""
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
-    return {
-        name: _truncate(m, max_rank) if recompress or m.rank > max_rank else m
-        for name, m in sorted(modules.items())
-    }
+    out: dict[str, LoraModule] = {}
+    for name, m in sorted(modules.items()):
+        if isinstance(m, DenseModule):
+            out[name] = _truncate_dense(m, max_rank)
+        else:
+            out[name] = _truncate(m, max_rank) if recompress or m.rank > max_rank else m
+    return out
 
 
 def _truncate(m: LoraModule, k: int) -> LoraModule:
@@ -107,3 +133,22 @@ def _truncate(m: LoraModule, k: int) -> LoraModule:
     b = (q_b @ u[:, :k]) * root
     a = (root[:, None] * vh[:k]) @ q_a.T
     return LoraModule(A=a.float().contiguous(), B=b.float().contiguous())
+
+
+def _truncate_dense(m: DenseModule, k: int) -> LoraModule:
+    # One module's out×in ΔW (768×768 for CLIP-B/16: ~0.25 s on one thread), never the whole
+    # model's weights at once.
+    u, s, vh = torch.linalg.svd(m.W.double(), full_matrices=False)
+    k = min(k, _numerical_rank(s, m.shape))
+    root = s[:k].sqrt()  # split evenly, as for factored modules
+    b = u[:, :k] * root
+    a = root[:, None] * vh[:k]
+    return LoraModule(A=a.float().contiguous(), B=b.float().contiguous())
+
+
+def _numerical_rank(s: torch.Tensor, shape: tuple[int, int]) -> int:
+    """Singular values above float32's noise floor (at least 1: PEFT has no rank 0)."""
+    if s.numel() == 0:
+        return 1
+    floor = float(s[0]) * max(shape) * _F32_EPS
+    return max(1, int((s > floor).sum()))

@@ -5,10 +5,18 @@ The spec lives in the genesis record, so it must round-trip through the canonica
 ``from_dict()`` refuses anything it would not have produced (unknown or missing keys, wrong
 types, out-of-range values) with a ``SpecError``.
 
-Settings added after the first networks were signed (``OPTIONAL``: per-module groups) appear in
-``to_dict()`` only when they differ from their default, so a spec that does not use them has
-exactly the bytes, and its genesis exactly the network id, it always had; ``from_dict()`` reads
-them as the default when absent and refuses them written out at the default (one encoding).
+Settings added after the first networks were signed (``OPTIONAL``: per-module groups, and the
+network-level ``compaction``/``compact_rank``) appear in ``to_dict()`` only when they differ
+from their default, so a spec that does not use them has exactly the bytes, and its genesis
+exactly the network id, it always had; ``from_dict()`` reads them as the default when absent
+and refuses them written out at the default (one encoding).
+
+Compaction (issue 13; ``merge.compaction``): a stack composite concatenates factors, so its
+rank grows with every commit; ``compaction="auto"`` turns a module into its dense ``ΔW`` once
+the factors cost at least as much (``compact_rank=0``, the crossover ``r·(out+in) >= out·in``)
+or once its rank exceeds ``compact_rank > 0``. Only stack compacts: a fusion's rank never
+grows and fusing needs the factors themselves (a dense ``ΔW`` cannot be fused), a mixture
+keeps whole members; both refuse a compaction setting rather than carry one that does nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from merge.groups import GROUPINGS
 
 MODES = ("fusion", "stack", "mixture")
 OBJECTIVES = ("paper", "logprob")
+COMPACTIONS = ("off", "auto")
 
 
 @dataclass(frozen=True)
@@ -91,32 +100,56 @@ class MergeSpec:
     mode: str = "fusion"
     search: SearchSettings = field(default_factory=SearchSettings)
     limits: Limits = field(default_factory=Limits)
+    # When a stack module turns dense (see the module docstring): "off" or "auto", and the
+    # rank that triggers it (0: the crossover where factors cost as much as the dense ΔW).
+    compaction: str = "off"
+    compact_rank: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise SpecError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "mixture" and self.search.groups != "none":
             raise SpecError("a mixture weights whole members: module groups apply to fusion/stack")
+        self._check_compaction()
+
+    def _check_compaction(self) -> None:
+        if self.compaction not in COMPACTIONS:
+            raise SpecError(f"compaction must be one of {COMPACTIONS}, got {self.compaction!r}")
+        _check_int("compact_rank", self.compact_rank, low=0)
+        if self.compaction != "off" and self.mode != "stack":
+            raise SpecError(
+                f"compaction applies to stack only: a {self.mode} composite's rank never grows "
+                "(fusion merges factors elementwise, a mixture keeps whole members)"
+            )
+        if self.compaction == "off" and self.compact_rank != 0:
+            raise SpecError("compact_rank names when to compact: it needs compaction='auto'")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain python values, ready for the canonical encoding (``OPTIONAL`` settings only
         where they differ from their default)."""
-        return {"mode": self.mode, "search": _flat(self.search), "limits": _flat(self.limits)}
+        data = {"mode": self.mode, "search": _flat(self.search), "limits": _flat(self.limits)}
+        return data | _flat_optional(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MergeSpec:
         """Inverse of ``to_dict``; strict, since the data comes from a signed document."""
-        _expect_keys("spec", data, {"mode", "search", "limits"})
+        optional = OPTIONAL[MergeSpec]
+        present = {k for k in optional if isinstance(data, Mapping) and k in data}
+        _expect_keys("spec", data, {"mode", "search", "limits"} | present)
         mode = data["mode"]
         if not isinstance(mode, str):
             raise SpecError(f"mode must be a string, got {type(mode).__name__}")
         search = SearchSettings(**_typed_fields(SearchSettings, data["search"]))
         limits = Limits(**_typed_fields(Limits, data["limits"]))
-        return cls(mode=mode, search=search, limits=limits)
+        extra = {k: _optional_value("spec", k, data[k], optional[k]) for k in sorted(present)}
+        return cls(mode=mode, search=search, limits=limits, **extra)
 
 
 # Settings newer than the first signed specs: written only when not at their default.
-OPTIONAL: dict[type, dict[str, Any]] = {SearchSettings: {"groups": "none", "group_budget": 0}}
+OPTIONAL: dict[type, dict[str, Any]] = {
+    SearchSettings: {"groups": "none", "group_budget": 0},
+    MergeSpec: {"compaction": "off", "compact_rank": 0},
+}
 
 
 def _flat(obj: SearchSettings | Limits) -> dict[str, Any]:
@@ -126,6 +159,20 @@ def _flat(obj: SearchSettings | Limits) -> dict[str, Any]:
         for f in fields(obj)
         if f.name not in optional or getattr(obj, f.name) != optional[f.name]
     }
+
+
+def _flat_optional(spec: MergeSpec) -> dict[str, Any]:
+    """The spec's own ``OPTIONAL`` settings that are not at their default."""
+    return {k: getattr(spec, k) for k, v in OPTIONAL[MergeSpec].items() if getattr(spec, k) != v}
+
+
+def _optional_value(what: str, name: str, value: object, default: object) -> Any:
+    """An ``OPTIONAL`` value as written: of the default's exact type, never the default."""
+    if isinstance(value, bool) or type(value) is not type(default):
+        raise SpecError(f"{what}.{name} must be {type(default).__name__}, got {value!r}")
+    if value == default:
+        raise SpecError(f"{what}.{name} at its default is written by leaving it out")
+    return value
 
 
 def _expect_keys(what: str, data: object, keys: set[str]) -> None:

@@ -53,7 +53,15 @@ def run(args: argparse.Namespace) -> int:
     spec = merge_spec(genesis)
     if args.mode:  # a mixture takes no module groups: its commits' per-group pairs are refused
         groups = "none" if args.mode == "mixture" else spec.search.groups
-        spec = replace(spec, mode=args.mode, search=replace(spec.search, groups=groups))
+        # Only stack compacts: another mode folds without the network's compaction.
+        compaction = spec.compaction if args.mode == "stack" else "off"
+        spec = replace(
+            spec,
+            mode=args.mode,
+            search=replace(spec.search, groups=groups),
+            compaction=compaction,
+            compact_rank=spec.compact_rank if compaction != "off" else 0,
+        )
     composer = Composer(spec, Rules.of(genesis), lambda sha: blobs[sha].read_bytes())
     digest = composer.update([b.commit for b in bundles])
     if args.export:

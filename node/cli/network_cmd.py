@@ -14,9 +14,10 @@ from crypto.records import Commit, Genesis, Member, Revocation, RosterUpdate, de
 from crypto.roster import Roster
 from merge.base_shapes import BaseShapes, shapes_of
 from merge.groups import GROUPINGS
+from merge.spec import COMPACTIONS
 from node.cli.output import add_home, add_json, emit
 from node.errors import ControlError, NodeNotRunning, UsageError
-from node.forge.netspec import check_spec, make_spec
+from node.forge.netspec import check_spec, make_spec, merge_spec
 from node.shell.control import call
 from node.shell.home import Home
 
@@ -45,6 +46,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default="none",
         help="per-module coefficients: one pair per transformer layer or per target module "
         "name (fusion/stack; default none: one pair per commit)",
+    )
+    create.add_argument(
+        "--compaction",
+        choices=COMPACTIONS,
+        default=None,
+        help="stack: turn a module into its dense ΔW once its stacked factors cost as much "
+        "(auto; the default for stack, so the composite stops growing) or never (off; the "
+        "default and the only choice for fusion and mixture)",
+    )
+    create.add_argument(
+        "--compact-rank",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --compaction auto: compact once a module's rank exceeds N (default 0: at "
+        "the crossover r·(out+in) >= out·in)",
     )
     create.add_argument(
         "--base",
@@ -187,7 +204,16 @@ def run_create(args: argparse.Namespace) -> int:
     if not 1 <= args.threshold <= len(members):
         raise UsageError(f"threshold must be between 1 and {len(members)}")
     fingerprint, shapes, kind, model = _base(args)
-    spec = make_spec(args.mode, fingerprint, shapes, backend=kind, model=model, groups=args.groups)
+    spec = make_spec(
+        args.mode,
+        fingerprint,
+        shapes,
+        backend=kind,
+        model=model,
+        groups=args.groups,
+        compaction=_compaction(args),
+        compact_rank=args.compact_rank,
+    )
     if args.spec:
         spec.update(json.loads(args.spec.read_text()))
     # Refuse a malformed spec (or module groups no commit could name) before anyone signs it.
@@ -204,6 +230,13 @@ def run_create(args: argparse.Namespace) -> int:
         args.out.write_bytes(genesis.encode())
     _show(args, genesis, Roster.from_genesis(genesis), source="genesis")
     return 0
+
+
+def _compaction(args: argparse.Namespace) -> str:
+    """``--compaction``, or its default: new stack networks compact, other modes cannot."""
+    if args.compaction is not None:
+        return str(args.compaction)
+    return "auto" if args.mode == "stack" else "off"
 
 
 def run_join(args: argparse.Namespace) -> int:
@@ -252,9 +285,18 @@ def _show(args: argparse.Namespace, genesis: Genesis, roster: Roster, source: st
         f"roster epoch {roster.epoch}, {source}",
         f"threshold {roster.threshold} of {len(members)}",
         *(f"  {m['name']:<20} {m['public_key']}" for m in members),
+        _merge_line(genesis),
         f"spec {json.dumps(dict(genesis.spec), sort_keys=True)}",
     ]
     emit(args, data, "\n".join(lines))
+
+
+def _merge_line(genesis: Genesis) -> str:
+    spec = merge_spec(genesis)
+    if spec.compaction == "off":
+        return f"merge {spec.mode}, compaction off"
+    when = f"rank > {spec.compact_rank}" if spec.compact_rank else "at the crossover"
+    return f"merge {spec.mode}, compaction {spec.compaction} ({when})"
 
 
 def _read_signable(path: Path) -> RosterUpdate | Revocation:

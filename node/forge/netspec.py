@@ -28,14 +28,23 @@ def make_spec(
     backend: str = "text",
     model: str = "",
     groups: str = "none",
+    compaction: str = "off",
+    compact_rank: int = 0,
 ) -> dict[str, Any]:
-    """``groups`` (``merge.groups``): per-module coefficient groups; at the default "none"
-    the merge spec has the keys and bytes it always had."""
+    """``groups`` (``merge.groups``): per-module coefficient groups; ``compaction`` /
+    ``compact_rank`` (``merge.compaction``, stack only): when a stacked module turns dense.
+    At their defaults ("none", "off", 0) the merge spec has the keys and bytes it always had."""
+    merge = MergeSpec(
+        mode=mode,
+        search=SearchSettings(groups=groups),
+        compaction=compaction,
+        compact_rank=compact_rank,
+    )
     return {
         "base": base,
         "shapes": shapes.to_dict(),
         "backend": {"kind": backend, "model": model},
-        "merge": MergeSpec(mode=mode, search=SearchSettings(groups=groups)).to_dict(),
+        "merge": merge.to_dict(),
     }
 
 

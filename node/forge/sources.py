@@ -28,8 +28,8 @@ from typing import Any, TypeGuard
 
 from crypto.records import Commit, Genesis, Record
 from merge.errors import AdapterFormatError, BaseMismatchError, ShapeError
-from merge.fold import Composite
-from merge.lora import LoraAdapter, LoraModule, load_adapter
+from merge.fold import Composite, Module
+from merge.lora import LoraAdapter, load_adapter
 from merge.spec import Limits
 from node.core.order import forge_order
 from node.errors import StoreError, UsageError
@@ -76,8 +76,8 @@ class Source:
             return "plugin" if self.kind == "plugin" else "peft"
         return self.model.mode
 
-    def modules(self) -> Iterator[tuple[str, LoraModule]]:
-        """Every adapted module, of every mixture member."""
+    def modules(self) -> Iterator[tuple[str, Module]]:
+        """Every adapted module, of every mixture member (a compacted one is dense)."""
         model = self.model
         members = model.members if isinstance(model, Composite) else ()
         for m in (model, *members):

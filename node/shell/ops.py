@@ -15,7 +15,7 @@ import trio
 from crypto.records import Commit, Record, decode_record
 from node.errors import NodeRefused
 from node.forge.bundle import verify_bundle
-from node.forge.export import export_composite
+from node.forge.export import export_composite, export_merged
 from node.shell.service import NodeService
 
 
@@ -38,7 +38,12 @@ class Ops:
         if op == "publish_record":
             return await publish_record(self.node, Path(str(request["file"])))
         if op == "export":
-            return await export(self.node, Path(str(request["out"])))
+            return await export(
+                self.node,
+                Path(str(request["out"])),
+                merged=request.get("merged") is True,
+                max_rank=_max_rank(request.get("max_rank")),
+            )
         if op == "stop":
             self.node.stop()
             return {"stopping": True}
@@ -115,12 +120,38 @@ async def publish_record(node: NodeService, path: Path) -> dict[str, Any]:
     return {"record": record.id.hex(), "kind": record.KIND}
 
 
-async def export(node: NodeService, out: Path) -> dict[str, Any]:
+def _max_rank(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise NodeRefused(f"max_rank must be an int >= 1, got {value!r}")
+    return value
+
+
+async def export(
+    node: NodeService, out: Path, *, merged: bool = False, max_rank: int | None = None
+) -> dict[str, Any]:
+    """The composite as PEFT (or a mixture of PEFT members), or ``merged`` into the base."""
     composer = node.composer
-    await trio.to_thread.run_sync(export_composite, composer.composite, out, composer.base)
+    # What is served now, even if a fold lands meanwhile.
+    composite, digest, item = composer.composite, composer.digest, len(composer.order)
+    if merged and max_rank is not None:
+        raise NodeRefused("a merged export adds the exact ΔW: max_rank does not apply")
+    if merged and composite.mode == "mixture":
+        raise NodeRefused(
+            "a mixture has no merged weights (its members' outputs are mixed): "
+            "export it without --merged"
+        )
+    if merged:
+        await trio.to_thread.run_sync(export_merged, composite, out, node.genesis)
+    else:
+        await trio.to_thread.run_sync(
+            lambda: export_composite(composite, out, composer.base, max_rank=max_rank)
+        )
     return {
         "out": str(out),
-        "digest": composer.digest,
-        "forge_item": len(composer.order),
-        "mode": composer.composite.mode,
+        "digest": digest,
+        "forge_item": item,
+        "mode": composite.mode,
+        "merged": merged,
     }

@@ -129,6 +129,11 @@ class TextBackend:
         model: nn.Module = self._model
         return model
 
+    @property
+    def tokenizer(self) -> Any:
+        """The class-name tokenizer (saved beside a merged model: ``merge.pipeline.merged``)."""
+        return self._tokenizer
+
     def encode_inputs(
         self, inputs: torch.Tensor, delta: Mapping[str, torch.Tensor] | None = None
     ) -> torch.Tensor:
