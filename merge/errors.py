@@ -20,7 +20,8 @@ Tree::
     ├── DistilledError               a distilled set that does not fit the base or its commit
     ├── CoefficientError             a merge coefficient that is not a finite float
     ├── ModeError                    an operation on a composite of the wrong mode
-    └── SpecError                    a merge spec that is malformed or out of range
+    ├── SpecError                    a merge spec that is malformed or out of range
+    └── CheckpointError              bytes that are not a whole composite checkpoint
 """
 
 from __future__ import annotations
@@ -88,3 +89,8 @@ class ModeError(MergeError):
 
 class SpecError(MergeError):
     """A merge spec is malformed (unknown key, wrong type, value out of range)."""
+
+
+class CheckpointError(MergeError):
+    """A checkpoint's bytes do not parse into a composite (truncated, damaged, another
+    version): a local cache that is discarded, never a peer's fault."""

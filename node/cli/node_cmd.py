@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from node.cli import logs
-from node.cli.output import add_home, add_json, describe_training, emit
+from node.cli.output import add_home, add_json, describe_training, emit, human_bytes
+from node.errors import UsageError
 from node.shell.control import call
 from node.shell.home import Home
 
@@ -52,9 +53,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     publish.set_defaults(func=run_publish)
 
-    export = sub.add_parser("export", help="write the current composite (PEFT dir or mixture)")
+    export = sub.add_parser(
+        "export", help="write the current composite (PEFT dir or mixture, or --merged model)"
+    )
     add_home(export)
     export.add_argument("--out", type=Path, required=True)
+    how = export.add_mutually_exclusive_group()
+    how.add_argument(
+        "--merged",
+        action="store_true",
+        help="write the base model with the composite added into its weights, as a "
+        "Hugging Face checkpoint (fusion/stack; the node loads the network's base)",
+    )
+    how.add_argument(
+        "--max-rank",
+        type=int,
+        default=None,
+        metavar="R",
+        help="cap every PEFT module's rank at R (best rank-R approximation; default: exact)",
+    )
     add_json(export)
     export.set_defaults(func=run_export)
 
@@ -129,6 +146,7 @@ def run_status(args: argparse.Namespace) -> int:
         f"{s['rejected_records']} rejected; blobs {s['blobs']}, missing {s['missing_blobs']}",
         f"forge item  v{s['forge_item']}  head {s['head'][:16]}  orphans {s['orphans']}",
         f"composite   {s['composite_digest'] or '(merging)'}",
+        f"            {s['composite_representation']}; {human_bytes(s['composite_bytes'])}",
         *(
             [f"merge       FAILING, serving {s['serving_digest'][:16]}: {s['merge_error']}"]
             if s["merge_error"]
@@ -197,11 +215,32 @@ def run_publish(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    result = _call(args, "export", out=str(args.out.resolve()))
+    if args.max_rank is not None and args.max_rank < 1:
+        raise UsageError(f"--max-rank must be >= 1, got {args.max_rank}")
+    if args.merged:
+        _refuse_merged_mixture(Home(Path(args.home)))
+    params: dict[str, Any] = {"out": str(args.out.resolve())}
+    if args.merged:
+        params["merged"] = True
+    if args.max_rank is not None:
+        params["max_rank"] = args.max_rank
+    result = _call(args, "export", **params)
+    what = "merged model" if result.get("merged") else "composite"
     emit(
         args,
         result,
         f"forge item v{result['forge_item']} ({result['mode']}, digest "
-        f"{result['digest'][:16]}) written to {result['out']}",
+        f"{result['digest'][:16]}) {what} written to {result['out']}",
     )
     return 0
+
+
+def _refuse_merged_mixture(home: Home) -> None:
+    """Before asking the node: a mixture network has no merged model to write."""
+    from node.forge.netspec import merge_spec
+
+    if merge_spec(home.genesis()).mode == "mixture":
+        raise UsageError(
+            "--merged: a mixture has no merged weights (its members' outputs are mixed); "
+            "export it without --merged (one PEFT adapter per member)"
+        )

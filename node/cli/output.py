@@ -27,3 +27,15 @@ def describe_training(training: Mapping[str, Any]) -> str:
     on = training.get("trained_on")
     where = f", trained on forge item {str(on)[:12]}…" if isinstance(on, str) else ""
     return f"continual (replay {training.get('replay', 0)}{where})"
+
+
+def human_bytes(n: int) -> str:
+    """``24.6 MiB``: binary units, one decimal above bytes."""
+    if n < 1024:
+        return f"{n} B"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1024:.1f} TiB"

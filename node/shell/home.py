@@ -3,11 +3,12 @@
 Layout::
 
     HOME/identity.pem     Ed25519 key, mode 0600 (passphrase from $MEDFORGE_PASSPHRASE)
-    HOME/config.toml      name, listen address, bootstrap peers, control socket
+    HOME/config.toml      name, listen address, bootstrap peers, control socket, checkpoints
     HOME/genesis.cbor     the network this institution belongs to (after `network join`)
     HOME/seq              the next commit sequence number, as text (reuse = equivocation)
     HOME/seq.lock         flock'ed by every ``next_seq`` call, in every process and thread
-    HOME/store/           content-addressed blobs + SQLite index (node.shell.store)
+    HOME/store/           content-addressed blobs + SQLite index (node.shell.store), and the
+                          composer's checkpoints (node.shell.checkpoint_files)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ PASSPHRASE_ENV = "MEDFORGE_PASSPHRASE"
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
 SEQ_FILE = "seq"
 SEQ_LOCK = "seq.lock"
+DEFAULT_CHECKPOINT_EVERY = 8
 _TMP_PREFIX = ".tmp-"  # _atomic_write's temporaries: HOME/.tmp-<name>-<random>
 
 
@@ -40,6 +42,8 @@ class Config:
     metrics_host: str = "127.0.0.1"  # where the metrics endpoint binds; loopback by default
     dht: bool = False  # also run a Kademlia DHT (py-libp2p's; discovery beyond bootstrap)
     strangers: str = "read"  # peers the roster never named: "read" (pull only) or "none"
+    # commits between the composer's checkpoints (node.forge.checkpoints); local, not replicated
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
 
     def to_toml(self) -> str:
         lines = [f"name = {_toml_str(self.name)}", f"listen = {_toml_str(self.listen)}"]
@@ -52,6 +56,8 @@ class Config:
             lines.append("dht = true")
         if self.strangers != "read":
             lines.append(f"strangers = {_toml_str(self.strangers)}")
+        if self.checkpoint_every != DEFAULT_CHECKPOINT_EVERY:
+            lines.append(f"checkpoint_every = {self.checkpoint_every}")
         return "\n".join(lines) + "\n"
 
     @classmethod
@@ -65,6 +71,9 @@ class Config:
             metrics_host=str(raw.get("metrics_host", "127.0.0.1")),
             dht=bool(raw.get("dht", False)),
             strangers=_one_of("strangers", raw.get("strangers", "read"), ("read", "none")),
+            checkpoint_every=_positive(
+                "checkpoint_every", raw.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
+            ),
         )
 
 
@@ -82,6 +91,12 @@ def _one_of(key: str, value: object, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise HomeError(f"config.toml: {key} must be one of {allowed}, got {value!r}")
     return str(value)
+
+
+def _positive(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HomeError(f"config.toml: {key} must be an integer >= 1, got {value!r}")
+    return value
 
 
 def _toml_str(value: str) -> str:

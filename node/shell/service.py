@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,8 +39,10 @@ from node.errors import (
     TransportError,
 )
 from node.forge.composer import Composer
+from node.forge.footprint import footprint
 from node.forge.netspec import merge_spec
 from node.forge.validate import Rules, check_commit
+from node.shell.checkpoint_files import CheckpointFiles
 from node.shell.home import Home
 from node.shell.status import (
     NodeStatus,
@@ -99,7 +102,13 @@ class NodeService:
         )
         self.transport = transport or self._libp2p(transport_config)
         self.rules = Rules.of(self.genesis)
-        self.composer = Composer(merge_spec(self.genesis), self.rules, self._read_blob)
+        self.composer = Composer(
+            merge_spec(self.genesis),
+            self.rules,
+            self._read_blob,
+            checkpoints=CheckpointFiles.under(self.store.root),
+            checkpoint_every=self.config.checkpoint_every,
+        )
         self.started_at = time.time()
         self.names = {m.key.peer_id(): m.name for m in self.genesis.members}
         self._roster_names: tuple[object, dict[str, str]] = (None, {})
@@ -412,9 +421,13 @@ class NodeService:
                 continue
             commits = [self.core.commit(cid) for cid in wanted.order.commits]
             ready = [c for c in commits if c is not None]
+            # Checkpoints only on the main chain: orphans move as others arrive.
+            stable = sum(c is not None for c in commits[: wanted.order.main_length])
             try:
                 self._blob_files.update(self._paths_of(ready))  # SQLite stays on this thread
-                digest = await trio.to_thread.run_sync(self.composer.update, ready)
+                digest = await trio.to_thread.run_sync(
+                    partial(self.composer.update, ready, stable=stable)
+                )
             except (FoldError, StoreError) as exc:
                 # A defect of ours or a blob gone from disk, never a peer's content (that was
                 # judged before it counted): keep serving the last composite, say why.
@@ -523,6 +536,7 @@ class NodeService:
         peers = peer_statuses(core, trio.current_time(), self.name_of, self.transport.peer_addrs)
         roster = core.roster
         transport = self.transport.statistics()
+        held = footprint(self.composer.composite)
         return NodeStatus(
             name=self.config.name,
             peer_id=self.identity.public.peer_id(),
@@ -565,6 +579,8 @@ class NodeService:
             store_recovery=self.recovery.as_dict(),
             blobs_dropped_when_served=len(self.store.damaged_at_serve),
             serving_digest=self.composer.digest,
+            composite_bytes=held.nbytes,
+            composite_representation=held.representation,
             merge_error=self.merge_error,
             faults=dict(self.faults),
             last_errors=tuple(

@@ -90,6 +90,8 @@ class NodeStatus:
     store_recovery: Mapping[str, Any]  # what opening the store repaired
     blobs_dropped_when_served: int
     serving_digest: str  # the composite this node serves (its last good fold)
+    composite_bytes: int  # tensor bytes of the served composite (a mixture: its members')
+    composite_representation: str  # e.g. "stack, 25 modules: 20 factored (rank 160), 5 dense"
     merge_error: str | None
     faults: Mapping[str, int]  # defects of ours (validation, merge) the node survived
     last_errors: tuple[str, ...]

@@ -6,6 +6,7 @@ Layout under ``HOME/store/``::
     index.sqlite3          WAL, synchronous=FULL: records, blobs, verifications, peers, state
     blobs/ab/cdef...       a blob named by its sha256 hex (2 + 62 characters)
     blobs/ab/.tmp-*        a blob being written; never read, removed on open
+    checkpoints/           the composer's checkpoints: not the store's (node.shell.checkpoint_files)
 
 Durability rules (why a SIGKILL at any instant loses nothing acknowledged):
   * a blob is written to a temp file in its final directory, fsynced, verified against the
