@@ -29,12 +29,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import save as st_save
 
 from merge.dense import DenseModule
 from merge.errors import ModeError
 from merge.fold import Composite, Module
 from merge.lora import CONFIG_NAME, PEFT_PREFIX, WEIGHTS_NAME, LoraModule
+from merge.safetensors_io import canonical_safetensors
 
 # float32's machine epsilon: a singular value below σ_max·max(out, in)·eps is rounding noise.
 _F32_EPS = float(torch.finfo(torch.float32).eps)
@@ -70,7 +70,7 @@ def peft_files(
         tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = m.B.contiguous()
     metadata = {"format": "pt", **({"base": base} if base is not None else {})}
     config = json.dumps(_config(modules, base), indent=2, sort_keys=True).encode()
-    return config, st_save(tensors, metadata=metadata)
+    return config, canonical_safetensors(tensors, metadata)
 
 
 def _config(modules: Mapping[str, LoraModule], base: str | None) -> dict[str, object]:
