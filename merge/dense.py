@@ -59,25 +59,74 @@ def slice_bits(k: int) -> int:
 
 def exact_product(b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """``B @ A`` (``[out, K] @ [K, in]``, float32) with bytes independent of the BLAS."""
+    return accumulate(None, None, b, a)
+
+
+def accumulate(
+    w: torch.Tensor | None, t: torch.Tensor | None, b: torch.Tensor, a: torch.Tensor
+) -> torch.Tensor:
+    """``add(mul(W, t), exact_product(B, A))`` (``W`` None: the product alone; ``t`` None or
+    exactly 1.0: ``W`` as is, since x·1 = x), with the same bytes as those three operations
+    but computed in blocks of rows: the float64 product of one block, its cast and the update
+    stay in cache instead of streaming an [out, in] float64 matrix through memory (5x faster
+    for 768x768). Every element is the same IEEE operations on the same exact values
+    whatever the block, so the blocking is invisible in the bytes."""
     if b.dim() != 2 or a.dim() != 2 or b.shape[1] != a.shape[0]:
         raise ValueError(f"B {tuple(b.shape)} and A {tuple(a.shape)} do not compose")
-    k = int(b.shape[1])
+    out_dim, k, in_dim = int(b.shape[0]), int(b.shape[1]), int(a.shape[1])
+    if w is not None and tuple(w.shape) != (out_dim, in_dim):
+        raise ValueError(f"W {tuple(w.shape)} does not match B @ A ({out_dim}, {in_dim})")
+    result = torch.empty(out_dim, in_dim, dtype=torch.float32)
     if k == 0:
-        return torch.zeros(b.shape[0], a.shape[1], dtype=torch.float32)
-    beta = slice_bits(k)
+        result.zero_()
+        if w is not None:
+            result.add_(_times(w, t))  # 0 + x: x, with a -0.0 in W made +0.0
+        return result
+    b_scaled, a_scaled = _scaled_operands(b, a, slice_bits(k))
+    rows = max(1, _BLOCK_ELEMENTS // max(in_dim, 1))
+    p64 = torch.empty(rows, in_dim, dtype=torch.float64)
+    p32 = torch.empty(rows, in_dim, dtype=torch.float32)
+    for start in range(0, out_dim, rows):
+        stop = min(start + rows, out_dim)
+        n = stop - start
+        torch.mm(b_scaled[start:stop], a_scaled, out=p64[:n])  # exact: see the module doc
+        p32[:n].copy_(p64[:n])  # one correctly rounded cast
+        # An exact zero's sign depends on the kernel (this machine's K=1 path gives -0.0 for
+        # -1·0, a summing kernel starting at +0.0 gives +0.0): adding +0.0 makes it +0.0.
+        p32[:n].add_(0.0)
+        block = result[start:stop]
+        if w is None:
+            block.copy_(p32[:n])
+        else:
+            if t is None or bool(t == 1.0):
+                block.copy_(w[start:stop])
+            else:
+                torch.mul(w[start:stop], t, out=block)
+            block.add_(p32[:n])
+    return result
+
+
+# float64 elements of one block of the product: 64 Ki (512 KiB) stays in a core's L2 cache.
+_BLOCK_ELEMENTS = 1 << 16
+
+
+def _times(w: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+    return w if t is None or bool(t == 1.0) else torch.mul(w, t)
+
+
+def _scaled_operands(
+    b: torch.Tensor, a: torch.Tensor, beta: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B`` and ``A`` as float64 integers of at most ``β`` bits per row (column), each row
+    (column) then scaled back by its exact power of two *before* the product: every term of
+    the sum for (i, j) carries the same factor 2^(e_i + e_j - 2β), so the partial sums are
+    integers below 2^52 times that factor, exactly representable (float64's exponent range
+    covers any float32 operands), and the product is exactly the post-scaled one."""
     b_int, b_exp = _integer_rows(b.double(), beta)
     a_int, a_exp = _integer_rows(a.double().t(), beta)
-    # Each operand's rows are scaled back by their exact power of two *before* the product:
-    # every term of the sum for (i, j) then carries the same factor 2^(e_i + e_j - 2β), so
-    # the partial sums are still integers below 2^52 times that factor, exactly representable
-    # (float64's exponent range covers any float32 operands), and the product is exactly the
-    # post-scaled one without two passes over the [out, in] result.
     b_scaled = torch.mul(b_int, _pow2([v - beta for v in b_exp]).unsqueeze(1))
     a_scaled = torch.mul(a_int, _pow2([v - beta for v in a_exp]).unsqueeze(1))
-    product = (b_scaled @ a_scaled.t()).to(torch.float32)  # one correctly rounded cast
-    # An exact zero's sign depends on the kernel (this machine's K=1 path gives -0.0 for -1·0,
-    # a summing kernel starting at +0.0 gives +0.0): adding +0.0 makes every zero +0.0.
-    return torch.add(product, 0.0)
+    return b_scaled, a_scaled.t().contiguous()
 
 
 def _integer_rows(x: torch.Tensor, beta: int) -> tuple[torch.Tensor, list[int]]:

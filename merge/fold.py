@@ -48,7 +48,7 @@ from types import MappingProxyType
 import torch
 
 from merge.compaction import Compaction
-from merge.dense import DenseModule, exact_product
+from merge.dense import DenseModule, accumulate, exact_product
 from merge.errors import CoefficientError, ModeError, ShapeError
 from merge.groups import ModuleCoeffs
 from merge.lora import LoraAdapter, LoraModule
@@ -204,14 +204,9 @@ def _dense_step(
     # Mul then add, each correctly rounded (never add(alpha=) / addcmul: see the rules). w2
     # scales the commit's B before the product, as the factored stack scales it, so one pass
     # over [out, in] is saved; a multiplication by exactly 1.0 is skipped (x·1 = x bitwise).
-    kept = _times(old.W, t1)
     if new is None:
-        return DenseModule(kept)
-    return DenseModule(torch.add(kept, exact_product(torch.mul(new.B, t2), new.A)))
-
-
-def _times(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return x if bool(t == 1.0) else torch.mul(x, t)
+        return DenseModule(old.W if bool(t1 == 1.0) else torch.mul(old.W, t1))
+    return DenseModule(accumulate(old.W, t1, torch.mul(new.B, t2), new.A))
 
 
 def _compacted(m: Module, policy: Compaction | None) -> Module:

@@ -32,6 +32,7 @@ Writes ``bench_growth-<tag>.{json,md,png}`` under ``bench-results/`` (or ``--out
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import os
@@ -242,12 +243,14 @@ def run_mode(mode: str, shape: Shape, work: Path, t0: float) -> list[Point]:
         apply_s = median_time(partial(apply, c, adapter, nxt.coeffs, compaction=policy))
         digest_s = median_time(partial(composite_digest, c))
         fp = footprint(c)
+        rss = rss_mib()  # the running node's state, before the restart and refold experiments
         run_dir = work / f"{mode}-{n}"
         restarted = composer(linked_copy(ckpt, run_dir / "restart"))
         t = time.perf_counter()
         assert restarted.update(commits[:n]) == running.digest, "restart: another digest"
         restart_s = time.perf_counter() - t
         refold = {}
+        other = restarted
         for d in (d for d in shape.distances if d < n):
             other = composer(linked_copy(ckpt, run_dir / f"orphan-{d}"))
             other.update(commits[:n])  # the restarted node's state, untimed
@@ -268,11 +271,13 @@ def run_mode(mode: str, shape: Shape, work: Path, t0: float) -> list[Point]:
             fp.nbytes / 2**20,
             shape.dense_bytes / 2**20,
             fp.representation,
-            rss_mib(),
+            rss,
             restart_s,
             restarted.statistics().applied,
             refold,
         )
+        del restarted, other  # their composites are not the running node's memory
+        gc.collect()
         points.append(point)
         say(t0, f"{mode} N={n}: {line(point)}")
     return points

@@ -13,8 +13,9 @@ import pytest
 import torch
 from merge_fixtures import random_adapter
 
+from merge import dense
 from merge.compaction import Compaction
-from merge.dense import DenseModule, exact_product, slice_bits
+from merge.dense import DenseModule, accumulate, exact_product, slice_bits
 from merge.digest import composite_digest
 from merge.errors import ModeError, SpecError
 from merge.fold import Composite, apply, empty, fold, uniform_average
@@ -318,3 +319,22 @@ def test_a_unit_keep_coefficient_leaves_the_dense_bytes_as_they_were() -> None:
     after = apply(c, only_head, (1.0, 0.5), compaction=policy).modules["enc.q"]
     assert isinstance(after, DenseModule)
     assert raw(after.W) == raw(torch.mul(dense.W, torch.tensor(1.0, dtype=torch.float32)))
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1 << 16])
+@pytest.mark.parametrize("keep", [1.0, 0.625, 0.0])
+def test_the_blocked_update_is_the_three_operations_byte_for_byte(
+    monkeypatch: pytest.MonkeyPatch, block: int, keep: float
+) -> None:
+    """accumulate computes add(mul(W, t), exact_product(B, A)) in row blocks that stay in
+    cache; the block size (and skipping a multiplication by exactly 1.0) changes no byte."""
+    g = torch.Generator().manual_seed(11)
+    w = torch.randn(13, 9, generator=g)
+    w[0, 0] = -0.0
+    b, a = torch.randn(13, 3, generator=g), torch.randn(3, 9, generator=g)
+    b[2] = 0.0
+    t = torch.tensor(keep, dtype=torch.float32)
+    want = torch.add(torch.mul(w, t), exact_product(b, a))
+    monkeypatch.setattr(dense, "_BLOCK_ELEMENTS", block)
+    assert raw(accumulate(w, t, b, a)) == raw(want)
+    assert raw(accumulate(None, None, b, a)) == raw(exact_product(b, a))
