@@ -37,6 +37,8 @@ import itertools
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -408,6 +410,21 @@ def replace_ints(shape: Shape, name: str, text: str) -> Shape:
     return Shape(**{**asdict(shape), name: values})
 
 
+def in_subprocess(mode: str, argv: Sequence[str] | None, tmp: Path, t0: float) -> list[Point]:
+    """This script with ``--modes MODE`` in a fresh process; its points, read back."""
+    args = [a for a in (sys.argv[1:] if argv is None else argv)]
+    args = [
+        a for k, a in enumerate(args) if a != "--modes" and (k == 0 or args[k - 1] != "--modes")
+    ]
+    args = [a for a in args if not a.startswith("--modes=")]
+    out = tmp / f"sub-{mode}"
+    cmd = [sys.executable, __file__, *args, "--modes", mode, "--out", str(out), "--tag", mode]
+    say(t0, f"{mode}: in its own process")
+    subprocess.run(cmd, check=True)
+    data = json.loads((out / f"bench_growth-{mode}.json").read_text())
+    return [Point(**p) for p in data["points"]]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args, shape = parse(argv)
     torch.set_num_threads(1)  # the fold is single-threaded by design; so is this measure
@@ -416,7 +433,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     points: list[Point] = []
     with tempfile.TemporaryDirectory(prefix="bench-growth-") as tmp:
         for mode in args.modes:
-            points += run_mode(mode, shape, Path(tmp), t0)
+            if len(args.modes) == 1:
+                points += run_mode(mode, shape, Path(tmp), t0)
+            else:  # a process per mode: each RSS is that mode's alone
+                points += in_subprocess(mode, argv, Path(tmp), t0)
     seconds = time.perf_counter() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(points, shape, seconds)
