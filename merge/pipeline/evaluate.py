@@ -3,15 +3,17 @@ class probabilities for new inputs.
 
 Every row is scored the same way the network would use it, through the backend's frozen
 class-name tower: fusion and stack composites add their dense ``ΔW`` (``fold.delta_weights``)
-to the base; a mixture outputs ``P(x) = Σ_j λ_j softmax(logits_j(x))`` with one forward pass
-per member. Evaluation uses BLAS and is not bit-exact; it is never part of a digest.
+to the base; a mixture outputs ``P(x) = Σ_j λ_j softmax(logits_j(x))`` (the weights as the
+composite holds them, not renormalised), computed for several members in one batched forward
+pass (``merge.pipeline.multi_lora``; ``batched=False``: the reference, one pass per member with
+its dense ``ΔW``). Evaluation uses BLAS and is not bit-exact; it is never part of a digest.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -22,10 +24,16 @@ from merge.pipeline.backends.base import DualEncoder, cosine_logits
 from merge.pipeline.datasets import IMAGE_SUFFIXES, Examples, check_image
 from merge.pipeline.errors import DataFormatError, LabelError
 from merge.pipeline.metrics import Metrics, Scores, classification_metrics, scores
+from merge.pipeline.multi_lora import member_stacks
 
 Delta = Mapping[str, torch.Tensor]
 # Labelled records, raw items (texts or image paths) or ready model inputs.
 Inputs = Examples | Sequence[str] | torch.Tensor
+# A batched mixture pass computes MEMBERS_PER_PASS x MIXTURE_BATCH rows at most: 64, the batch
+# of a per-member pass, so it holds no more activations. On one CPU thread larger passes ran
+# slower and small input batches pad less (scripts/bench_mixture.py); a GPU wants more rows.
+MEMBERS_PER_PASS = 16
+MIXTURE_BATCH = 4
 
 
 def adapter_delta(adapter: LoraAdapter) -> dict[str, torch.Tensor]:
@@ -39,21 +47,17 @@ def features(
 ) -> torch.Tensor:
     """Unit-norm input features of raw records or items (prepared batch by batch) or ready
     inputs."""
-    n = len(data)
-    chunks = []
-    for i in range(0, n, batch_size):
-        x = (
-            data[i : i + batch_size]
-            if isinstance(data, torch.Tensor)
-            else _prep(backend, data, i, batch_size)
-        )
-        chunks.append(backend.encode_inputs(x, delta))
-    return torch.cat(chunks)
+    return torch.cat([backend.encode_inputs(x, delta) for x in _batches(backend, data, batch_size)])
 
 
-def _prep(backend: DualEncoder, data: Examples | Sequence[str], i: int, size: int) -> torch.Tensor:
-    items = data.items if isinstance(data, Examples) else data
-    return backend.prepare(items[i : i + size])
+def _batches(backend: DualEncoder, data: Inputs, size: int) -> Iterator[torch.Tensor]:
+    """Model inputs ``size`` rows at a time (raw records and items prepared batch by batch)."""
+    for i in range(0, len(data), size):
+        if isinstance(data, torch.Tensor):
+            yield data[i : i + size]
+        else:
+            items = data.items if isinstance(data, Examples) else data
+            yield backend.prepare(items[i : i + size])
 
 
 def probs_with_delta(
@@ -69,16 +73,62 @@ def composite_probs(
     composite: Composite,
     data: Inputs,
     classes: Sequence[str],
+    *,
+    batched: bool = True,
 ) -> torch.Tensor:
-    """Class probabilities of a composite (an empty one is the base)."""
+    """Class probabilities of a composite (an empty one is the base). ``batched=False``
+    scores a mixture by the per-member reference path."""
     if composite.is_empty:
         return probs_with_delta(backend, data, classes, None)
     if composite.mode != "mixture":
         return probs_with_delta(backend, data, classes, delta_weights(composite.modules))
+    mixture = mixture_probs if batched else mixture_probs_per_member
+    return mixture(backend, composite.members, composite.weights, data, classes)
+
+
+def mixture_probs_per_member(
+    backend: DualEncoder,
+    members: Sequence[LoraAdapter],
+    weights: Sequence[float],
+    data: Inputs,
+    classes: Sequence[str],
+) -> torch.Tensor:
+    """The reference ``Σ_j λ_j softmax(logits_j(x))``: one forward pass per member, each with
+    that member's dense ``ΔW`` on the base."""
     total = torch.zeros(len(data), len(classes))
-    for lam, member in zip(composite.weights, composite.members, strict=True):
+    for lam, member in zip(weights, members, strict=True):
         total = total + lam * probs_with_delta(backend, data, classes, adapter_delta(member))
     return total
+
+
+@torch.no_grad()
+def mixture_probs(
+    backend: DualEncoder,
+    members: Sequence[LoraAdapter],
+    weights: Sequence[float],
+    data: Inputs,
+    classes: Sequence[str],
+    *,
+    members_per_pass: int = MEMBERS_PER_PASS,
+    batch_size: int = MIXTURE_BATCH,
+) -> torch.Tensor:
+    """``Σ_j λ_j softmax(logits_j(x))`` with up to ``members_per_pass`` members in one batched
+    forward pass (``members_per_pass x batch_size`` rows at most); each batch of inputs is
+    prepared once for all members."""
+    if len(weights) != len(members):
+        raise ValueError(f"{len(members)} members but {len(weights)} weights")
+    stacks = member_stacks(backend.model, [m.modules for m in members], members_per_pass)
+    lams = torch.tensor(weights, dtype=torch.float32)
+    g = backend.encode_classes(classes)
+    rows = []
+    for x in _batches(backend, data, batch_size):
+        total = torch.zeros(len(x), len(classes))
+        for j, stack in enumerate(stacks):
+            lam = lams[j * members_per_pass : j * members_per_pass + stack.size]
+            p = cosine_logits(stack.features(backend, x), g, backend.logit_scale).softmax(-1)
+            total += torch.einsum("m,mnc->nc", lam, p)
+        rows.append(total)
+    return torch.cat(rows) if rows else torch.zeros(0, len(classes))
 
 
 Model = LoraAdapter | Composite | None
