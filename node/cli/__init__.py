@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "node.cli.evaluate_cmd",
     "node.cli.node_cmd",
     "node.cli.store_cmd",
+    "node.cli.doctor_cmd",
     "node.cli.simulate_cmd",
     "node.cli.demo_cmd",
 )
