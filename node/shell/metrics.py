@@ -10,6 +10,7 @@ own agent.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -19,13 +20,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from node.shell.status import NodeStatus
+from node.shell.latency import HistogramSnapshot
+from node.shell.status import NodeStatus, PeerStatus
 
 StatusFn = Callable[[], NodeStatus]
 
@@ -50,6 +53,7 @@ _GAUGES = (
 _COUNTERS = (
     ("medforge_garbage", "protocol violations by peers", "garbage"),
     ("medforge_strangers", "messages from peers the roster never named", "strangers"),
+    ("medforge_ping_failures", "pings to members that got no good answer", "ping_failures"),
 )
 
 # (family, name, help, label, NodeStatus field): one series per key of a mapping
@@ -74,6 +78,9 @@ _LABELLED: tuple[tuple[_Family, str, str, str, str], ...] = (
 )
 _PEER_LIVE = "1 while the peer is heard within three sync intervals"
 _PEER_SAME = "1 while the peer reports our composite"
+_PEER_RTT = "last ping round trip to the peer (absent while unknown)"
+_PEER_SRTT = "smoothed ping round trip to the peer (EWMA, gain 1/8)"
+_MERGE_LATENCY = "from learning of a commit to serving a composite that includes it"
 
 
 def _version() -> str:
@@ -112,6 +119,34 @@ class StatusCollector(Collector):
             same.add_metric([peer.peer_id, peer.name], float(peer.same_composite))
         yield live
         yield same
+        yield from _rtts(s.peers)
+        yield _histogram(
+            "medforge_commit_merge_latency_seconds", _MERGE_LATENCY, s.commit_merge_latency
+        )
+
+
+def _rtts(peers: tuple[PeerStatus, ...]) -> Iterator[Metric]:
+    """Per-peer RTT gauges, in seconds; a peer without a known RTT has no series."""
+    last = GaugeMetricFamily("medforge_peer_rtt_seconds", _PEER_RTT, labels=["peer", "name"])
+    smoothed = GaugeMetricFamily(
+        "medforge_peer_rtt_smoothed_seconds", _PEER_SRTT, labels=["peer", "name"]
+    )
+    for peer in peers:
+        if peer.rtt_ms is not None and peer.rtt_smoothed_ms is not None:
+            last.add_metric([peer.peer_id, peer.name], peer.rtt_ms / 1000)
+            smoothed.add_metric([peer.peer_id, peer.name], peer.rtt_smoothed_ms / 1000)
+    yield last
+    yield smoothed
+
+
+def _histogram(name: str, help_text: str, snap: HistogramSnapshot) -> Metric:
+    buckets = [(_le(bound), float(n)) for bound, n in snap.cumulative()]
+    return HistogramMetricFamily(name, help_text, buckets=buckets, sum_value=snap.sum)
+
+
+def _le(bound: float) -> str:
+    """A bucket's ``le`` label as prometheus_client writes it: "0.5", "30.0", "+Inf"."""
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
 
 
 def _labelled(

@@ -44,6 +44,8 @@ from node.forge.netspec import merge_spec
 from node.forge.validate import Rules, check_commit
 from node.shell.checkpoint_files import CheckpointFiles
 from node.shell.home import Home
+from node.shell.latency import MergeLatency
+from node.shell.rtt import RttProbe
 from node.shell.status import (
     NodeStatus,
     equivocators,
@@ -128,6 +130,8 @@ class NodeService:
         self.errors: list[tuple[float, str]] = []
         self.faults: dict[str, int] = {"validation": 0, "merge": 0}  # defects of ours, counted
         self.merge_error: str | None = None  # the last fold failure, while it lasts
+        self.rtt = RttProbe(self.transport, self.core.is_member, self.core.config.sync_interval)
+        self.merge_latency = MergeLatency(restored=self.store.has_record)  # commit -> served
 
     def _libp2p(self, config: TransportConfig | None) -> Transport:
         from node.shell.transport.libp2p import Libp2pTransport
@@ -159,6 +163,7 @@ class NodeService:
                     self._timer_loop,
                     self._validate_loop,
                     self._merge_loop,
+                    self.rtt.run,
                 ):
                     nursery.start_soon(task)
                 task_status.started()
@@ -235,10 +240,12 @@ class NodeService:
                 for peer in self.transport.peers():
                     self._outbox(peer).send_nowait(data)
             case p.FetchBlob(peer, sha, size, kind):
+                self.merge_latency.fetching(sha, trio.current_time())
                 self._nursery.start_soon(self._fetch, peer, sha, size, kind)
             case p.StoreRecord(record_id, data):
                 self._store_record(record_id, data)
-            case p.Validate():
+            case p.Validate(record_id, commit):
+                self.merge_latency.learned(record_id, commit, trio.current_time())
                 self._validate_tx.send_nowait(action)
             case p.StoreInvalid(record_id, data, reason):
                 self._store_invalid(record_id, data, reason)
@@ -439,6 +446,7 @@ class NodeService:
                 self._notify()
                 continue
             self.merge_error = None
+            self.merge_latency.merged([c.id for c in ready], trio.current_time())
             self.post(p.MergeDone(wanted.order.head, digest))
             last = ready[-1] if ready else None
             log.info(
@@ -533,7 +541,8 @@ class NodeService:
         """A frozen snapshot of the node, taken on the trio thread."""
         core, order, stats = self.core, self.core.order, self.core.statistics()
         conv = core.convergence()
-        peers = peer_statuses(core, trio.current_time(), self.name_of, self.transport.peer_addrs)
+        now, addrs = trio.current_time(), self.transport.peer_addrs
+        peers = peer_statuses(core, now, self.name_of, addrs, self.rtt.of)
         roster = core.roster
         transport = self.transport.statistics()
         held = footprint(self.composer.composite)
@@ -587,6 +596,8 @@ class NodeService:
                 [f"{reason} ({peer[-8:]})" for _, peer, reason in core.errors[-5:]]
                 + [message for _, message in self.errors[-5:]]
             ),
+            ping_failures=self.rtt.failures,
+            commit_merge_latency=self.merge_latency.snapshot(),
         )
 
 

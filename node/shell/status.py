@@ -11,11 +11,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crypto.identity import PublicKey
 from node.core.order import Order
 from node.core.protocol import Core
+from node.shell.latency import HistogramSnapshot
+
+if TYPE_CHECKING:
+    from node.shell.rtt import Rtt
 
 NameOf = Callable[[str], str]  # peer id -> the roster's name for it
 
@@ -30,6 +34,8 @@ class PeerStatus:
     heard_s_ago: float | None
     live: bool  # heard within three sync intervals
     addrs: tuple[str, ...] = ()  # where the transport reaches it (empty when not connected)
+    rtt_ms: float | None = None  # the last ping round trip; None: not connected, no answer yet
+    rtt_smoothed_ms: float | None = None  # EWMA of the round trips (gain 1/8)
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,8 @@ class NodeStatus:
     merge_error: str | None
     faults: Mapping[str, int]  # defects of ours (validation, merge) the node survived
     last_errors: tuple[str, ...]
+    ping_failures: int  # pings to members that got no good answer (node.shell.rtt)
+    commit_merge_latency: HistogramSnapshot  # learned of a commit -> served a fold with it
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready (the control socket's answer to ``status``)."""
@@ -107,7 +115,11 @@ class NodeStatus:
 
 
 def peer_statuses(
-    core: Core, now: float, name_of: NameOf, addrs_of: Callable[[str], tuple[str, ...]]
+    core: Core,
+    now: float,
+    name_of: NameOf,
+    addrs_of: Callable[[str], tuple[str, ...]],
+    rtt_of: Callable[[str], Rtt | None] = lambda peer: None,
 ) -> tuple[PeerStatus, ...]:
     # Liveness comes from traffic, not from the socket: every peer sends its summary each
     # sync interval, so one silent for three of them is cut off, whatever TCP believes.
@@ -116,6 +128,7 @@ def peer_statuses(
     peers = []
     for peer, report in sorted(core.peers().items()):
         heard = None if report is None else round(now - report.at, 1)
+        rtt = rtt_of(peer)
         peers.append(
             PeerStatus(
                 peer_id=peer,
@@ -128,9 +141,15 @@ def peer_statuses(
                 heard_s_ago=heard,
                 live=heard is not None and heard <= silent_after,
                 addrs=addrs_of(peer),
+                rtt_ms=None if rtt is None else _ms(rtt.last_s),
+                rtt_smoothed_ms=None if rtt is None else _ms(rtt.smoothed_s),
             )
         )
     return tuple(peers)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 3)  # microseconds: loopback round trips are ~0.1 ms
 
 
 def author_name(key: bytes, name_of: NameOf) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import fields
@@ -156,6 +157,22 @@ class Transport(ABC):
         self._count("blobs_fetched")
         self._count("blob_bytes_fetched", size)
 
+    async def ping(self, peer: PeerId) -> float:
+        """One ``/ipfs/ping/1.0.0`` round trip to ``peer``: the seconds it took.
+
+        Bounded by ``config.request_timeout`` (``PeerTimeout``; wrap in ``trio.fail_after``
+        for a shorter deadline); a reset or a cut-short echo fails the ping only, an echo of
+        other bytes is garbage."""
+        self._check_running()
+        payload = secrets.token_bytes(wire.PING_LENGTH)
+        try:
+            with trio.fail_after(self.config.request_timeout):
+                async with self._client_stream(peer, wire.PING_PROTOCOL) as stream:
+                    return await wire.ping(stream, payload, self.config.idle_timeout)
+        except trio.TooSlowError as exc:
+            self._count("timeouts")
+            raise PeerTimeout(f"no ping answer from {peer} in time") from exc
+
     def statistics(self) -> TransportStatistics:
         """A snapshot of the counters, frame-level faults included (``TransportStatistics``
         says what moves each one); the same for every backend."""
@@ -242,6 +259,8 @@ class Transport(ABC):
                 await self._serve_request(peer, stream)
             elif protocol == wire.BLOB_PROTOCOL:
                 await self._serve_blob(peer, stream)
+            elif protocol == wire.PING_PROTOCOL:  # the twin's; libp2p's host answers its own
+                await wire.serve_ping(stream, self.config.idle_timeout)
             await stream.close()
         except RemoteProtocolError as exc:
             await stream.reset()

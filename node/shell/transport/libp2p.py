@@ -18,6 +18,9 @@ Workarounds (numbers from shared/notes/libp2p-0.8.1.md):
       ERROR (with a traceback) when the peer it answers has just closed the connection.
   Bootstrap redial is ours (``Transport._keep_connected``): libp2p's own loop forgets a
   peer after a few failures and runs outside any nursery.
+  ping: the host's default handler (``libp2p.host.ping.PingService``) answers
+      ``/ipfs/ping/1.0.0``; the client is ``Transport.ping`` over the same wire, because
+      ``PingService.ping`` reports whole milliseconds (0 on loopback) and reuses a stream.
 libp2p exceptions are translated to ``node.errors`` only here (``_mapped``).
 """
 

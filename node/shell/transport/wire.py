@@ -11,6 +11,11 @@ Blob fetch (``BLOB_PROTOCOL``)::
     server -> client   u8 status | u64 size | raw bytes            then close
                        (a refusal: u8 status | u64 n | n bytes of reason)
 
+Ping (``PING_PROTOCOL``, libp2p's own: py-libp2p's host answers it, the twin here)::
+
+    client -> server   32 random bytes
+    server -> client   the same 32 bytes                           (repeat, or half-close)
+
 Every length is checked against a limit *before* the bytes are read, so a peer can never
 make us buffer more than we agreed to. The client tells the server its ``max_response`` so
 an honest server refuses politely instead of tripping the client's limit. Big-endian ints.
@@ -38,6 +43,8 @@ from node.shell.transport.types import BlobSink
 
 REQUEST_PROTOCOL = "/medforge/request/1.0.0"
 BLOB_PROTOCOL = "/medforge/blob/1.0.0"
+PING_PROTOCOL = "/ipfs/ping/1.0.0"  # libp2p.host.ping.ID
+PING_LENGTH = 32  # libp2p.host.ping.PING_LENGTH
 
 OK, REFUSED, NOT_FOUND, RATE_LIMITED, TOO_LARGE = range(5)
 _REFUSALS: dict[int, type[RemoteRefused]] = {
@@ -187,3 +194,26 @@ async def receive_blob(
         raise BlobMismatch(f"peer sent more than the announced {size} bytes")
     if digest.digest() != sha256:
         raise BlobMismatch(f"blob hashes to {digest.hexdigest()}, expected {sha256.hex()}")
+
+
+# -- ping -----------------------------------------------------------------------------
+
+
+async def ping(stream: ByteStream, payload: bytes, idle: float) -> float:
+    """Client side: send ``payload``, read its echo; the seconds between the two (trio's
+    clock). An echo of other bytes is garbage; one cut short, a truncated frame."""
+    start = trio.current_time()
+    await stream.write(payload)
+    echo = await read_exactly(stream, len(payload), idle)
+    rtt = trio.current_time() - start
+    if echo != payload:
+        raise RemoteProtocolError(f"ping of {len(payload)} bytes echoed as other bytes")
+    return rtt
+
+
+async def serve_ping(stream: ByteStream, idle: float) -> None:
+    """Server side (the twin's; libp2p's host serves its own): echo each ``PING_LENGTH``
+    bytes until the client half-closes."""
+    while first := await _read_some(stream, PING_LENGTH, idle):
+        rest = await read_exactly(stream, PING_LENGTH - len(first), idle)
+        await stream.write(first + rest)

@@ -557,3 +557,74 @@ async def test_streams_from_a_banned_peer_are_reset_unread(make: Factory) -> Non
     assert faults(alice) == {"banned_streams": 1}
     assert faults(mallory) == {"resets": 1}
     assert alice.statistics().requests_served == 0
+
+
+# -- ping (libp2p's /ipfs/ping/1.0.0: py-libp2p's host answers it, the twin its own) ----
+
+
+PingServer = Callable[[wire.ByteStream], Awaitable[None]]
+
+
+def serve_ping_with(t: Transport, server: PingServer) -> None:
+    """Make ``t`` answer pings with ``server`` instead of the honest echo."""
+    if isinstance(t, MemoryTransport):
+        honest = t._serve_stream
+
+        async def serve(peer: str, protocol: str, stream: wire.ByteStream) -> None:
+            if protocol == wire.PING_PROTOCOL:
+                await server(stream)
+            else:
+                await honest(peer, protocol, stream)
+
+        t._serve_stream = serve  # type: ignore[method-assign]
+        return
+    from libp2p.custom_types import TProtocol
+
+    from node.shell.transport.libp2p import Libp2pTransport, _Stream
+
+    assert isinstance(t, Libp2pTransport)
+    t.host.set_stream_handler(TProtocol(wire.PING_PROTOCOL), lambda s: server(_Stream(s)))
+
+
+async def test_ping_measures_a_round_trip(make: Factory) -> None:
+    alice, bob = await make("alice"), await make("bob")
+    await connected(alice, bob)
+    rtts = [await alice.ping(bob.peer_id) for _ in range(3)]  # a new stream each time
+    assert all(isinstance(rtt, float) and 0 < rtt < WAIT for rtt in rtts)
+    assert await bob.ping(alice.peer_id) > 0  # both sides serve it
+    assert faults(alice) == {} == faults(bob)
+    with pytest.raises(PeerUnreachable):
+        await alice.ping(peer_id_from_seed(seed_of("nobody")))
+
+
+async def test_a_ping_echoed_as_other_bytes_is_garbage(make: Factory) -> None:
+    alice, mallory = await make("alice"), await make("mallory")
+
+    async def liar(stream: wire.ByteStream) -> None:
+        ping = await wire.read_exactly(stream, wire.PING_LENGTH, WAIT)
+        await stream.write(bytes(b ^ 0xFF for b in ping))
+        await stream.close()
+
+    serve_ping_with(mallory, liar)
+    await connected(alice, mallory)
+    with pytest.raises(RemoteProtocolError, match="echoed"):
+        await alice.ping(mallory.peer_id)
+    await next_event(alice, LinkDown, mallory.peer_id)
+    assert faults(alice) == {"remote_errors": 1, "malformed_frames": 1, "bans": 1}
+
+
+async def test_a_silent_ping_peer_times_out_and_stays(make: Factory) -> None:
+    alice, bob = await make("alice", request_timeout=0.3), await make("bob")
+
+    async def mute(stream: wire.ByteStream) -> None:
+        with contextlib.suppress(ConnectionLost):
+            while await stream.read(wire.PING_LENGTH):  # read, never answer, until reset
+                pass
+        await stream.reset()
+
+    serve_ping_with(bob, mute)
+    await connected(alice, bob)
+    with trio.fail_after(WAIT), pytest.raises(PeerTimeout):
+        await alice.ping(bob.peer_id)
+    assert faults(alice) == {"timeouts": 1}
+    assert bob.peer_id in alice.peers()
