@@ -18,6 +18,10 @@ itself up to float32 rounding, as the factored path is; a module of full rank th
 ``min(out, in)·(out + in)`` numbers, more than the dense ``ΔW``: pass ``max_rank`` for a
 smaller, approximate file.
 Exports are for people and tools, not for digests: they use BLAS and float64 freely.
+
+The config's ``base_model_name_or_path`` is what ``from_pretrained`` should load (a path or a
+hub id, ``model``); the base's fingerprint is the safetensors metadata ``"base"``, which
+``merge.lora`` checks when the export is read back or committed again.
 """
 
 from __future__ import annotations
@@ -41,14 +45,20 @@ _F32_EPS = float(torch.finfo(torch.float32).eps)
 
 
 def export_peft(
-    c: Composite, out_dir: Path, *, base: str | None = None, max_rank: int | None = None
+    c: Composite,
+    out_dir: Path,
+    *,
+    base: str | None = None,
+    model: str | None = None,
+    max_rank: int | None = None,
 ) -> Path:
     """Write ``adapter_config.json`` + ``adapter_model.safetensors`` for ``c`` into
     ``out_dir`` (created; existing files are replaced). ``max_rank`` caps each module's rank
     with ``cap_rank``; without it factored modules are written as they are and dense ones at
-    their numerical rank (see the module docstring). ``base`` is recorded as
-    ``base_model_name_or_path`` and as the safetensors metadata ``"base"``."""
-    config, weights = peft_files(c, base=base, max_rank=max_rank)
+    their numerical rank (see the module docstring). ``base`` (the base's fingerprint) is
+    recorded as the safetensors metadata ``"base"``; ``model`` (a path or hub id that
+    ``from_pretrained`` loads; default ``base``) as ``base_model_name_or_path``."""
+    config, weights = peft_files(c, base=base, model=model, max_rank=max_rank)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / CONFIG_NAME).write_bytes(config)
     (out_dir / WEIGHTS_NAME).write_bytes(weights)
@@ -56,7 +66,11 @@ def export_peft(
 
 
 def peft_files(
-    c: Composite, *, base: str | None = None, max_rank: int | None = None
+    c: Composite,
+    *,
+    base: str | None = None,
+    model: str | None = None,
+    max_rank: int | None = None,
 ) -> tuple[bytes, bytes]:
     """The two files' bytes (config JSON, safetensors), deterministic for a given input."""
     if c.mode == "mixture":
@@ -69,18 +83,19 @@ def peft_files(
         tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = m.A.contiguous()
         tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = m.B.contiguous()
     metadata = {"format": "pt", **({"base": base} if base is not None else {})}
-    config = json.dumps(_config(modules, base), indent=2, sort_keys=True).encode()
+    named = base if model is None else model
+    config = json.dumps(_config(modules, named), indent=2, sort_keys=True).encode()
     return config, canonical_safetensors(tensors, metadata)
 
 
-def _config(modules: Mapping[str, LoraModule], base: str | None) -> dict[str, object]:
+def _config(modules: Mapping[str, LoraModule], model: str | None) -> dict[str, object]:
     ranks = {name: m.rank for name, m in modules.items()}
     # The most common rank (ties: the smallest) is the default; the rest are patterns.
     r = min(Counter(ranks.values()).items(), key=lambda kv: (-kv[1], kv[0]))[0]
     pattern = {re.escape(name): rank for name, rank in ranks.items() if rank != r}
     return {
         "peft_type": "LORA",
-        "base_model_name_or_path": base,
+        "base_model_name_or_path": model,
         "r": r,
         "lora_alpha": r,
         "rank_pattern": pattern,

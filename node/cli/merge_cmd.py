@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from crypto.records import Genesis, decode_record
 from merge.spec import MODES
@@ -13,6 +14,9 @@ from node.forge.bundle import Bundle, read_bundle_genesis, verify_bundle
 from node.forge.netspec import merge_spec
 from node.forge.validate import Rules
 from node.shell.home import Home
+
+if TYPE_CHECKING:  # merge.fold imports torch: only the commands that compute load it
+    from merge.fold import Composite
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -26,7 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     merge.add_argument("--home", help="trust this home's genesis")
     merge.add_argument("--genesis", type=Path, help="trust this genesis file")
     merge.add_argument("--mode", choices=MODES, help="override the network's merge mode")
-    merge.add_argument("--export", type=Path, help="write the composite as a PEFT adapter dir")
+    merge.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="write the composite as a PEFT adapter dir (mixture: one per member and "
+        "mixture.json), with a model card README.md",
+    )
     add_json(merge)
     merge.set_defaults(func=run)
 
@@ -64,10 +74,26 @@ def run(args: argparse.Namespace) -> int:
         )
     composer = Composer(spec, Rules.of(genesis), lambda sha: blobs[sha].read_bytes())
     digest = composer.update([b.commit for b in bundles])
+    data: dict[str, Any] = {
+        "digest": digest,
+        "mode": spec.mode,
+        "commits": [b.commit.id.hex() for b in bundles],
+    }
+    text = f"{spec.mode} composite of {len(bundles)} commit(s): {digest}"
     if args.export:
-        from merge.export import export_peft
-
-        export_peft(composer.composite, args.export, base=composer.base)
-    data = {"digest": digest, "mode": spec.mode, "commits": [b.commit.id.hex() for b in bundles]}
-    emit(args, data, f"{spec.mode} composite of {len(bundles)} commit(s): {digest}")
+        data["export"] = _export(composer.composite, args.export, genesis, bundles, digest)
+        text += f"\nwritten to {args.export} (with its model card README.md)"
+    emit(args, data, text)
     return 0
+
+
+def _export(
+    composite: Composite, out: Path, genesis: Genesis, bundles: list[Bundle], digest: str
+) -> dict[str, str]:
+    """A PEFT adapter dir (fusion, stack) or one per member (mixture), with a card."""
+    from node.forge.card import CARD_FILE, Provenance
+    from node.forge.export import export_composite
+
+    prov = Provenance.of(genesis, [b.commit for b in bundles], digest)
+    export_composite(composite, out, prov.fingerprint, provenance=prov)
+    return {"out": str(out), "base_model": prov.base_model, "card": CARD_FILE}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,27 @@ def test_the_export_is_one_byte_string_however_often_it_is_written() -> None:
     c = Composite("stack", modules=modules)
     files = {peft_files(c, base="c1" * 32) for _ in range(8)}
     assert len(files) == 1
+
+
+def test_the_config_names_a_loadable_base_and_the_metadata_its_fingerprint(
+    adapters: list,
+    tmp_path: Path,  # type: ignore[type-arg]
+) -> None:
+    """``base_model_name_or_path`` is what ``from_pretrained`` loads; the fingerprint stays
+    the safetensors ``"base"``, which the loader checks."""
+    from safetensors import safe_open
+
+    from merge.errors import BaseMismatchError
+
+    c = fold("stack", [(a, (1.0, 1.0)) for a in adapters])
+    out = export_peft(c, tmp_path / "named", base="c1" * 32, model="org/tiny-net")
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "org/tiny-net"
+    with safe_open(str(out / "adapter_model.safetensors"), framework="pt") as f:
+        assert f.metadata()["base"] == "c1" * 32
+    assert load_adapter(out, base="c1" * 32, limits=LIMITS).base == "c1" * 32
+    with pytest.raises(BaseMismatchError):
+        load_adapter(out, base="d2" * 32, limits=LIMITS)
+    # Without a model the fingerprint is all there is to name (as before).
+    config, _ = peft_files(c, base="c1" * 32)
+    assert json.loads(config)["base_model_name_or_path"] == "c1" * 32
