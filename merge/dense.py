@@ -124,19 +124,24 @@ def _scaled_operands(
     covers any float32 operands), and the product is exactly the post-scaled one."""
     b_int, b_exp = _integer_rows(b.double(), beta)
     a_int, a_exp = _integer_rows(a.double().t(), beta)
-    b_scaled = torch.mul(b_int, _pow2([v - beta for v in b_exp]).unsqueeze(1))
-    a_scaled = torch.mul(a_int, _pow2([v - beta for v in a_exp]).unsqueeze(1))
+    b_scaled = torch.mul(b_int, _pow2(b_exp - beta).unsqueeze(1))
+    a_scaled = torch.mul(a_int, _pow2(a_exp - beta).unsqueeze(1))
     return b_scaled, a_scaled.t().contiguous()
 
 
-def _integer_rows(x: torch.Tensor, beta: int) -> tuple[torch.Tensor, list[int]]:
+def _integer_rows(x: torch.Tensor, beta: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row scaled by ``2^(β - e)`` (``e``: its largest element's ``frexp`` exponent) and
-    truncated to an integer with ``|v| < 2^β``; returns the integers and each row's ``e``."""
+    truncated to an integer with ``|v| < 2^β``; returns the integers and each row's ``e``
+    (int64; an all-zero row has exponent 0 and integers 0)."""
     _, exps = torch.frexp(x.abs().amax(dim=1))
-    e = [int(v) for v in exps.tolist()]  # an all-zero row has exponent 0: its integers are 0
-    return torch.trunc(torch.mul(x, _pow2([beta - v for v in e]).unsqueeze(1))), e
+    e = exps.to(torch.int64)
+    return torch.trunc(torch.mul(x, _pow2(beta - e).unsqueeze(1))), e
 
 
-def _pow2(exponents: list[int]) -> torch.Tensor:
-    # math.ldexp is exact; torch.ldexp computes 2**e through pow, which we do not rely on.
-    return torch.tensor([math.ldexp(1.0, v) for v in exponents], dtype=torch.float64)
+def _pow2(exponents: torch.Tensor) -> torch.Tensor:
+    """``2.0**e`` as float64, exactly: the IEEE bits themselves (biased exponent, zero
+    mantissa). torch.ldexp computes 2**e through pow, which we do not rely on. Every exponent
+    here lies in [-149 - 52, 128 + 52], inside float64's normal range [-1022, 1023]."""
+    if bool(((exponents < -1022) | (exponents > 1023)).any()):
+        raise ValueError("a power of two outside float64's normal range")
+    return ((exponents + 1023) << 52).view(torch.float64)
