@@ -9,6 +9,11 @@ pixels must match under every view rather than one.
 
 Synthetic inputs start from seeded noise. Starting from real records would copy patient data
 into a file that is gossiped to every peer: it needs ``init_from_real=True`` and warns.
+
+Devices: matching runs where the backend's model is (``backend.device``;
+``merge.pipeline.device``), in float32 (the synthetic inputs are what is optimised: no
+autocast). The seeded draws (noise, class samples, augmentation views) come from a CPU
+generator whatever the device, and the distilled set returned and saved is CPU float32.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,7 @@ from merge.base_shapes import INPUT_KINDS
 from merge.distilled_blob import DISTILLED_FORMAT
 from merge.pipeline.backends.base import DualEncoder
 from merge.pipeline.datasets import Examples, require_every_class
+from merge.pipeline.device import device_of
 from merge.pipeline.errors import DataFormatError, LabelError
 from merge.safetensors_io import write_canonical
 
@@ -71,12 +77,14 @@ class DistillReport:
     distilled: Distilled
     seconds: float
     losses: tuple[float, ...]
+    step_seconds: tuple[float, ...] = field(default=(), repr=False)  # each step's wall time
 
 
 def distill(
     backend: DualEncoder, records: Examples, *, task: str, config: DistillConfig
 ) -> DistillReport:
-    """Distil ``records`` into ``config.ipc`` synthetic inputs per class (seeded)."""
+    """Distil ``records`` into ``config.ipc`` synthetic inputs per class (seeded), on
+    ``backend.device``; the result is on the CPU in float32 whatever the device."""
     if config.ipc < 1:
         raise LabelError(f"ipc must be >= 1, got {config.ipc}")
     require_every_class(records, "distillation data")
@@ -84,28 +92,30 @@ def distill(
     g = torch.Generator().manual_seed(config.seed)
     real = _real_inputs(backend, records, config, g)
     syn, labels = _init(backend, records, real, config, g)
-    syn, losses = _match(backend, real, syn, labels, config, g)
+    syn, losses, times = _match(backend, real, syn, labels, config, g)
     out = Distilled(
-        syn.detach().contiguous(),
+        syn.detach().float().cpu().contiguous(),
         labels,
         records.classes,
         task,
         backend.input_kind,
         backend.fingerprint,
     )
-    return DistillReport(out, time.perf_counter() - t0, tuple(losses))
+    return DistillReport(out, time.perf_counter() - t0, tuple(losses), tuple(times))
 
 
 def _real_inputs(
     backend: DualEncoder, records: Examples, config: DistillConfig, g: torch.Generator
 ) -> list[torch.Tensor]:
-    """Per class, up to ``max_real_per_class`` real records, prepared (ids or pixels)."""
+    """Per class, up to ``max_real_per_class`` real records, prepared (ids or pixels), on the
+    backend's device."""
+    device = device_of(backend)
     out = []
     for c in range(len(records.classes)):
         idx = [i for i, y in enumerate(records.labels) if y == c]
         pick = torch.randperm(len(idx), generator=g)[: config.max_real_per_class]
         items = [records.items[idx[int(j)]] for j in sorted(pick.tolist())]
-        out.append(backend.prepare(items))
+        out.append(backend.prepare(items).to(device))
     return out
 
 
@@ -133,7 +143,7 @@ def _init(
             if len(r) < config.ipc
             else (torch.randperm(len(r), generator=g)[: config.ipc])
         )
-        rows.append(_fit_length(backend.to_synthetic(r[pick]), backend))
+        rows.append(_fit_length(backend.to_synthetic(r[pick.to(r.device)]), backend))
     return torch.cat(rows), labels
 
 
@@ -155,16 +165,21 @@ def _match(
     labels: torch.Tensor,
     config: DistillConfig,
     g: torch.Generator,
-) -> tuple[torch.Tensor, list[float]]:
-    """Adam on the synthetic inputs, minimising :func:`_dm_loss` against the real features."""
+) -> tuple[torch.Tensor, list[float], list[float]]:
+    """Adam on the synthetic inputs, minimising :func:`_dm_loss` against the real features
+    (on the backend's device; ``syn0`` and ``labels`` may come from the CPU)."""
+    device = device_of(backend)
+    syn0, labels = syn0.to(device), labels.to(device)
     syn = syn0.clone().requires_grad_(True)
     lr = config.lr if config.lr is not None else 0.3 * float(syn0.std())
     opt = torch.optim.Adam([syn], lr=lr)
     augment = config.augment and backend.input_kind == "pixels"
     fixed = None if augment else _real_features(backend, real)
     losses: list[float] = []
+    times: list[float] = []
     bar = tqdm(range(config.steps), desc="distill", disable=not config.progress, leave=False)
     for _ in bar:
+        t0 = time.perf_counter()
         params = _aug_params(g) if augment else None
         targets = fixed if fixed is not None else _real_features(backend, real, params)
         feats = backend.features(backend.model, _augment(syn, params))
@@ -172,9 +187,10 @@ def _match(
         opt.zero_grad(set_to_none=True)
         torch.autograd.backward(loss)
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(float(loss.detach()))  # reading the loss waits for the step's kernels
+        times.append(time.perf_counter() - t0)
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    return syn.detach(), losses
+    return syn.detach(), losses, times
 
 
 @torch.no_grad()
@@ -225,7 +241,8 @@ def _augment(x: torch.Tensor, params: dict[str, float] | None) -> torch.Tensor:
     if params["flip"]:
         x = torch.flip(x, dims=[3])
     s = params["scale"]
-    theta = torch.tensor([[s, 0.0, params["dx"]], [0.0, s, params["dy"]]], dtype=x.dtype)
+    rows = [[s, 0.0, params["dx"]], [0.0, s, params["dy"]]]
+    theta = torch.tensor(rows, dtype=x.dtype, device=x.device)
     grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, padding_mode="reflection", align_corners=False)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
@@ -244,7 +261,10 @@ def save_distilled(d: Distilled, path: Path) -> None:
         "kind": d.kind,
         "base": d.base,
     }
-    tensors = {"inputs": d.inputs.float().contiguous(), "labels": d.labels.long().contiguous()}
+    tensors = {
+        "inputs": d.inputs.float().cpu().contiguous(),
+        "labels": d.labels.long().cpu().contiguous(),
+    }
     write_canonical(path, tensors, metadata)
 
 

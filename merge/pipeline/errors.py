@@ -11,7 +11,9 @@ Every check on user input runs before any training starts, and fails with one of
         │   ├── LabelError             a label outside the class list
         │   ├── EmptyClassError        a class with no example
         │   └── DatasetTooSmallError   fewer examples than one batch
-        └── DeltaError                 a weight delta that does not fit the base model
+        ├── DeltaError                 a weight delta that does not fit the base model
+        └── DeviceError                a device spec that is malformed (merge.pipeline.device)
+            └── DeviceUnavailableError a device this machine does not have (cuda, mps)
 """
 
 from __future__ import annotations
@@ -53,3 +55,11 @@ class DatasetTooSmallError(DataError):
 
 class DeltaError(PipelineError):
     """A weight delta names a module the base lacks, or has the wrong shape."""
+
+
+class DeviceError(PipelineError):
+    """A device spec that is not ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+
+
+class DeviceUnavailableError(DeviceError):
+    """The device asked for explicitly is not on this machine (raised before a model loads)."""

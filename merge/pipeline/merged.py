@@ -35,7 +35,7 @@ def merged_model(backend: DualEncoder, composite: Composite) -> nn.Module:
             "a mixture has no merged weights (its members' outputs are mixed): export it as "
             "PEFT members instead"
         )
-    model = copy.deepcopy(backend.model)
+    model = copy.deepcopy(backend.model).cpu()  # a checkpoint is CPU float32, like the fold
     # delta_params checks every module against the model (a Linear of that weight's shape).
     weights = delta_params(model, delta_weights(composite.modules))
     with torch.no_grad():

@@ -35,6 +35,12 @@ coefficient (``l1 · mean |w|``, equal to the scalar term at the start), budget
 ``group_budget`` or ``budget · G``, seeded by ``seed``. The start is scored first and the
 best point scored is kept, so the refined objective is never above the scalar optimum's. The
 result carries ``coeffs`` (the scalar optimum) and ``module_coeffs`` (the refined pairs).
+
+Devices: the forward passes run where the encoder's model is (``encoder.device``;
+``merge.pipeline.device``): the pooled distilled inputs, labels and class features are moved
+there once, and each candidate's dense ``ΔW`` is folded on the CPU in float32
+(``merge.fold``, as every node folds) and moved there per evaluation. What the search returns
+is plain floats.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from merge.fold import Composite, apply, delta_weights
 from merge.groups import ModuleCoeffs, group_names
 from merge.lora import LoraAdapter
 from merge.pipeline.backends.base import DualEncoder, cosine_logits
+from merge.pipeline.device import device_of
 from merge.spec import SearchSettings
 
 _EPS = 1e-12
@@ -138,7 +145,8 @@ def predict_proba(
 def predict_proba_all(
     encoder: DualEncoder, c: Composite, tasks: Sequence[tuple[torch.Tensor, torch.Tensor]]
 ) -> list[torch.Tensor]:
-    """``P(y | x)`` per task for ``[(inputs, class features), ...]``; no autograd graph."""
+    """``P(y | x)`` per task for ``[(inputs, class features), ...]``; no autograd graph. Each
+    result is on the device of its task's inputs (CPU inputs: CPU probabilities)."""
     with torch.no_grad():
         return _predict(encoder, c, tasks)
 
@@ -169,15 +177,19 @@ def _softmax_all(
 
 
 class _Pooled:
-    """The pooled distilled data with each task's frozen class features computed once."""
+    """The pooled distilled data with each task's frozen class features computed once, all on
+    the encoder's device (the inputs cross to it once, not once per candidate)."""
 
     def __init__(
         self, encoder: DualEncoder, data: Sequence[TaskData], objective: str, mixture: bool
     ) -> None:
         if not data:
             raise ValueError("the search needs distilled data of at least one task")
-        self.tasks = [(d.inputs, encoder.encode_classes(d.classes)) for d in data]
-        self.labels = [d.labels.to(torch.int64) for d in data]
+        device = device_of(encoder)
+        self.tasks = [
+            (d.inputs.to(device), encoder.encode_classes(d.classes).to(device)) for d in data
+        ]
+        self.labels = [d.labels.to(device, torch.int64) for d in data]
         self.objective = objective
         self.renormalise = mixture and objective == "logprob"
 

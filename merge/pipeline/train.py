@@ -17,6 +17,13 @@ added with weight ``replay_weight``. In stack mode a commit with coefficients ``
 exactly sequential fine-tuning with rehearsal; the coefficient search still runs at commit time.
 A mixture's members are evaluated one by one on the base (``P = Σ λ_j P_j``), so a mixture
 gives no delta: the member trains on the base, with the same replay.
+
+Devices: training runs where the backend's model is (``backend.device``, chosen by
+``load_backend(..., device=...)``; ``merge.pipeline.device``). On CUDA the forward passes run
+under autocast (bf16, else fp16 with a gradient scaler); the LoRA weights, the optimizer and
+the loss (the cosine head included) stay float32. On the CPU nothing changes: a seeded CPU run
+is byte-identical to one from before devices existed. Whatever the device, the saved adapter
+is CPU float32 (the model is moved back before saving), as the fold that consumes it is.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from merge.fold import Composite, delta_weights
 from merge.lora_config import CONFIG_NAME, WEIGHTS_NAME
 from merge.pipeline.backends.base import DualEncoder, cosine_logits, delta_params
 from merge.pipeline.datasets import Examples, require_every_class, stratified_split
+from merge.pipeline.device import Precision, device_of
 from merge.pipeline.distill import Distilled
 from merge.pipeline.errors import DataFormatError, DatasetTooSmallError, LabelError
 from merge.pipeline.metrics import Metrics, classification_metrics
@@ -119,6 +127,9 @@ class TrainResult:
     composite: Metrics | None = None  # continual: the composite alone on the validation split
     # continual with replay: accuracy on the replayed sets, of the composite alone and after
     replay_accuracy: tuple[float, float] | None = None
+    device: str = "cpu"  # where it trained (the adapter is CPU float32 whatever this says)
+    precision: str = "float32"  # float32, bf16-autocast or fp16-autocast (Precision.name)
+    step_seconds: tuple[float, ...] = field(default=(), repr=False)  # each step's wall time
 
 
 def check_trainable(records: Examples, batch_size: int) -> None:
@@ -141,13 +152,18 @@ def train_plugin(
     continual: Continual | None = None,
 ) -> TrainResult:
     """Train, validate and save a plugin for ``task`` on ``records`` (see module docstring);
-    on top of ``continual``'s composite with its replay when given, else independently."""
+    on top of ``continual``'s composite with its replay when given, else independently. Runs
+    on ``backend.device``; the adapter written to ``out`` is CPU float32 on every device."""
     train_set, val_set = _split(records, config)
     check_trainable(train_set, config.batch_size)
     replay = _replay_pools(backend, continual.replay) if continual is not None else []
     t0 = time.perf_counter()
     eval_batch = config.batch_size * 4
-    with torch.random.fork_rng(devices=[]):
+    device = device_of(backend)
+    precision = Precision.for_device(device)
+    # the caller's RNGs stay untouched: the CPU one always, the CUDA one when training there
+    forked = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):
         torch.manual_seed(config.seed)
         start = _start_model(backend, continual.delta) if continual is not None else None
         start_m = evaluate_model(backend, start, val_set, eval_batch) if start is not None else None
@@ -155,11 +171,13 @@ def train_plugin(
             _replay_accuracy(backend, start, replay) if start is not None and replay else None
         )
         peft_model = _wrap(backend, config, start)
-        losses, step_s = _fit(backend, peft_model, train_set, config, replay)
+        losses, step_times = _fit(backend, peft_model, train_set, config, replay, precision)
     base_m = evaluate_model(backend, backend.model, val_set, eval_batch)
     plugin_m = evaluate_model(backend, _inner(peft_model), val_set, eval_batch)
     replay_after = _replay_accuracy(backend, _inner(peft_model), replay) if replay else None
     training = _training(continual)
+    if device.type != "cpu":
+        peft_model.to("cpu")  # the adapter file is CPU float32, whatever trained it
     save_adapter(peft_model, out, backend.fingerprint)
     _write_meta(out, backend, task, records.classes, config, base_m, plugin_m, training, start_m)
     return TrainResult(
@@ -167,13 +185,16 @@ def train_plugin(
         base_m,
         plugin_m,
         time.perf_counter() - t0,
-        step_s,
+        sum(step_times) / max(config.steps, 1),
         tuple(losses),
         training,
         start_m,
         (replay_before, replay_after)
         if replay_before is not None and replay_after is not None
         else None,
+        str(device),
+        precision.name,
+        tuple(step_times),
     )
 
 
@@ -200,7 +221,9 @@ class _Pool:
 
 
 def _replay_pools(backend: DualEncoder, sets: Sequence[Distilled]) -> list[_Pool]:
-    """The replay sets checked against the backend, grouped by example shape (usually one)."""
+    """The replay sets checked against the backend, grouped by example shape (usually one),
+    on the backend's device."""
+    device = device_of(backend)
     by_shape: dict[tuple[int, ...], list[Distilled]] = {}
     for d in sets:
         if d.kind != backend.input_kind or (d.base and d.base != backend.fingerprint):
@@ -214,10 +237,12 @@ def _replay_pools(backend: DualEncoder, sets: Sequence[Distilled]) -> list[_Pool
     for group in by_shape.values():
         pools.append(
             _Pool(
-                torch.cat([d.inputs for d in group]),
-                torch.cat([d.labels for d in group]),
-                torch.cat([torch.full((len(d.labels),), i) for i, d in enumerate(group)]),
-                tuple(backend.encode_classes(d.classes) for d in group),
+                torch.cat([d.inputs for d in group]).to(device),
+                torch.cat([d.labels for d in group]).to(device),
+                torch.cat([torch.full((len(d.labels),), i) for i, d in enumerate(group)]).to(
+                    device
+                ),
+                tuple(backend.encode_classes(d.classes).to(device) for d in group),
             )
         )
     return pools
@@ -227,6 +252,7 @@ def _replay_loss(
     backend: DualEncoder, pool: _Pool, feats: torch.Tensor, idx: torch.Tensor
 ) -> torch.Tensor:
     """Mean cross-entropy of replayed examples ``idx``, each against its own task's classes."""
+    idx = idx.to(pool.task.device)
     total = feats.new_zeros(())
     task, labels = pool.task[idx], pool.labels[idx]
     for t in torch.unique(task).tolist():
@@ -306,11 +332,15 @@ def _fit(
     data: Examples,
     config: TrainConfig,
     replay: Sequence[_Pool] = (),
-) -> tuple[list[float], float]:
+    precision: Precision | None = None,
+) -> tuple[list[float], list[float]]:
+    """The optimizer steps: each step's loss and wall time (the loss read back is the step's
+    end, so on a GPU the time covers the step's kernels)."""
+    amp = precision or Precision(device_of(backend))
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    classes = backend.encode_classes(data.classes)
-    labels = data.label_tensor()
+    opt = _Optimizer(torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0), amp)
+    classes = backend.encode_classes(data.classes).to(amp.device)
+    labels = data.label_tensor().to(amp.device)
     batches = _batches(len(data), config.batch_size, config.seed)
     size = config.replay_batch or max(1, config.batch_size // 2)
     # one endless seeded stream per pool; the steps take the pools in turn
@@ -320,19 +350,22 @@ def _fit(
     ]
     peft_model.train()
     losses: list[float] = []
+    times: list[float] = []
     bar = tqdm(range(config.steps), desc="train", disable=not config.progress, leave=False)
-    t0 = time.perf_counter()
     for step in bar:
+        t0 = time.perf_counter()
         idx = next(batches)
         rehearse = None
         if replay:
             k = step % len(replay)
             rehearse = (replay[k], next(streams[k]), config.replay_weight)
-        loss = _step(backend, peft_model, opt, data, idx, labels[idx], classes, rehearse)
+        y = labels[idx.to(amp.device)]
+        loss = _step(backend, peft_model, opt, data, idx, y, classes, rehearse)
         losses.append(loss)
+        times.append(time.perf_counter() - t0)
         bar.set_postfix(loss=f"{loss:.3f}")
     peft_model.eval()
-    return losses, (time.perf_counter() - t0) / max(config.steps, 1)
+    return losses, times
 
 
 def _joint_features(
@@ -352,30 +385,52 @@ def _joint_features(
     return backend.features(model, x), backend.features(model, r)
 
 
+class _Optimizer:
+    """AdamW under a :class:`Precision`: the forward passes under its autocast, the step
+    through a gradient scaler for fp16 (plain backward + step otherwise, as on the CPU)."""
+
+    def __init__(self, opt: torch.optim.Optimizer, precision: Precision) -> None:
+        self.opt = opt
+        self.precision = precision
+        self._scaler = precision.scaler()
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        if self._scaler is None:
+            torch.autograd.backward(loss)
+            self.opt.step()
+            return
+        self._scaler.scale(loss).backward()
+        self._scaler.step(self.opt)
+        self._scaler.update()
+
+
 def _step(
     backend: DualEncoder,
     peft_model: Any,
-    opt: torch.optim.Optimizer,
+    opt: _Optimizer,
     data: Examples,
     idx: torch.Tensor,
     y: torch.Tensor,
     classes: torch.Tensor,
     rehearse: tuple[_Pool, torch.Tensor, float] | None = None,
 ) -> float:
+    """One optimizer step. Only the encoder runs under autocast: the features come back to
+    float32 (a no-op on the CPU) before the cosine head and the loss."""
     model = _inner(peft_model)
-    x = backend.prepare([data.items[int(i)] for i in idx])
+    x = backend.prepare([data.items[int(i)] for i in idx]).to(opt.precision.device)
     if rehearse is None:
-        feats = backend.features(model, x)
-        loss = F.cross_entropy(cosine_logits(feats, classes, backend.logit_scale), y)
+        with opt.precision.autocast():
+            feats = backend.features(model, x)
+        loss = F.cross_entropy(cosine_logits(feats.float(), classes, backend.logit_scale), y)
     else:
         pool, ridx, weight = rehearse
-        r = pool.inputs[ridx]
-        feats, rfeats = _joint_features(backend, model, x, r)
-        loss = F.cross_entropy(cosine_logits(feats, classes, backend.logit_scale), y)
-        loss = loss + weight * _replay_loss(backend, pool, rfeats, ridx)
-    opt.zero_grad(set_to_none=True)
-    torch.autograd.backward(loss)
-    opt.step()
+        r = pool.inputs[ridx.to(pool.inputs.device)]
+        with opt.precision.autocast():
+            feats, rfeats = _joint_features(backend, model, x, r)
+        loss = F.cross_entropy(cosine_logits(feats.float(), classes, backend.logit_scale), y)
+        loss = loss + weight * _replay_loss(backend, pool, rfeats.float(), ridx)
+    opt.step(loss)
     return float(loss.detach())
 
 
@@ -400,7 +455,8 @@ def save_adapter(peft_model: Any, out: Path, fingerprint: str) -> None:
     The base fingerprint goes into the safetensors metadata (``"base"``: what
     ``merge.lora.load_adapter`` checks against the network's base), and the config is
     rewritten with sorted keys and sorted ``target_modules`` (PEFT keeps them in a ``set``,
-    whose order changes with the hash seed), so one seed gives byte-identical files.
+    whose order changes with the hash seed), so one seed gives byte-identical files. The
+    model must be on the CPU (``train_plugin`` moves it back): the file is CPU float32.
     """
     from safetensors.torch import load_file
 

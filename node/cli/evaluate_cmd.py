@@ -1,7 +1,9 @@
 """`medforge evaluate`: score a composite on the institution's own held-out data, per task;
 `medforge predict`: its predicted class for new inputs. Parse arguments, call ``merge`` and
 ``node.forge``, print. Both only read: local data never leaves this process, and neither
-the composite's files nor the store change (``node.cli.composite_source``)."""
+the composite's files nor the store change (``node.cli.composite_source``). ``--device``
+picks where the forward passes run (resolved before any model loads); the probabilities come
+back to the CPU in float32."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from node.cli.composite_source import SOURCES_HELP, add_source_args, load_source
 from node.cli.output import add_json, emit
-from node.cli.train_cmd import add_base_args
+from node.cli.train_cmd import add_base_args, add_device_arg
 from node.errors import UsageError
 
 if TYPE_CHECKING:  # torch loads when a command runs, not when the parser is built
@@ -49,6 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ev.add_argument("--task", action="append", metavar="NAME", help="the task of each --data")
     ev.add_argument("--classes", nargs="+", help="class names, in label order")
     add_base_args(ev)
+    add_device_arg(ev, "evaluation")
     add_json(ev)
     ev.set_defaults(func=run_evaluate)
 
@@ -71,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pr.add_argument("--classes", nargs="+", help="class names, in label order")
     pr.add_argument("--top", type=int, default=1, metavar="K", help="show the K likeliest classes")
     add_base_args(pr)
+    add_device_arg(pr, "prediction")
     add_json(pr)
     pr.set_defaults(func=run_predict)
 
@@ -84,10 +88,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     names = args.task or []
     if names and len(names) != len(args.data):
         raise UsageError(f"{len(args.data)} --data but {len(names)} --task: give one per --data")
+    device = _device(args)
     raw = [load_data(path) for path in args.data]  # every data check runs before any model
     source = load_source(args)
     sets = _task_sets(source, args, raw, names)
-    backend = _backend(args, source)
+    backend = _backend(args, source, device)
     from merge.pipeline.evaluate import score
     from merge.pipeline.metrics import mean_scores
 
@@ -150,6 +155,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"--top must be at least 1, got {args.top}")
     if args.text and args.backend == "clip":
         raise UsageError("--text is for the text backend: give the clip backend --data DIR")
+    device = _device(args)
     from merge.pipeline.evaluate import read_inputs
 
     items = tuple(args.text) if args.text else read_inputs(args.data)
@@ -159,7 +165,7 @@ def run_predict(args: argparse.Namespace) -> int:
     task = choose_task(
         source.tasks, name=args.task, classes=args.classes, labels=None, default_name="task"
     )
-    backend = _backend(args, source)
+    backend = _backend(args, source, device)
     from merge.pipeline.evaluate import model_probs
 
     probs = model_probs(backend, source.model, items, task.classes)
@@ -202,15 +208,22 @@ def _prediction_line(n: int, row: dict[str, Any]) -> str:
 # -- shared ---------------------------------------------------------------------------------
 
 
-def _backend(args: argparse.Namespace, source: Source) -> DualEncoder:
-    """The base given, refused unless it is the one ``source`` was built for."""
+def _device(args: argparse.Namespace) -> str:
+    """``--device`` resolved (an absent device fails now, before any data or model loads)."""
+    from merge.pipeline.device import resolve_device
+
+    return str(resolve_device(args.device))
+
+
+def _backend(args: argparse.Namespace, source: Source, device: str) -> DualEncoder:
+    """The base given, on ``device``, refused unless it is the one ``source`` was built for."""
     import torch
 
     from merge.base_shapes import shapes_of
     from merge.pipeline.backends import load_backend
 
     torch.set_num_threads(args.threads)
-    backend = load_backend(args.backend, args.base)
+    backend = load_backend(args.backend, args.base, device=device)
     source.check_base(backend.fingerprint, shapes_of(backend).modules)
     return backend
 

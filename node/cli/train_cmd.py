@@ -8,7 +8,11 @@ running node is asked for its head; with no node running the home's store is rea
 read-only (``node.cli.composite_source``, as `medforge evaluate --home` does); a home whose node
 never ran gives the empty composite. ``--independent`` (or no ``--home``) is the paper's
 training on the frozen base alone. ``medforge.json`` records which (``"training"``),
-and `medforge commit` signs that into the commit."""
+and `medforge commit` signs that into the commit.
+
+``--device`` (train, distill, evaluate, predict, commit) picks where the passes run
+(``merge.pipeline.device``); it is resolved before any model loads, and a device this machine
+lacks exits 2. What is written (adapter, distilled file) is CPU float32 on every device."""
 
 from __future__ import annotations
 
@@ -49,6 +53,27 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def device_spec(text: str) -> str:
+    """argparse ``type`` of ``--device``: the syntax only (availability is checked when the
+    command runs, before any model loads; torch is not loaded to build the parser)."""
+    from merge.pipeline.device import check_spec
+    from merge.pipeline.errors import DeviceError
+
+    try:
+        return check_spec(text)
+    except DeviceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def add_device_arg(p: argparse.ArgumentParser, what: str = "training") -> None:
+    """``--device``: where ``what`` runs (its outputs are CPU float32 wherever it ran)."""
+    from merge.pipeline.device import DEVICE_HELP
+
+    p.add_argument(
+        "--device", type=device_spec, default="auto", help=f"where {what} runs: {DEVICE_HELP}"
+    )
+
+
 def add_base_args(p: argparse.ArgumentParser) -> None:
     """The arguments that pick a base model, shared with `medforge distill`."""
     p.add_argument("--backend", choices=("text", "clip"), default="text", help="model kind")
@@ -67,6 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_data_args(p)
     p.add_argument("--out", type=Path, required=True, help="adapter directory to write")
     add_base_args(p)
+    add_device_arg(p, "training")
     p.set_defaults(backend=None)  # with --home: the network's; else text
     p.add_argument(
         "--home",
@@ -134,13 +160,15 @@ def _check_replay_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--replay-batch must be >= 1, got {args.replay_batch}")
 
 
-def _network_backend(args: argparse.Namespace, genesis: Genesis) -> DualEncoder:
-    """The network's base (or --backend/--base), refused unless it has the genesis' print."""
+def _network_backend(args: argparse.Namespace, genesis: Genesis, device: str) -> DualEncoder:
+    """The network's base (or --backend/--base) on ``device``, refused unless it has the
+    genesis' print."""
     from node.forge.author import load_encoder
     from node.forge.netspec import backend, base_fingerprint
 
     kind, model = backend(genesis)
-    return load_encoder(args.backend or kind, args.base or model, base_fingerprint(genesis))
+    fingerprint = base_fingerprint(genesis)
+    return load_encoder(args.backend or kind, args.base or model, fingerprint, device)
 
 
 def _home_head(genesis: Genesis, home: Home) -> tuple[Continual, str]:
@@ -167,21 +195,23 @@ def run(args: argparse.Namespace) -> int:
 
     from merge.pipeline.backends import load_backend
     from merge.pipeline.datasets import load_data
+    from merge.pipeline.device import resolve_device
     from merge.pipeline.train import train_plugin
     from node.shell.home import Home
 
     torch.set_num_threads(args.threads)
     _check_replay_args(args)
+    device = str(resolve_device(args.device))  # an absent device fails before anything loads
     records = load_data(args.data, args.classes)  # every data check runs before the model loads
     continual, why = None, "--independent" if args.independent else "no --home"
     if args.home:
         home = Home(Path(args.home))
         genesis = home.genesis()
-        backend = _network_backend(args, genesis)
+        backend = _network_backend(args, genesis, device)
         if not args.independent:
             continual, why = _home_head(genesis, home)
     else:
-        backend = load_backend(args.backend or "text", args.base)
+        backend = load_backend(args.backend or "text", args.base, device=device)
     config = _config(args, backend.kind)
     result = train_plugin(
         backend, records, task=args.task, out=args.out, config=config, continual=continual
@@ -201,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
         "seconds": result.seconds,
         "seconds_per_step": result.seconds_per_step,
         "steps": config.steps,
+        "device": result.device,
+        "precision": result.precision,
     }
     if continual is None:
         how = f"independently, on the base alone ({why})"
@@ -223,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
         human += f"replayed distilled sets: accuracy {before:.3f} (composite) -> {after:.3f}\n"
     human += (
         f"{config.steps} steps in {result.seconds:.1f} s ({result.seconds_per_step:.2f} s/step)"
+        f" on {result.device} ({result.precision})"
     )
     emit(args, data, human)
     return 0

@@ -3,7 +3,8 @@
 Layout::
 
     HOME/identity.pem     Ed25519 key, mode 0600 (passphrase from $MEDFORGE_PASSPHRASE)
-    HOME/config.toml      name, listen address, bootstrap peers, control socket, checkpoints
+    HOME/config.toml      name, listen address, bootstrap peers, control socket, checkpoints,
+                          the device the node's own searches (orphan rebases) run on
     HOME/genesis.cbor     the network this institution belongs to (after `network join`)
     HOME/seq              the next commit sequence number, as text (reuse = equivocation)
     HOME/seq.lock         flock'ed by every ``next_seq`` call, in every process and thread
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import tempfile
 import tomllib
 from dataclasses import dataclass, field
@@ -30,6 +32,10 @@ DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
 SEQ_FILE = "seq"
 SEQ_LOCK = "seq.lock"
 DEFAULT_CHECKPOINT_EVERY = 8
+DEFAULT_DEVICE = "auto"
+# merge.pipeline.device's spec syntax (node/shell may not import merge): availability is
+# checked where the device is used, when the search loads the base
+_DEVICE_SPEC = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 _TMP_PREFIX = ".tmp-"  # _atomic_write's temporaries: HOME/.tmp-<name>-<random>
 
 
@@ -44,6 +50,8 @@ class Config:
     strangers: str = "read"  # peers the roster never named: "read" (pull only) or "none"
     # commits between the composer's checkpoints (node.forge.checkpoints); local, not replicated
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
+    # where the node's rebase searches run: auto (CUDA, else MPS, else CPU), cpu, cuda[:N], mps
+    device: str = DEFAULT_DEVICE
 
     def to_toml(self) -> str:
         lines = [f"name = {_toml_str(self.name)}", f"listen = {_toml_str(self.listen)}"]
@@ -58,6 +66,8 @@ class Config:
             lines.append(f"strangers = {_toml_str(self.strangers)}")
         if self.checkpoint_every != DEFAULT_CHECKPOINT_EVERY:
             lines.append(f"checkpoint_every = {self.checkpoint_every}")
+        if self.device != DEFAULT_DEVICE:
+            lines.append(f"device = {_toml_str(self.device)}")
         return "\n".join(lines) + "\n"
 
     @classmethod
@@ -74,6 +84,7 @@ class Config:
             checkpoint_every=_positive(
                 "checkpoint_every", raw.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
             ),
+            device=_device(raw.get("device", DEFAULT_DEVICE)),
         )
 
 
@@ -91,6 +102,14 @@ def _one_of(key: str, value: object, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise HomeError(f"config.toml: {key} must be one of {allowed}, got {value!r}")
     return str(value)
+
+
+def _device(value: object) -> str:
+    if not isinstance(value, str) or not _DEVICE_SPEC.fullmatch(value):
+        raise HomeError(
+            f"config.toml: device must be auto, cpu, cuda, cuda:N or mps, got {value!r}"
+        )
+    return value
 
 
 def _positive(key: str, value: object) -> int:

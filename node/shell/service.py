@@ -507,7 +507,13 @@ class NodeService:
         try:
             head = self.head_at(parent, old)
             new = await trio.to_thread.run_sync(
-                author.rebase, self.identity, self.genesis, old, head, self.home.next_seq
+                author.rebase,
+                self.identity,
+                self.genesis,
+                old,
+                head,
+                self.home.next_seq,
+                self.config.device,  # config.toml's device: where the re-search runs
             )
             await self.publish(new)
             log.info(

@@ -6,6 +6,12 @@ The search, training, distillation and evaluation code only ever talks to this p
 
 Module paths (``lora_targets``, the keys of a ``delta``) are relative to ``model``, the whole
 Hugging Face model, which is exactly what PEFT sees when it wraps ``model``.
+
+Devices (``merge.pipeline.device``): a backend holds its model on ``device``. ``features`` and
+``encode_inputs`` run there and return their result on the device the *inputs* came from (CPU
+inputs give CPU features, device inputs keep the autograd graph on the device); a ``delta`` is
+moved to the model's device and dtype (it is computed by the fold, on the CPU in float32).
+``encode_classes`` and ``synthetic_noise`` always return CPU tensors.
 """
 
 from __future__ import annotations
@@ -68,9 +74,14 @@ class DualEncoder(Protocol):
         """The whole frozen base model; never modified (training wraps a copy)."""
         ...
 
+    @property
+    def device(self) -> torch.device:
+        """Where ``model`` lives and every forward pass runs (``merge.pipeline.device``)."""
+        ...
+
     def prepare(self, items: Sequence[str]) -> torch.Tensor:
-        """Model inputs for raw records: texts -> token ids ``[n, seq]``; image paths ->
-        pixels ``[n, 3, h, w]``. ``encode_inputs`` and ``features`` accept the result."""
+        """Model inputs, on the CPU, for raw records: texts -> token ids ``[n, seq]``; image
+        paths -> pixels ``[n, 3, h, w]``. ``encode_inputs`` and ``features`` accept them."""
         ...
 
     def features(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -124,7 +135,8 @@ def delta_params(model: nn.Module, delta: Mapping[str, torch.Tensor]) -> dict[st
                 f"delta for {path!r} has shape {tuple(delta[path].shape)}, "
                 f"the base weight {tuple(module.weight.shape)}"
             )
-        params[f"{path}.weight"] = module.weight + delta[path].to(module.weight.dtype)
+        weight = module.weight
+        params[f"{path}.weight"] = weight + delta[path].to(weight.device, weight.dtype)
     return params
 
 

@@ -5,6 +5,11 @@ size (224 px for ViT-B/16) and normalised with the checkpoint's mean/std.
 
 Paper defaults for the plugin: LoRA r=16, alpha 16, dropout 0.1 on the vision tower's
 ``q_proj``/``v_proj`` and on ``visual_projection`` (see ``TrainConfig.for_backend``).
+
+The model sits on ``device`` (``merge.pipeline.device``). Pixels are prepared on the CPU and
+moved there by ``features``, which returns its result where its inputs were; class-name
+features are computed there and cached on the CPU. An in-memory ``CLIPModel`` works as well
+as a checkpoint (``ClipBackend(model, tokenizer, name=...)``; ``scripts/bench_clip.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import nn
 
 from merge.fingerprint import fingerprint_model
 from merge.pipeline.backends.base import call_with_delta, unit
+from merge.pipeline.device import resolve_device
 from merge.pipeline.errors import UnsupportedBaseError
 
 # OpenAI CLIP's normalisation, used when a checkpoint ships no preprocessor config.
@@ -57,9 +63,13 @@ class ClipBackend:
         mean: Sequence[float] = CLIP_MEAN,
         std: Sequence[float] = CLIP_STD,
         template: str = "a photo of {}.",
+        device: str | torch.device = "cpu",
     ) -> None:
+        """``device``: a spec or device (``merge.pipeline.device``), resolved before the model
+        moves; the caller's module is moved there (``nn.Module.to`` works in place)."""
+        self._device = resolve_device(device)
         # Any: the HF model's own attributes (config, towers) are untyped.
-        self._model: Any = model.eval().requires_grad_(False)
+        self._model: Any = model.eval().requires_grad_(False).to(self._device)
         config: Any = self._model.config
         self._tokenizer = tokenizer
         self._name = name
@@ -74,6 +84,8 @@ class ClipBackend:
     def from_pretrained(cls, path_or_id: str, **kwargs: Any) -> ClipBackend:
         from transformers import AutoConfig, AutoTokenizer, CLIPModel
 
+        if "device" in kwargs:  # an absent device fails before the checkpoint loads
+            kwargs["device"] = resolve_device(kwargs["device"])
         try:
             config = AutoConfig.from_pretrained(path_or_id)
         except (OSError, ValueError) as e:
@@ -109,6 +121,10 @@ class ClipBackend:
         return model
 
     @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
     def tokenizer(self) -> Any:
         """The class-name tokenizer (saved beside a merged model: ``merge.pipeline.merged``)."""
         return self._tokenizer
@@ -131,9 +147,10 @@ class ClipBackend:
 
     def features(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         m: Any = model
-        pooled = m.vision_model(pixel_values=inputs)[1]  # [1]: pooler_output in every version
+        pixels = inputs.to(self._device)
+        pooled = m.vision_model(pixel_values=pixels)[1]  # [1]: pooler_output in every version
         out: torch.Tensor = m.visual_projection(pooled)
-        return unit(out)
+        return unit(out).to(inputs.device)
 
     def to_synthetic(self, inputs: torch.Tensor) -> torch.Tensor:
         return inputs.detach().clone()
@@ -151,9 +168,11 @@ class ClipBackend:
             texts, padding=True, truncation=True, max_length=limit, return_tensors="pt"
         )
         pooled = self._model.text_model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            input_ids=batch["input_ids"].to(self._device),
+            attention_mask=batch["attention_mask"].to(self._device),
         )[1]
-        return unit(self._model.text_projection(pooled))
+        out: torch.Tensor = unit(self._model.text_projection(pooled)).cpu()
+        return out
 
     def _pixels(self, path: Path) -> torch.Tensor:
         """Resize the short side, centre-crop, scale to [0, 1] and normalise (CLIP's recipe)."""
@@ -174,7 +193,8 @@ class ClipBackend:
         return (x - self._mean) / self._std
 
     def __repr__(self) -> str:
-        return f"<ClipBackend {self._name!r} {self.image_size}px targets={len(self._targets)}>"
+        size, n = self.image_size, len(self._targets)
+        return f"<ClipBackend {self._name!r} {size}px targets={n} on {self._device}>"
 
 
 def _normalisation(path_or_id: str) -> dict[str, tuple[float, ...]]:

@@ -4,6 +4,8 @@ Both towers are the same frozen encoder with mean pooling; the plugin's LoRA liv
 input side, so class names keep the base's embedding (the text analogue of CLIP's frozen text
 tower). Distilled inputs are synthetic *word* embeddings ``[n, seq, hidden]`` that enter
 through ``inputs_embeds`` (positions, token types and LayerNorm are still the model's own).
+The model sits on ``device`` (``merge.pipeline.device``); token ids are prepared on the CPU
+and moved there by ``features``, which returns its result where its inputs were.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 
 from merge.fingerprint import fingerprint_model
 from merge.pipeline.backends.base import call_with_delta, unit
+from merge.pipeline.device import resolve_device
 from merge.pipeline.errors import UnsupportedBaseError
 
 # (query, value) Linear names by architecture family; the first pair present is used.
@@ -70,12 +73,16 @@ class TextBackend:
         max_length: int = 128,  # per-batch trimming: short texts never pay for it
         synthetic_length: int = 8,
         logit_scale: float = DEFAULT_TEXT_LOGIT_SCALE,
+        device: str | torch.device = "cpu",
     ) -> None:
+        """``device``: a spec or device (``merge.pipeline.device``), resolved before the model
+        moves; the caller's module is moved there (``nn.Module.to`` works in place)."""
+        self._device = resolve_device(device)
         targets = find_qv_targets(model)
         if not targets or not hasattr(model, "get_input_embeddings"):
             raise UnsupportedBaseError(f"{name}: no attention query/value Linear layers found")
         # Any: the HF model's own methods (config, get_input_embeddings) are untyped.
-        self._model: Any = model.eval().requires_grad_(False)
+        self._model: Any = model.eval().requires_grad_(False).to(self._device)
         self._tokenizer = tokenizer
         self._name = name
         self._targets = targets
@@ -86,9 +93,12 @@ class TextBackend:
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | None = None, **kwargs: Any) -> TextBackend:
-        """Load an encoder and its tokenizer (offline: a local path or a cached id)."""
+        """Load an encoder and its tokenizer (offline: a local path or a cached id); a
+        ``device`` in ``kwargs`` is resolved first, so an absent one fails before loading."""
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+        if "device" in kwargs:
+            kwargs["device"] = resolve_device(kwargs["device"])
         path = path_or_id or default_text_base()
         try:
             config = AutoConfig.from_pretrained(path)
@@ -130,6 +140,10 @@ class TextBackend:
         return model
 
     @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
     def tokenizer(self) -> Any:
         """The class-name tokenizer (saved beside a merged model: ``merge.pipeline.merged``)."""
         return self._tokenizer
@@ -160,21 +174,25 @@ class TextBackend:
         return ids
 
     def features(self, model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-        if inputs.is_floating_point():
-            return self._embeds_features(model, inputs)
-        return self._ids_features(model, inputs)
+        x = inputs.to(self._device)
+        out = (
+            self._embeds_features(model, x)
+            if x.is_floating_point()
+            else self._ids_features(model, x)
+        )
+        return out.to(inputs.device)
 
     def to_synthetic(self, inputs: torch.Tensor) -> torch.Tensor:
         ids = inputs[:, : self.synthetic_length]
         with torch.no_grad():
-            embeds: torch.Tensor = self._model.get_input_embeddings()(ids)
-        return embeds.detach().clone()
+            embeds: torch.Tensor = self._model.get_input_embeddings()(ids.to(self._device))
+        return embeds.detach().to(inputs.device).clone()
 
     def synthetic_noise(self, n: int, generator: torch.Generator) -> torch.Tensor:
         # Match the per-dimension statistics of the real vocabulary, so noise starts where
         # word embeddings live rather than far outside the range LayerNorm was trained on.
         table = self._model.get_input_embeddings().weight.detach()
-        mean, std = table.mean(dim=0), table.std(dim=0)
+        mean, std = table.mean(dim=0).cpu(), table.std(dim=0).cpu()
         shape = (n, self.synthetic_length, table.shape[1])
         noise: torch.Tensor = mean + std * torch.randn(shape, generator=generator)
         return noise
@@ -194,7 +212,7 @@ class TextBackend:
         return unit(_mean_pool(hidden, mask))
 
     def _embeds_features(self, model: nn.Module, embeds: torch.Tensor) -> torch.Tensor:
-        mask = torch.ones(embeds.shape[:2], dtype=torch.bool)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
         hidden = model(inputs_embeds=embeds, attention_mask=mask.long())[0]
         return unit(_mean_pool(hidden, mask))
 
@@ -206,26 +224,30 @@ class TextBackend:
         little (at most 1/8 more token positions than two passes: a small model's step is
         mostly per-pass overhead), else in two (a large model's step is mostly per token).
         In one pass the ids enter as their word embeddings, both padded and masked, so each
-        row attends to what it would alone."""
+        row attends to what it would alone. Results are on the device ``ids`` came from."""
         m: Any = model
+        home, ids, embeds = ids.device, ids.to(self._device), embeds.to(self._device)
         keep = ids != self._pad_id()
         width = int(keep.any(dim=0).nonzero().max()) + 1 if keep.any() else 1
         length = max(width, embeds.shape[1])
         separate = len(ids) * width + len(embeds) * embeds.shape[1]
         if 8 * (len(ids) + len(embeds)) * length > 9 * separate:
-            return self.features(model, ids), self.features(model, embeds)
+            return self.features(model, ids).to(home), self.features(model, embeds).to(home)
         words = m.get_input_embeddings()(ids[:, :width])
         rows = [
             (words, keep[:, :width]),
-            (embeds.to(words.dtype), torch.ones(embeds.shape[:2], dtype=torch.bool)),
+            (
+                embeds.to(words.dtype),
+                torch.ones(embeds.shape[:2], dtype=torch.bool, device=ids.device),
+            ),
         ]
         x = torch.cat([F.pad(e, (0, 0, 0, length - e.shape[1])) for e, _ in rows])
         mask = torch.cat([F.pad(k, (0, length - k.shape[1])) for _, k in rows])
         feats = unit(_mean_pool(m(inputs_embeds=x, attention_mask=mask.long())[0], mask))
-        return feats[: len(ids)], feats[len(ids) :]
+        return feats[: len(ids)].to(home), feats[len(ids) :].to(home)
 
     def __repr__(self) -> str:
-        return f"<TextBackend {self._name!r} targets={self._targets}>"
+        return f"<TextBackend {self._name!r} targets={self._targets} on {self._device}>"
 
 
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

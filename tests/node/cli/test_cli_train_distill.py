@@ -132,3 +132,72 @@ def test_train_help_says_the_data_format(capsys: pytest.CaptureFixture[str]) -> 
         text = capsys.readouterr().out
         assert "columns text and label" in text
         assert "sorted label set" in text
+
+
+def _train_argv(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--task",
+        "toy",
+        "--classes",
+        *CLASSES,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--base",
+        str(base),
+        "--quick",
+        "--batch-size",
+        "8",
+        *extra,
+    ]
+
+
+def test_device_cpu_and_auto_train_the_default_bytes(
+    base: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    weights = "adapter_model.safetensors"
+    assert main(_train_argv(base, data, tmp_path / "default")) == 0
+    assert "on cpu (float32)" in capsys.readouterr().out
+    assert main(_train_argv(base, data, tmp_path / "cpu", "--device", "cpu", "--json")) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["device"], report["precision"]) == ("cpu", "float32")
+    expected = (tmp_path / "default" / weights).read_bytes()
+    assert (tmp_path / "cpu" / weights).read_bytes() == expected
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        assert main(_train_argv(base, data, tmp_path / "auto", "--device", "auto")) == 0
+        assert (tmp_path / "auto" / weights).read_bytes() == expected
+
+
+def test_an_absent_device_exits_2_before_any_model_loads(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal cannot be seen")
+    nowhere = tmp_path / "no-model"  # were the base read first, this would be another error
+    train = _train_argv(nowhere, data, tmp_path / "never", "--device", "cuda")
+    distil = ["distill", "--task", "toy", "--data", str(data), "--ipc", "1"]
+    distil += ["--out", str(tmp_path / "never.safetensors"), "--base", str(nowhere)]
+    for argv in (train, [*distil, "--device", "cuda:0", "--json"]):
+        assert main(argv) == 2
+        captured = capsys.readouterr()
+        assert "DeviceUnavailableError: device 'cuda" in captured.err
+        assert "is not available" in captured.err
+        assert "Traceback" not in captured.err
+    assert json.loads(captured.out)["error"]["exit"] == 2
+    assert not (tmp_path / "never").exists()
+    assert not (tmp_path / "never.safetensors").exists()
+
+
+def test_a_malformed_device_is_an_argument_error(
+    base: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(_train_argv(base, data, tmp_path / "never", "--device", "gpu"))
+    assert exited.value.code == 2
+    assert "argument --device: device 'gpu' is not one of" in capsys.readouterr().err

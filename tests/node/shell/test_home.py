@@ -24,6 +24,16 @@ def test_config_round_trips_through_toml() -> None:
     assert Config.from_toml(config.to_toml()) == config
 
 
+def test_the_device_key_round_trips_and_a_malformed_one_is_refused() -> None:
+    assert Config(name="a").device == "auto"
+    assert "device" not in Config(name="a").to_toml()  # the default is not written
+    for device in ("cpu", "cuda", "cuda:1", "mps"):
+        config = Config(name="a", device=device)
+        assert Config.from_toml(config.to_toml()) == config
+    with pytest.raises(HomeError, match="device must be auto, cpu, cuda, cuda:N or mps"):
+        Config.from_toml('name = "a"\ndevice = "gpu"\n')
+
+
 def test_home_is_private_and_sequence_numbers_survive_reopening(tmp_path: Path) -> None:
     home = Home.init(tmp_path / "alice", "alice")
     assert stat.S_IMODE(home.path.stat().st_mode) == 0o700
