@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 from crypto.records import Genesis, Record, decode_record
 from merge.lora_config import CONFIG_NAME, WEIGHTS_NAME
 from node.cli.output import add_home, add_json, describe_training, emit
+from node.cli.train_cmd import add_device_arg
 from node.errors import NodeNotRunning, UsageError
+from node.forge import claim
 from node.forge.bundle import blob_ref, read_bundle_genesis, verify_bundle, write_bundle
 from node.forge.netspec import merge_spec
 from node.forge.validate import Rules, check_coeffs, check_content
@@ -46,9 +48,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar=("W1", "W2"),
         help="skip the search and sign these coefficients",
     )
+    commit.add_argument(
+        "--score",
+        action="store_true",
+        help="with --coeffs: still load the base and score them (the accuracy of the head "
+        "and of the merged candidate on each distilled set, and the warning if a task drops)",
+    )
     commit.add_argument("--parent", help="forge item (hex) the coefficients were searched against")
     commit.add_argument("--supersedes", help="id (hex) of your orphaned commit this replaces")
     commit.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    add_device_arg(commit, "the coefficient search")
     add_json(commit)
     commit.set_defaults(func=run_commit)
 
@@ -106,22 +115,32 @@ def _head(home: Home) -> Head | None:
 def _search(
     genesis: Genesis, head: Head, adapter: LoraAdapter, args: argparse.Namespace
 ) -> SearchResult:
-    """Coefficients for this plugin against ``head`` (or the ones given with --coeffs)."""
+    """Coefficients for this plugin against ``head`` (or the ones given with --coeffs, scored
+    with --score), with the claim the commit carries."""
     from merge.pipeline.search import SearchResult
 
+    given = None
     if args.coeffs is not None:
-        return SearchResult((float(args.coeffs[0]), float(args.coeffs[1])), {})
+        given = SearchResult((float(args.coeffs[0]), float(args.coeffs[1])), {})
+    if given is not None and not args.score:
+        return given
+    from merge.pipeline.device import resolve_device
     from merge.pipeline.distill import load_distilled
     from node.forge import author
 
+    device = str(resolve_device(args.device))  # an absent device fails before the base loads
+
     composer = head.compose(genesis)
     own = load_distilled(args.distilled)
+    what = "scoring the given" if given is not None else "searching"
+    budget = "" if given is not None else f" (budget {merge_spec(genesis).search.budget})"
     print(
-        f"searching coefficients against forge item v{len(head.commits)} "
-        f"(budget {merge_spec(genesis).search.budget}) ...",
+        f"{what} coefficients against forge item v{len(head.commits)}{budget} ...",
         file=sys.stderr,
     )
-    return author.search(genesis, head, adapter, own, composer)
+    if given is not None:
+        return author.scored(genesis, head, adapter, own, given, composer, device)
+    return author.search(genesis, head, adapter, own, composer, device)
 
 
 def _training(adapter: Path, parent: bytes) -> dict[str, str | int | float] | None:
@@ -180,6 +199,9 @@ def run_commit(args: argparse.Namespace) -> int:
         training=training,
     )
     write_bundle(args.out, commit, blobs, genesis)
+    figures = claim.decode(commit.objective, commit.task)
+    for warning in claim.warnings(figures):
+        print(warning, file=sys.stderr)
     data: dict[str, Any] = {
         "commit": commit.id.hex(),
         "seq": commit.seq,
@@ -188,8 +210,12 @@ def run_commit(args: argparse.Namespace) -> int:
         "module_coeffs": {g: list(p) for g, p in (commit.module_coeffs or {}).items()} or None,
         "objective": dict(commit.objective),
         "training": dict(commit.training) if commit.training is not None else None,
+        "task_accuracy": [f.as_dict() for f in figures],
+        "warnings": claim.warnings(figures),
     }
     human = f"commit {commit.id.hex()} (seq {commit.seq}, w={commit.coeffs}) written to {args.out}"
+    if figures:
+        human += f"\naccuracy on the distilled sets (head -> merged): {claim.describe(figures)}"
     if commit.training is not None:
         human += f"\ntraining: {describe_training(commit.training)}"
     if commit.module_coeffs:

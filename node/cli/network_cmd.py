@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crypto.errors import CryptoError
 from crypto.identity import PublicKey
@@ -17,9 +18,12 @@ from merge.groups import GROUPINGS
 from merge.spec import COMPACTIONS
 from node.cli.output import add_home, add_json, emit
 from node.errors import ControlError, NodeNotRunning, UsageError
-from node.forge.netspec import check_spec, make_spec, merge_spec
+from node.forge.netspec import check_spec, is_fingerprint, make_spec, merge_spec
 from node.shell.control import call
 from node.shell.home import Home
+
+if TYPE_CHECKING:  # torch loads only when --base names a model to load
+    from merge.pipeline.backends.base import DualEncoder
 
 MODES = ("fusion", "mixture", "stack")
 
@@ -63,21 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="with --compaction auto: compact once a module's rank exceeds N (default 0: at "
         "the crossover r·(out+in) >= out·in)",
     )
-    create.add_argument(
-        "--base",
-        required=True,
-        metavar="FILE|FINGERPRINT",
-        help="the base model: the JSON file `medforge fingerprint --out FILE` wrote "
-        "(fingerprint + shape table), or a fingerprint, then --backend/--model are loaded "
-        "to read the shape table and must match it",
-    )
-    create.add_argument(
-        "--backend",
-        choices=("text", "clip"),
-        default=None,
-        help="how members load the base model (default: the file's, else text)",
-    )
-    create.add_argument("--model", default=None, help="base model path or id")
+    _add_base_args(create)
     create.add_argument(
         "--spec", type=Path, help="JSON file merged over the spec (e.g. search settings, limits)"
     )
@@ -96,6 +86,35 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     show.set_defaults(func=run_show)
 
     _register_roster(sub)
+
+
+def _add_base_args(create: argparse.ArgumentParser) -> None:
+    """The base model, as `medforge train|distill|fingerprint|evaluate` name it: ``--base`` is
+    a model path or id everywhere. The pre-issue-15 spellings (``--base FILE``, ``--base
+    FINGERPRINT [--model PATH]``, ``--model PATH``) still work, with a warning (``_legacy``)."""
+    create.add_argument(
+        "--base",
+        default=None,
+        metavar="PATH|ID",
+        help="the base model (a directory, or an id cached offline; text default: the shipped "
+        "MiniLM): loaded here to compute its fingerprint and shape table, and recorded in the "
+        "genesis as the model members load. With --base-file: only recorded, not loaded",
+    )
+    create.add_argument(
+        "--base-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="instead of loading the base (air-gapped founders): the JSON file `medforge "
+        "fingerprint --out FILE` wrote (fingerprint, shape table, backend, model)",
+    )
+    create.add_argument(
+        "--backend",
+        choices=("text", "clip"),
+        default=None,
+        help="how members load the base model (default: the --base-file's, else text)",
+    )
+    create.add_argument("--model", default=None, help=argparse.SUPPRESS)  # old name of --base
 
 
 def _register_roster(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -173,27 +192,91 @@ def _key(text: str) -> PublicKey:
 
 
 def _base(args: argparse.Namespace) -> tuple[str, BaseShapes, str, str]:
-    """(fingerprint, shape table, backend kind, model) that the genesis will name."""
-    path = Path(args.base)
-    if path.is_file():
-        try:
-            info = json.loads(path.read_text())
-            shapes = BaseShapes.from_dict(info["shapes"])
-            fingerprint = str(info["fingerprint"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"{path} is not a `medforge fingerprint --out` file: {exc}") from exc
-        kind = args.backend or str(info.get("backend", "text"))
-        return fingerprint, shapes, kind, args.model if args.model is not None else info["base"]
-    from merge.pipeline.backends import load_backend
-
-    kind, model = args.backend or "text", args.model or ""
-    backend = load_backend(kind, model or None)  # the shape table is read off the real base
-    if backend.fingerprint != args.base:
+    """(fingerprint, shape table, backend kind, model) that the genesis will name: read off
+    the model --base names, loaded here, or off the --base-file without loading anything."""
+    model, file, expect = _legacy(args)
+    if file is not None:
+        return _from_file(file, args.backend, model)
+    kind = args.backend or "text"
+    backend = _load(kind, model)
+    if expect is not None and backend.fingerprint != expect:
         raise UsageError(
-            f"--base {args.base[:16]}… is not the fingerprint of {kind}:{model or 'default'} "
-            f"({backend.fingerprint[:16]}…); pass the file `medforge fingerprint --out` wrote"
+            f"fingerprint {expect[:16]}… is not the one of {kind}:{model or 'default'} "
+            f"({backend.fingerprint[:16]}…); name the model with --base PATH alone"
         )
-    return backend.fingerprint, shapes_of(backend), kind, model
+    return backend.fingerprint, shapes_of(backend), kind, model or ""
+
+
+def _legacy(args: argparse.Namespace) -> tuple[str | None, Path | None, str | None]:
+    """(the model --base names, the --base-file, a fingerprint the model must have), read
+    from the spellings before issue 15 too, each with a warning: ``--base FILE`` (now
+    --base-file), ``--base FINGERPRINT [--model PATH]`` and ``--model PATH`` (now --base)."""
+    base, file = args.base, args.base_file
+    if args.model is not None:
+        if file is not None:
+            raise UsageError("--model is the old name of --base: pass --base-file FILE --base PATH")
+        if base is None:
+            _deprecated("--model PATH", "--base PATH")
+            return args.model, None, None
+        if Path(base).is_file():
+            _deprecated("--base FILE --model PATH", "--base-file FILE --base PATH")
+            return args.model, Path(base), None
+        _deprecated("--base FINGERPRINT --model PATH", "--base PATH (its fingerprint is computed)")
+        return args.model, None, _fingerprint(base, "--base")
+    if base is None or file is not None:
+        return base, file, None
+    if Path(base).is_file():
+        _deprecated("--base FILE", "--base-file FILE")
+        return None, Path(base), None
+    if is_fingerprint(base) and not Path(base).exists():
+        _deprecated("--base FINGERPRINT", "--base PATH (its fingerprint is computed)")
+        return None, None, base
+    return base, None, None
+
+
+def _deprecated(old: str, new: str) -> None:
+    print(
+        f"warning: `network create {old}` is deprecated, use {new}: --base names the base "
+        "model in every command",
+        file=sys.stderr,
+    )
+
+
+def _fingerprint(text: object, where: str) -> str:
+    """``text`` if it is a base fingerprint, else the error saying what one is."""
+    if not is_fingerprint(text):
+        raise UsageError(
+            f"{where} {text!r} is not a base fingerprint: 64 hex characters (0-9a-f), as "
+            "`medforge fingerprint` prints"
+        )
+    return str(text)
+
+
+def _from_file(path: Path, kind: str | None, model: str | None) -> tuple[str, BaseShapes, str, str]:
+    """What `medforge fingerprint --out` wrote; ``kind``/``model`` given override the file's."""
+    try:
+        info = json.loads(path.read_text())
+        shapes = BaseShapes.from_dict(info["shapes"])
+        fingerprint = _fingerprint(info["fingerprint"], f"{path}: fingerprint")
+        recorded = model if model is not None else str(info.get("base", ""))
+        return fingerprint, shapes, kind or str(info.get("backend", "text")), recorded
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path} is not a `medforge fingerprint --out` file: {exc}") from exc
+
+
+def _load(kind: str, model: str | None) -> DualEncoder:
+    from merge.pipeline.backends import load_backend
+    from merge.pipeline.errors import UnsupportedBaseError
+
+    try:
+        return load_backend(kind, model or None)  # the shape table is read off the real base
+    except UnsupportedBaseError as exc:
+        if not model or Path(model).exists():
+            raise
+        raise UsageError(
+            f"--base {model!r} is neither a model directory nor a model id cached here ({exc}); "
+            "a founder with only the fingerprint file passes --base-file FILE"
+        ) from exc
 
 
 def run_create(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import signal
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 from node.cli import logs
 from node.cli.output import add_home, add_json, describe_training, emit, human_bytes
 from node.errors import UsageError
+from node.forge import claim
 from node.shell.control import call
 from node.shell.home import Home
 
@@ -39,7 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_json(status)
     status.set_defaults(func=run_status)
 
-    log = sub.add_parser("log", help="the forge items v1..vN: author, task, coefficients")
+    log = sub.add_parser(
+        "log",
+        help="the forge items v1..vN: author, task, coefficients, when received, the author's "
+        "claim (losses, accuracy per task on the distilled sets) and its warnings",
+    )
     add_home(log)
     add_json(log)
     log.set_defaults(func=run_log)
@@ -54,7 +60,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     publish.set_defaults(func=run_publish)
 
     export = sub.add_parser(
-        "export", help="write the current composite (PEFT dir or mixture, or --merged model)"
+        "export",
+        help="write the current composite (PEFT dir or mixture, or --merged model) with a "
+        "model card README.md",
+        description="Write the composite the node serves: a PEFT adapter whose config names "
+        "the base model the genesis names (fusion, stack), one PEFT adapter per member plus "
+        "mixture.json (mixture), or the base with ΔW merged in (--merged). Every export "
+        "carries README.md: tasks and classes, network, forge item, digest, commits, and a "
+        "loader snippet.",
     )
     add_home(export)
     export.add_argument("--out", type=Path, required=True)
@@ -126,7 +139,25 @@ def _peer_line(peer: dict[str, Any]) -> str:
     heard = "never heard" if peer["heard_s_ago"] is None else f"heard {peer['heard_s_ago']} s ago"
     where = peer["addrs"][0].split("/p2p/")[0] if peer.get("addrs") else "no address"
     role = "member" if peer["member"] else "not a member"
-    return f"  {peer['name']:<14} {where}  {heard}, {role}"
+    rtt = peer.get("rtt_ms")  # None: not pinged yet, no answer; absent: an older node
+    return f"  {peer['name']:<14} {where}  {heard}, {role}" + (
+        "" if rtt is None else f", rtt {_ms(rtt)}"
+    )
+
+
+def _ms(ms: float) -> str:
+    return f"{ms:.2f} ms" if ms < 10 else f"{ms:.0f} ms"
+
+
+def _merge_latency(s: dict[str, Any]) -> list[str]:
+    """One line on the commit-to-merge histogram, once a commit was merged in this run."""
+    h = s.get("commit_merge_latency")
+    if not h or not h["count"]:
+        return []
+    return [
+        f"merged      {h['count']} commit(s) since start, {h['sum'] / h['count']:.2f} s on "
+        "average from learning of one to serving a composite with it"
+    ]
 
 
 def run_status(args: argparse.Namespace) -> int:
@@ -170,6 +201,7 @@ def run_status(args: argparse.Namespace) -> int:
             if s["invalid_by_author"]
             else ""
         ),
+        *_merge_latency(s),
         f"converged   with {s['converged_with']}/{s['peers_connected']} peers",
         f"set root    {s['set_root'][:32]}",
     ]
@@ -191,6 +223,10 @@ def run_log(args: argparse.Namespace) -> int:
             f"v{e['item']:<3} {e['author']:<16} task {e['task']:<20} "
             f"w=({w1:+.4f}, {w2:+.4f}) commit {e['commit'][:12]}{tag}{trained}"
         )
+        figures = claim.decode(e["objective"], e["task"])
+        e["task_accuracy"] = [f.as_dict() for f in figures]
+        e["warnings"] = claim.warnings(figures)
+        lines.extend(f"     {line}" for line in _log_details(e, figures))
     excluded = _call(args, "status")["excluded"]
     for e in excluded:
         lines.append(
@@ -198,6 +234,36 @@ def run_log(args: argparse.Namespace) -> int:
         )
     emit(args, {"items": entries, "excluded": excluded}, "\n".join(lines))
     return 0
+
+
+_LOSSES = ("loss_before", "loss_after", "loss_scalar", "evaluations")
+
+
+def _log_details(entry: dict[str, Any], figures: list[claim.TaskAccuracy]) -> list[str]:
+    """Under an item: when this node received it, the author's claim (losses, per-task
+    accuracy on the distilled sets) and the warnings that claim raises."""
+    lines = []
+    received = entry.get("received_at")  # a node of an older build does not say
+    if isinstance(received, int | float):
+        when = datetime.datetime.fromtimestamp(received, datetime.UTC)
+        lines.append(f"received {when:%Y-%m-%d %H:%M:%S} UTC")
+    objective = entry["objective"]
+    if "loss_before" in objective and "loss_after" in objective:
+        claimed = f"claim: loss {objective['loss_before']:.4f} -> {objective['loss_after']:.4f}"
+        if "loss_scalar" in objective:
+            claimed += f" (scalar pair: {objective['loss_scalar']:.4f})"
+        lines.append(claimed + f", {int(objective.get('evaluations', 0))} evaluations")
+    elif figures:
+        lines.append("claim: coefficients given and scored, not searched")
+    else:
+        lines.append("claim: none (coefficients given, not searched)")
+    per_task = (claim.BEFORE, claim.AFTER)
+    others = {k: v for k, v in objective.items() if k not in _LOSSES and not k.startswith(per_task)}
+    if others:
+        lines.append("claim: " + ", ".join(f"{k} {v}" for k, v in sorted(others.items())))
+    if figures:
+        lines.append(f"accuracy on the distilled sets (head -> merged): {claim.describe(figures)}")
+    return lines + list(entry["warnings"])
 
 
 def run_publish(args: argparse.Namespace) -> int:
@@ -226,11 +292,13 @@ def run_export(args: argparse.Namespace) -> int:
         params["max_rank"] = args.max_rank
     result = _call(args, "export", **params)
     what = "merged model" if result.get("merged") else "composite"
+    card = result.get("card")  # a node of an older build writes none
     emit(
         args,
         result,
         f"forge item v{result['forge_item']} ({result['mode']}, digest "
-        f"{result['digest'][:16]}) {what} written to {result['out']}",
+        f"{result['digest'][:16]}) {what} written to {result['out']}"
+        + (f" with its model card {card}" if card else ""),
     )
     return 0
 

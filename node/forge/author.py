@@ -7,7 +7,8 @@ passes; the result travels in the signed commit. This module is the one author u
   from the running node's ``head`` control answer or empty; ``Head.compose`` folds it;
 - ``search``: the coefficients of a plugin onto a head, scored on the distilled sets of the
   tasks merged so far and the plugin's own (``coefficients`` is that search on in-memory
-  composites, for benchmarks);
+  composites, for benchmarks); ``scored`` adds to its claim the head's and the merged
+  candidate's accuracy on each of those sets (``node.forge.claim``);
 - ``sign_commit``: the signed ``Commit`` naming the blobs, the parent and the claim (with
   the per-group pairs where the network groups modules: a schema 2 commit);
 - ``continual``: what a plugin committed onto a head trains on (the composite's ``ΔW`` and the
@@ -26,21 +27,25 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from crypto.identity import Identity
 from crypto.records import BlobRef, Commit, Genesis, decode_record
 from merge.errors import BaseMismatchError
-from merge.fold import Composite
+from merge.fold import Composite, apply
+from merge.groups import ModuleCoeffs
 from merge.lora import LoraAdapter
 from merge.pipeline.backends.base import DualEncoder
 from merge.pipeline.distill import Distilled, load_distilled
-from merge.pipeline.search import SearchResult, TaskData, search_coeffs
+from merge.pipeline.search import SearchResult, TaskData, predict_proba_all, search_coeffs
 from merge.pipeline.train import Continual
 from merge.spec import SearchSettings
 from node.core.order import root_item
+from node.forge import claim
 from node.forge.composer import Composer
 from node.forge.netspec import backend, base_fingerprint, merge_spec
 from node.forge.validate import Rules
@@ -89,12 +94,12 @@ class Head:
 
 
 @functools.lru_cache(maxsize=2)
-def load_encoder(kind: str, model: str, fingerprint: str) -> DualEncoder:
-    """The network's base model, loaded once per process; refused if its fingerprint is not
-    the one the genesis names."""
+def load_encoder(kind: str, model: str, fingerprint: str, device: str = "cpu") -> DualEncoder:
+    """The network's base model on ``device`` (``merge.pipeline.device``), loaded once per
+    process and device; refused if its fingerprint is not the one the genesis names."""
     from merge.pipeline.backends import load_backend
 
-    encoder = load_backend(kind, model or None)
+    encoder = load_backend(kind, model or None, device=device)
     if encoder.fingerprint != fingerprint:
         raise BaseMismatchError(
             f"{kind}:{model or 'default'}",
@@ -104,9 +109,9 @@ def load_encoder(kind: str, model: str, fingerprint: str) -> DualEncoder:
     return encoder
 
 
-def network_encoder(genesis: Genesis) -> DualEncoder:
+def network_encoder(genesis: Genesis, device: str = "cpu") -> DualEncoder:
     kind, model = backend(genesis)
-    return load_encoder(kind, model, base_fingerprint(genesis))
+    return load_encoder(kind, model, base_fingerprint(genesis), device)
 
 
 def task_data(commits: Sequence[Commit], blob_path: BlobPath) -> list[Distilled]:
@@ -119,6 +124,18 @@ def task_data(commits: Sequence[Commit], blob_path: BlobPath) -> list[Distilled]
             seen.add(sha)
             data.append(load_distilled(blob_path(sha)))
     return data
+
+
+def task_names(commits: Sequence[Commit]) -> list[str]:
+    """The task each set of ``task_data(commits, ...)`` is merged under (its first commit's)."""
+    seen: set[bytes] = set()
+    names = []
+    for commit in commits:
+        sha = commit.blobs["distilled"].sha256
+        if sha not in seen:
+            seen.add(sha)
+            names.append(commit.task)
+    return names
 
 
 def continual(genesis: Genesis, head: Head, composer: Composer | None = None) -> Continual:
@@ -167,13 +184,56 @@ def search(
     adapter: LoraAdapter,
     own: Distilled,
     composer: Composer | None = None,
+    device: str = "cpu",
 ) -> SearchResult:
     """The network's search for ``adapter`` onto ``head`` (``composer``: ``head`` already
-    composed, if the caller has it)."""
-    composite = (composer or head.compose(genesis)).composite
+    composed, if the caller has it), its claim with the per-task accuracies (``scored``).
+    The forward passes run on ``device``; the fold stays on the CPU in float32."""
+    composer = composer or head.compose(genesis)
     merged = task_data(head.commits, head.blob_path)
     settings = merge_spec(genesis).search
-    return coefficients(network_encoder(genesis), composite, adapter, merged, own, settings)
+    encoder = network_encoder(genesis, device)
+    result = coefficients(encoder, composer.composite, adapter, merged, own, settings)
+    return scored(genesis, head, adapter, own, result, composer, device)
+
+
+def scored(
+    genesis: Genesis,
+    head: Head,
+    adapter: LoraAdapter,
+    own: Distilled,
+    result: SearchResult,
+    composer: Composer | None = None,
+    device: str = "cpu",
+) -> SearchResult:
+    """``result`` with the accuracy of the head and of the merged candidate (at ``result``'s
+    coefficients) on each distilled set searched in its objective (``node.forge.claim``):
+    what `medforge commit` warns about and `medforge log` shows."""
+    composite = (composer or head.compose(genesis)).composite
+    pairs = result.module_coeffs
+    groups = ModuleCoeffs(merge_spec(genesis).search.groups, pairs) if pairs else None
+    merged = apply(composite, adapter, result.coeffs, groups)
+    data = [*task_data(head.commits, head.blob_path), own]
+    encoder = network_encoder(genesis, device)
+    before, after = accuracies(encoder, composite, data), accuracies(encoder, merged, data)
+    names = claim.unique_names(task_names(head.commits))
+    served = [
+        claim.TaskAccuracy(*figures) for figures in zip(names, before[:-1], after[:-1], strict=True)
+    ]
+    mine = claim.TaskAccuracy("", before[-1], after[-1], own=True)
+    entries = claim.encode(mine, served, len(result.objective))
+    return replace(result, objective={**result.objective, **entries})
+
+
+def accuracies(encoder: DualEncoder, composite: Composite, data: Sequence[TaskData]) -> list[float]:
+    """``composite``'s accuracy on each distilled set, against that set's own class names."""
+    with torch.no_grad():
+        tasks = [(d.inputs, encoder.encode_classes(d.classes)) for d in data]
+        probs = predict_proba_all(encoder, composite, tasks)
+    return [
+        float((p.argmax(-1) == d.labels).double().mean()) if len(d.labels) else 0.0
+        for p, d in zip(probs, data, strict=True)
+    ]
 
 
 def sign_commit(
@@ -215,17 +275,22 @@ def _module_coeffs(result: SearchResult) -> dict[str, tuple[float, float]] | Non
 
 
 def rebase(
-    identity: Identity, genesis: Genesis, orphan: Commit, head: Head, next_seq: Callable[[], int]
+    identity: Identity,
+    genesis: Genesis,
+    orphan: Commit,
+    head: Head,
+    next_seq: Callable[[], int],
+    device: str = "cpu",
 ) -> Commit:
     """Re-search ``orphan``'s plugin against ``head`` and sign a commit superseding it, with
     the orphan's blobs (``head.files`` must hold them too) and its ``training`` record: the
     plugin is not retrained, so a continual one keeps the ``trained_on`` it was trained on.
     ``next_seq`` is called once, when the search succeeded: a failed rebase uses up no
-    sequence number."""
+    sequence number. ``device``: where the search runs (the home's ``device`` key)."""
     composer = head.compose(genesis)
     adapter = composer.adapter(orphan)  # the validity function on the orphan's blobs
     own = load_distilled(head.blob_path(orphan.blobs["distilled"].sha256))
-    result = search(genesis, head, adapter, own, composer)
+    result = search(genesis, head, adapter, own, composer, device)
     return sign_commit(
         identity,
         genesis,

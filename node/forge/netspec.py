@@ -10,6 +10,7 @@ Layout (canonical CBOR map inside the genesis)::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,15 @@ from merge.base_shapes import BaseShapes
 from merge.errors import SpecError
 from merge.groups import group_names
 from merge.spec import MergeSpec, SearchSettings
+
+# A base fingerprint: the hex sha256 of the model's config and weights (merge.fingerprint), as
+# `medforge fingerprint` prints it. A genesis naming anything else can never take a commit.
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+
+
+def is_fingerprint(text: object) -> bool:
+    """64 lowercase hex characters: what ``DualEncoder.fingerprint`` gives."""
+    return isinstance(text, str) and _FINGERPRINT.fullmatch(text) is not None
 
 
 def make_spec(
@@ -52,9 +62,15 @@ _PAIR_BYTES = 24  # per group beside its name: a 2-list of float64 and the name'
 
 
 def check_spec(spec: Mapping[str, Any]) -> None:
-    """Refuse a genesis spec before anyone signs it: a malformed merge spec or shape table,
-    or a module grouping under which the base has no group, or groups no commit could name
-    (more than a commit carries, or names longer than a record allows)."""
+    """Refuse a genesis spec before anyone signs it: a base that is not a fingerprint, a
+    malformed merge spec or shape table, or a module grouping under which the base has no
+    group, or groups no commit could name (more than a commit carries, or names longer than
+    a record allows)."""
+    if not is_fingerprint(spec.get("base")):
+        raise SpecError(
+            f"base {spec.get('base')!r} is not a model fingerprint (64 hex characters, as "
+            "`medforge fingerprint` prints): no commit could ever name it"
+        )
     merge = MergeSpec.from_dict(spec["merge"])
     shapes = BaseShapes.from_dict(spec["shapes"])
     grouping = merge.search.groups
@@ -91,7 +107,8 @@ def base_shapes(genesis: Genesis) -> BaseShapes:
     if "shapes" not in genesis.spec:
         raise SpecError(
             f"network {genesis.name!r} names no base shape table: recreate it with "
-            "`medforge network create --base FILE` (FILE from `medforge fingerprint --out`)"
+            "`medforge network create --base MODEL` (or --base-file FILE, from "
+            "`medforge fingerprint --out`)"
         )
     return BaseShapes.from_dict(genesis.spec["shapes"])
 

@@ -12,9 +12,11 @@ from typing import Any
 
 import trio
 
+from crypto.canonical import content_id
 from crypto.records import Commit, Record, decode_record
 from node.errors import NodeRefused
 from node.forge.bundle import verify_bundle
+from node.forge.card import CARD_FILE, Provenance
 from node.forge.export import export_composite, export_merged
 from node.shell.service import NodeService
 
@@ -51,12 +53,15 @@ class Ops:
 
 
 def forge_log(node: NodeService) -> list[dict[str, Any]]:
+    """Every forge item's commit, with ``received_at``: when this node first stored it (unix
+    seconds; the store's ``records.received_at``, its own commits when published), or None."""
     order = node.core.order
     entries = []
     for k, cid in enumerate(order.commits):
         commit = node.core.commit(cid)
         if commit is None:
             continue
+        stored = node.store.get_record(content_id(commit.encode()))  # the store's key
         entries.append(
             {
                 "item": k + 1,
@@ -71,6 +76,7 @@ def forge_log(node: NodeService) -> list[dict[str, Any]]:
                 "orphan": k >= order.main_length,
                 "supersedes": commit.supersedes.hex() if commit.supersedes else None,
                 "training": dict(commit.training) if commit.training is not None else None,
+                "received_at": stored.received_at if stored is not None else None,
             }
         )
     return entries
@@ -131,10 +137,11 @@ def _max_rank(value: object) -> int | None:
 async def export(
     node: NodeService, out: Path, *, merged: bool = False, max_rank: int | None = None
 ) -> dict[str, Any]:
-    """The composite as PEFT (or a mixture of PEFT members), or ``merged`` into the base."""
+    """The composite as PEFT (or a mixture of PEFT members), or ``merged`` into the base, with
+    a model card naming the network, the forge item, the digest and the commits' tasks."""
     composer = node.composer
     # What is served now, even if a fold lands meanwhile.
-    composite, digest, item = composer.composite, composer.digest, len(composer.order)
+    composite, digest, order = composer.composite, composer.digest, composer.order
     if merged and max_rank is not None:
         raise NodeRefused("a merged export adds the exact ΔW: max_rank does not apply")
     if merged and composite.mode == "mixture":
@@ -142,16 +149,34 @@ async def export(
             "a mixture has no merged weights (its members' outputs are mixed): "
             "export it without --merged"
         )
+    prov = _provenance(node, order, digest)
     if merged:
-        await trio.to_thread.run_sync(export_merged, composite, out, node.genesis)
+        await trio.to_thread.run_sync(
+            lambda: export_merged(composite, out, node.genesis, provenance=prov)
+        )
     else:
         await trio.to_thread.run_sync(
-            lambda: export_composite(composite, out, composer.base, max_rank=max_rank)
+            lambda: export_composite(
+                composite, out, composer.base, max_rank=max_rank, provenance=prov
+            )
         )
     return {
         "out": str(out),
         "digest": digest,
-        "forge_item": item,
+        "forge_item": len(order),
         "mode": composite.mode,
         "merged": merged,
+        "base_model": prov.base_model,
+        "card": CARD_FILE,
     }
+
+
+def _provenance(node: NodeService, order: tuple[bytes, ...], digest: str) -> Provenance:
+    commits = [c for c in map(node.core.commit, order) if c is not None]
+    return Provenance.of(
+        node.genesis,
+        commits,
+        digest,
+        forge_item=len(order),
+        name_of=lambda c: node.name_of(c.author.peer_id()),
+    )

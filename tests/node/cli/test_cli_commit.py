@@ -50,7 +50,7 @@ def network(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
         str(tmp_path / "bob.json"),
         "--threshold",
         "2",
-        "--base",
+        "--base-file",
         str(base_file(tmp_path)),
         "--out",
         str(tmp_path / "genesis.cbor"),
@@ -225,7 +225,7 @@ def test_a_commit_for_another_network_is_refused(
         str(tmp_path / "carol"),
         "--name",
         "other",
-        "--base",
+        "--base-file",
         str(base_file(tmp_path)),
     )
     code, out = run(capsys, "verify", str(bundle), "--home", str(tmp_path / "carol"))
@@ -747,7 +747,7 @@ def test_the_fingerprint_file_gives_the_network_its_base_shape_table(
         str(tmp_path / "h"),
         "--name",
         "n",
-        "--base",
+        "--base-file",
         str(tmp_path / "base.json"),
         "--json",
     )
@@ -755,22 +755,16 @@ def test_the_fingerprint_file_gives_the_network_its_base_shape_table(
     spec = json.loads(out)["spec"]
     assert spec["base"] == info["fingerprint"]
     assert spec["shapes"]["modules"] == modules
-    # The same from the fingerprint alone: the base is loaded to read the table.
+    # The old spelling, --base FINGERPRINT: the base is loaded to read the table, and warned.
     run(capsys, "init", "--home", str(tmp_path / "h2"), "--name", "h2")
-    code, out = run(
-        capsys,
-        "network",
-        "create",
-        "--home",
-        str(tmp_path / "h2"),
-        "--name",
-        "n",
-        "--base",
-        info["fingerprint"],
-        "--json",
+    code = main(
+        ["network", "create", "--home", str(tmp_path / "h2"), "--name", "n"]
+        + ["--base", info["fingerprint"], "--json"]
     )
-    assert code == 0, out
-    shown, _ = json.JSONDecoder().raw_decode(out)  # stdout; loading the base logs after it
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "`network create --base FINGERPRINT` is deprecated, use --base PATH" in captured.err
+    shown, _ = json.JSONDecoder().raw_decode(captured.out)  # loading the base logs after it
     assert shown["spec"]["shapes"] == spec["shapes"]
 
 

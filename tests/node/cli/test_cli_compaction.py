@@ -42,10 +42,8 @@ def _create(
     home = tmp_path / name
     assert cli(["init", "--home", str(home), "--name", name]) == 0
     capsys.readouterr()
-    base = str(base_file(tmp_path))
-    return _run(
-        capsys, "network", "create", "--home", str(home), "--name", name, "--base", base, *flags
-    )
+    base = ["--base-file", str(base_file(tmp_path))]
+    return _run(capsys, "network", "create", "--home", str(home), "--name", name, *base, *flags)
 
 
 def test_new_stack_networks_compact_and_others_cannot(
@@ -138,7 +136,7 @@ async def test_export_merged_and_capped_from_a_running_node(
     assert cli(["fingerprint", "--base", str(model), "--out", str(tmp_path / "base.json")]) == 0
     assert cli(["init", "--home", str(tmp_path / "alice"), "--name", "alice"]) == 0
     argv = ["network", "create", "--home", str(tmp_path / "alice"), "--name", "n"]
-    assert cli([*argv, "--base", str(tmp_path / "base.json")]) == 0  # stack: compaction auto
+    assert cli([*argv, "--base-file", str(tmp_path / "base.json")]) == 0  # stack: compaction auto
     capsys.readouterr()
     home = Home(tmp_path / "alice")
     fingerprint = str(home.genesis().spec["base"])

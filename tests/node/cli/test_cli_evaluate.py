@@ -70,7 +70,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     home = Home.init(root / "alice", "alice")
     _ok(
         ["network", "create", "--home", str(home.path), "--name", "clinic"]
-        + ["--threshold", "1", "--base", str(root / "base.json")]
+        + ["--threshold", "1", "--base-file", str(root / "base.json")]
     )
     plugins, bundles, test = {}, [], {}
     parent = root_item(home.genesis().network_id)
@@ -352,6 +352,33 @@ def test_bad_requests_exit_2_with_the_reason(
     assert code == 2
     assert error in err
     assert "Traceback" not in err
+
+
+def test_device_cpu_scores_as_the_default_and_an_absent_device_exits_2(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    request = ["evaluate", "--plugin", str(world.plugins["injury"])]
+    request += ["--data", str(world.test["injury"])]
+    default = world.json(capsys, *request)
+    assert world.json(capsys, *request, "--device", "cpu") == default
+    if torch.cuda.is_available():
+        return  # the refusal below cannot be seen on a machine with CUDA
+    predict = ["predict", "--plugin", str(world.plugins["injury"]), "--text", "x"]
+    for argv in (request, predict):
+        code, _, err = world.cli(capsys, *argv, "--device", "cuda")
+        assert code == 2
+        assert "DeviceUnavailableError: device 'cuda' is not available" in err
+    # the commit's search (here: scoring given coefficients) loads the base on --device too
+    seq = (world.home.path / "seq").read_text()
+    commit = ["commit", "--home", str(world.home.path), "--adapter", str(world.plugins["injury"])]
+    commit += ["--distilled", str(world.root / "injury.safetensors"), "--task", "injury"]
+    commit += ["--coeffs", "1.0", "0.5", "--score", "--out", str(world.root / "never")]
+    assert main([*commit, "--device", "cuda"]) == 2
+    assert "DeviceUnavailableError" in capsys.readouterr().err
+    assert (world.home.path / "seq").read_text() == seq  # no sequence number used up
+    assert not (world.root / "never").exists()
 
 
 def test_a_source_is_required_and_only_one(

@@ -58,7 +58,7 @@ def test_network_create_names_the_grouping_and_refuses_one_the_base_lacks(
 
     home = tmp_path / "alice"
     assert cli(["init", "--home", str(home), "--name", "alice"]) == 0
-    create = ["network", "create", "--home", str(home), "--name", "n", "--base"]
+    create = ["network", "create", "--home", str(home), "--name", "n", "--base-file"]
     assert cli([*create, str(base_file(tmp_path)), "--groups", "layer"]) == 2
     assert "no module of the base is in any group" in capsys.readouterr().err
     assert cli([*create, str(base_file(tmp_path)), "--groups", "target", "--mode", "mixture"]) == 2
@@ -77,7 +77,8 @@ async def test_a_layer_grouped_network_commits_and_folds_per_layer_pairs(
     assert cli(["fingerprint", "--base", str(model), "--out", str(base)]) == 0
     alice = tmp_path / "alice"
     assert cli(["init", "--home", str(alice), "--name", "alice"]) == 0
-    create = ["network", "create", "--home", str(alice), "--name", "layered", "--base", str(base)]
+    create = ["network", "create", "--home", str(alice), "--name", "layered"]
+    create += ["--base-file", str(base)]
     assert cli([*create, "--mode", "stack", "--groups", "layer"]) == 0
     capsys.readouterr()
     home = Home(alice)
