@@ -125,7 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="the base model's fingerprint and shape table (what a genesis names)",
         description="Print the base model's fingerprint (hex sha256 of config + weights) and "
         "its shape table (every Linear an adapter may target, with its shape, and the shape "
-        "of a distilled input). `network create --base FILE` takes the file --out writes.",
+        "of a distilled input). `network create --base-file FILE` takes the file --out writes.",
     )
     add_base_args(fp)
     fp.add_argument("--out", type=Path, help="write fingerprint + shape table as JSON here")
