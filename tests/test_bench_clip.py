@@ -4,28 +4,15 @@ its table and JSON."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_clip", ROOT / "scripts/bench_clip.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_clip"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from tests.scripts import load_script
 
 
 def test_quick_run_measures_every_phase_and_projects_a_plugin(tmp_path: Path) -> None:
     shown: list[str] = []
-    path = load_script().main(
+    path = load_script("bench_clip").main(
         ["--quick", "--device", "cpu", "--reps", "1", "--out", str(tmp_path)], emit=shown.append
     )
     assert path == tmp_path / "bench_clip-cpu-quick.json"

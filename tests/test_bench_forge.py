@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from merge.pipeline.distill import Distilled
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = (
@@ -35,13 +35,7 @@ ROWS = (
 
 
 def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_forge", ROOT / "scripts/bench_forge.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_forge"] = module  # dataclasses look their module up while it runs
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_forge")
 
 
 bf = load_bench()

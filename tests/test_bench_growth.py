@@ -4,27 +4,14 @@ the running composer's digest, and refolds up to 100 commits to a fold from empt
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_growth", ROOT / "scripts/bench_growth.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_growth"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from tests.scripts import load_script
 
 
 def test_quick_run_writes_every_mode_and_size(tmp_path: Path) -> None:
-    load_script().main(["--quick", "--out", str(tmp_path)])
+    load_script("bench_growth").main(["--quick", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "bench_growth-quick.json").read_text())
     points = {(p["mode"], p["commits"]): p for p in data["points"]}
     assert set(points) == {(m, n) for m in ("stack", "fusion", "mixture") for n in (1, 10, 40)}
