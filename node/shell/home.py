@@ -33,6 +33,8 @@ SEQ_FILE = "seq"
 SEQ_LOCK = "seq.lock"
 DEFAULT_CHECKPOINT_EVERY = 8
 DEFAULT_DEVICE = "auto"
+DEFAULT_RELAY_MAX_BYTES = 1 << 30  # per relayed connection: blobs may flow through a relay
+DEFAULT_RELAY_MAX_SECONDS = 3600  # lifetime of one relayed connection
 # merge.pipeline.device's spec syntax (node/shell may not import merge): availability is
 # checked where the device is used, when the search loads the base
 _DEVICE_SPEC = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
@@ -46,7 +48,17 @@ class Config:
     bootstrap: list[str] = field(default_factory=list)
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"  # where the metrics endpoint binds; loopback by default
-    dht: bool = False  # also run a Kademlia DHT (py-libp2p's; discovery beyond bootstrap)
+    # addresses advertised before the listen ones: a public or port-forwarded address
+    announce: list[str] = field(default_factory=list)
+    # relays to hold a slot at, for a member that cannot be dialled (behind NAT)
+    relays: list[str] = field(default_factory=list)
+    # relay for members behind NAT (a member with a public address), within these limits
+    relay_service: bool = False
+    relay_max_bytes: int = DEFAULT_RELAY_MAX_BYTES
+    relay_max_seconds: int = DEFAULT_RELAY_MAX_SECONDS
+    hole_punching: bool = True  # DCUtR: upgrade a relayed connection to a direct one
+    # peer routing among members (py-libp2p's Kademlia DHT): a member needs one address
+    dht: bool = True
     strangers: str = "read"  # peers the roster never named: "read" (pull only) or "none"
     # commits between the composer's checkpoints (node.forge.checkpoints); local, not replicated
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
@@ -60,8 +72,20 @@ class Config:
             lines.append(f"metrics_port = {self.metrics_port}")
         if self.metrics_host != "127.0.0.1":
             lines.append(f"metrics_host = {_toml_str(self.metrics_host)}")
-        if self.dht:
-            lines.append("dht = true")
+        if self.announce:
+            lines.append("announce = [" + ", ".join(_toml_str(a) for a in self.announce) + "]")
+        if self.relays:
+            lines.append("relays = [" + ", ".join(_toml_str(a) for a in self.relays) + "]")
+        if self.relay_service:
+            lines.append("relay_service = true")
+        if self.relay_max_bytes != DEFAULT_RELAY_MAX_BYTES:
+            lines.append(f"relay_max_bytes = {self.relay_max_bytes}")
+        if self.relay_max_seconds != DEFAULT_RELAY_MAX_SECONDS:
+            lines.append(f"relay_max_seconds = {self.relay_max_seconds}")
+        if not self.hole_punching:
+            lines.append("hole_punching = false")
+        if not self.dht:
+            lines.append("dht = false")
         if self.strangers != "read":
             lines.append(f"strangers = {_toml_str(self.strangers)}")
         if self.checkpoint_every != DEFAULT_CHECKPOINT_EVERY:
@@ -79,7 +103,17 @@ class Config:
             bootstrap=[_dialable(str(b)) for b in raw.get("bootstrap", [])],
             metrics_port=raw.get("metrics_port"),
             metrics_host=str(raw.get("metrics_host", "127.0.0.1")),
-            dht=bool(raw.get("dht", False)),
+            announce=[_listenable("announce", str(a)) for a in raw.get("announce", [])],
+            relays=[_dialable(str(a), "relays") for a in raw.get("relays", [])],
+            relay_service=_bool("relay_service", raw.get("relay_service", False)),
+            relay_max_bytes=_positive(
+                "relay_max_bytes", raw.get("relay_max_bytes", DEFAULT_RELAY_MAX_BYTES)
+            ),
+            relay_max_seconds=_positive(
+                "relay_max_seconds", raw.get("relay_max_seconds", DEFAULT_RELAY_MAX_SECONDS)
+            ),
+            hole_punching=_bool("hole_punching", raw.get("hole_punching", True)),
+            dht=_bool("dht", raw.get("dht", True)),
             strangers=_one_of("strangers", raw.get("strangers", "read"), ("read", "none")),
             checkpoint_every=_positive(
                 "checkpoint_every", raw.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
@@ -88,11 +122,12 @@ class Config:
         )
 
 
-def _dialable(addr: str) -> str:
-    """A bootstrap address must name the peer it dials (Noise authenticates that key)."""
+def _dialable(addr: str, key: str = "bootstrap") -> str:
+    """A bootstrap (relay) address must name the peer it dials (Noise authenticates that
+    key)."""
     if "/p2p/" not in addr:
         raise HomeError(
-            f"config.toml: bootstrap address {addr!r} lacks /p2p/<peer id> "
+            f"config.toml: {key} address {addr!r} lacks /p2p/<peer id> "
             "(the peer id is what `medforge id` prints)"
         )
     return addr
@@ -262,3 +297,22 @@ def _remove_stale_temporaries(directory: Path, name: str) -> None:
     holding the lock every writer of ``name`` takes, so none of them is live)."""
     for stale in directory.glob(f"{_TMP_PREFIX}{name}-*"):
         stale.unlink(missing_ok=True)
+
+
+def _bool(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise HomeError(f"config.toml: {key} must be true or false, got {value!r}")
+    return value
+
+
+def _listenable(key: str, value: str) -> str:
+    """A multiaddr without ``/p2p/`` (our own address: the peer id is added by libp2p)."""
+    if "/p2p/" in value:
+        raise HomeError(f"config.toml: {key}: {value!r} names a peer id; give the address only")
+    try:
+        import multiaddr
+
+        multiaddr.Multiaddr(value)
+    except Exception as exc:  # noqa: BLE001 - whatever multiaddr rejects
+        raise HomeError(f"config.toml: {key}: {value!r} is not a multiaddr ({exc})") from exc
+    return value

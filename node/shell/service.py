@@ -43,6 +43,7 @@ from node.forge.footprint import footprint
 from node.forge.netspec import merge_spec
 from node.forge.validate import Rules, check_commit
 from node.shell.checkpoint_files import CheckpointFiles
+from node.shell.discovery import Discovery
 from node.shell.home import Home
 from node.shell.latency import MergeLatency
 from node.shell.rtt import RttProbe
@@ -131,6 +132,10 @@ class NodeService:
         self.faults: dict[str, int] = {"validation": 0, "merge": 0}  # defects of ours, counted
         self.merge_error: str | None = None  # the last fold failure, while it lasts
         self.rtt = RttProbe(self.transport, self.core.is_member, self.core.config.sync_interval)
+        self.transport.set_member_filter(self.core.is_member)
+        self.discovery = Discovery(
+            self.transport, self._member_peers, self.core.config.sync_interval
+        )
         self.merge_latency = MergeLatency(restored=self.store.has_record)  # commit -> served
 
     def _libp2p(self, config: TransportConfig | None) -> Transport:
@@ -140,6 +145,12 @@ class NodeService:
             listen_addrs=(self.config.listen,),
             bootstrap=tuple(self.config.bootstrap),
             enable_dht=self.config.dht,
+            announce_addrs=tuple(self.config.announce),
+            relays=tuple(self.config.relays),
+            relay_service=self.config.relay_service,
+            relay_max_bytes=self.config.relay_max_bytes,
+            relay_max_seconds=self.config.relay_max_seconds,
+            hole_punching=self.config.hole_punching,
         )
         return Libp2pTransport(self.identity.private_bytes(), config)
 
@@ -164,6 +175,7 @@ class NodeService:
                     self._validate_loop,
                     self._merge_loop,
                     self.rtt.run,
+                    self.discovery.run,
                 ):
                     nursery.start_soon(task)
                 task_status.started()
@@ -309,6 +321,10 @@ class NodeService:
         log.warning("%s", message)
         self.errors = [*self.errors[-31:], (time.time(), message)]
 
+    def _member_peers(self) -> list[PeerId]:
+        """The peer ids of the roster in force: whom discovery keeps us connected to."""
+        return [m.key.peer_id() for m in self.core.roster.members.values()]
+
     def name_of(self, peer: PeerId) -> str:
         """The member name of a peer in the roster in force (or, for a former member, the
         genesis), else the tail of its peer id."""
@@ -332,6 +348,8 @@ class NodeService:
                     except StoreError as exc:  # a full disk: the peer still counts
                         self._error(f"could not record peer {self.name_of(peer)}: {exc}")
                     self.post(p.PeerConnected(peer))
+                    if self.core.is_member(peer):
+                        self.discovery.kick()
                 case LinkDown(peer):
                     log.info("peer %s disconnected", self.name_of(peer))
                     outbox = self._outboxes.pop(peer, None)

@@ -105,8 +105,8 @@ def _ip4(host: str) -> bool:
 def _addrs(f: Facts, kind: str) -> list[str]:
     if kind == "bootstrap":
         raw = f.raw.get("bootstrap", f.config.bootstrap if f.config else [])
-    else:  # config.toml's Config has no relays yet: read the file, so one named is checked
-        raw = f.raw.get("relays", f.raw.get("relay", []))
+    else:  # the raw file, so that an address the config would refuse is still reported
+        raw = f.raw.get("relays", f.config.relays if f.config else [])
     return [str(a) for a in (raw if isinstance(raw, list) else [raw])]
 
 

@@ -13,6 +13,7 @@ import math
 import secrets
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import fields
 from typing import Any
 
@@ -72,6 +73,7 @@ class Transport(ABC):
         self._garbage: Counter[PeerId] = Counter()
         self._inbound: Counter[PeerId] = Counter()  # streams being served, per peer
         self._banned: dict[PeerId, float] = {}  # garbage senders -> trio time of release
+        self._is_member: Callable[[PeerId], bool] = lambda peer: True
         self._running = False
 
     def __repr__(self) -> str:
@@ -119,6 +121,18 @@ class Transport(ABC):
 
     def set_blob_provider(self, provider: BlobProvider) -> None:
         self._blob_provider = provider
+
+    def set_member_filter(self, is_member: Callable[[PeerId], bool]) -> None:
+        """The peers that may use peer routing through us (learn the addresses of the
+        peers we know) and that we tell others about: the network's members. Every peer
+        passes until this is set."""
+        self._is_member = is_member
+
+    async def find_peer(self, peer: PeerId) -> tuple[str, ...]:
+        """Dialable addresses of ``peer`` (each ending in ``/p2p/<id>``): those we know.
+        A backend with peer routing (libp2p's Kademlia DHT) also asks the network.
+        Never raises for what the network answers; empty when nothing is known."""
+        return self.peer_addrs(peer)
 
     async def request(self, peer: PeerId, payload: bytes, *, max_response: int) -> bytes:
         """Send one request frame, return the response body (at most ``max_response``).
@@ -321,9 +335,12 @@ class Transport(ABC):
             self._buckets[peer] = bucket
         return bucket.try_take(now)
 
-    async def _keep_connected(self, addr: str) -> None:
+    async def _keep_connected(
+        self, addr: str, then: Callable[[PeerId], Awaitable[None]] | None = None
+    ) -> None:
         """Dial a bootstrap address, and redial with exponential backoff whenever the
-        connection is lost or the dial fails."""
+        connection is lost or the dial fails; ``then(peer)`` runs after each connection
+        (a relay reservation lives only as long as the connection it was made on)."""
         peer = addr_peer(addr)
         delay = self.config.backoff_min
         while True:
@@ -337,6 +354,8 @@ class Transport(ABC):
                     continue
             delay = self.config.backoff_min
             gone = self._peers.get(peer)
+            if gone is not None and then is not None:
+                await then(peer)
             if gone is not None:
                 await gone.wait()
             # A peer that drops us on purpose should not be hammered by instant redials.

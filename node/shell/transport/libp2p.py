@@ -21,6 +21,11 @@ Workarounds (numbers from shared/notes/libp2p-0.8.1.md):
   ping: the host's default handler (``libp2p.host.ping.PingService``) answers
       ``/ipfs/ping/1.0.0``; the client is ``Transport.ping`` over the same wire, because
       ``PingService.ping`` reports whole milliseconds (0 on loopback) and reuses a stream.
+  dht peer routing is py-libp2p's Kademlia DHT (``KadDHT``, server mode), gated to the
+      network's members (``set_member_filter``): a stranger's ``/ipfs/kad/1.0.0`` stream
+      is reset unread, only members enter the routing table (so only members' addresses
+      are ever handed out), and the DHT dials members only. KadDHT adds a peer to its
+      table only when that peer queries it, so a member is added when it connects.
 libp2p exceptions are translated to ``node.errors`` only here (``_mapped``).
 """
 
@@ -54,6 +59,8 @@ from libp2p.tools.anyio_service import background_trio_service
 import node.shell.transport.wire as wire
 from node.errors import ConnectionLost, PeerUnreachable, PortInUse
 from node.shell.transport.base import Transport
+from node.shell.transport.peerid import addr_peer
+from node.shell.transport.relay import Relaying, is_circuit, relay_part
 from node.shell.transport.types import PeerId, TransportConfig
 
 logging.getLogger("libp2p").propagate = True  # libp2p sets False on import
@@ -116,7 +123,29 @@ def _identify_to_a_gone_peer(record: logging.LogRecord) -> bool:
     )
 
 
+def _dht_chatter(record: logging.LogRecord) -> bool:
+    """The DHT's WARNINGs about single queries that failed (a stream read cut short, a
+    peer that went away mid-lookup): Kademlia expects those and retries elsewhere, and a
+    five-node network prints dozens a minute. Its ERRORs stay."""
+    return record.levelno < logging.ERROR
+
+
+def _dht_stream_failed(record: logging.LogRecord) -> bool:
+    """The host's multi-line ERROR when a DHT query's stream cannot be opened (the peer
+    closed the connection mid-lookup, mostly at a stop): the lookup goes on elsewhere. The
+    same ERROR for any other protocol (a peer that does not speak ours) stays."""
+    msg = record.getMessage()
+    return (
+        record.levelno == logging.ERROR
+        and msg.startswith("Failed to open stream to peer")
+        and "/ipfs/kad/" in msg
+    )
+
+
 _Demote.install("libp2p.network.auto_connector", _auto_connector_cycle)
+_Demote.install("libp2p.host.basic_host", _dht_stream_failed)
+for _name in ("libp2p.kad_dht.kad_dht", "libp2p.kad_dht.peer_routing"):
+    _Demote.install(_name, _dht_chatter)
 _Demote.install("libp2p.identity.identify.identify", _identify_to_a_gone_peer)
 
 
@@ -129,17 +158,48 @@ def _mapped(error: type[Exception], what: str) -> Iterator[None]:
         raise error(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
-def create_host(seed: bytes, listen_addrs: list[multiaddr.Multiaddr]) -> IHost:
-    """A host pinned to Noise + Yamux, one connection per peer (workarounds #1, #6)."""
+def create_host(
+    seed: bytes, listen_addrs: list[multiaddr.Multiaddr], announce: tuple[str, ...] = ()
+) -> IHost:
+    """A host pinned to Noise + Yamux, one connection per peer (workarounds #1, #6), that
+    advertises dialable addresses (``advertised``)."""
     key_pair = create_new_key_pair(seed)
     noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+    extra = [multiaddr.Multiaddr(a) for a in announce]
     return new_host(
         key_pair=key_pair,
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         listen_addrs=listen_addrs,
         connection_config=ConnectionConfig(max_connections_per_peer=1),
+        addrs_factory=lambda candidates: advertised(candidates, extra),
     )
+
+
+def advertised(
+    candidates: list[multiaddr.Multiaddr], announce: list[multiaddr.Multiaddr]
+) -> list[multiaddr.Multiaddr]:
+    """What identify tells peers (and the DHT hands on): the operator's ``announce``
+    addresses first (a public or port-forwarded address the host cannot see), then every
+    listen address with a wildcard (0.0.0.0) expanded into the host's interface addresses,
+    loopback last. libp2p would advertise ``/ip4/0.0.0.0/...`` itself, which no peer can
+    dial."""
+    from libp2p.utils.address_validation import expand_wildcard_address
+
+    out: list[multiaddr.Multiaddr] = list(announce)
+    for addr in candidates:
+        host = _ip4(addr)
+        out.extend(expand_wildcard_address(addr) if host == "0.0.0.0" else [addr])
+    unique = list(dict.fromkeys(str(a) for a in out if _ip4(a) != "0.0.0.0"))
+    unique.sort(key=lambda a: a.startswith("/ip4/127."))  # stable: loopback last
+    return [multiaddr.Multiaddr(a) for a in unique]
+
+
+def _ip4(addr: multiaddr.Multiaddr) -> str | None:
+    try:
+        return str(addr.value_for_protocol("ip4"))
+    except Exception:  # noqa: BLE001 - not an ip4 address (ip6, dns, a relay circuit)
+        return None
 
 
 class _Stream:
@@ -248,10 +308,12 @@ class Libp2pTransport(Transport):
         super().__init__(seed, config)
         listen = [multiaddr.Multiaddr(a) for a in self.config.listen_addrs]
         self._listen = listen
-        self.host = create_host(seed, listen)
+        self.host = create_host(seed, listen, self.config.announce_addrs)
         for protocol in (wire.REQUEST_PROTOCOL, wire.BLOB_PROTOCOL):
             self.host.set_stream_handler(TProtocol(protocol), self._on_stream)
         self.host.get_network().register_notifee(_Notifee(self))
+        self._dht = self._make_dht() if self.config.enable_dht else None
+        self._relaying = Relaying(self.host, self.config, lambda p: self._is_member(p), self._count)
         self._guard_dials()
         self._stopping = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -261,7 +323,7 @@ class Libp2pTransport(Transport):
         (identify, or our own request racing a disconnect), and such a dial racing
         the disconnect or our shutdown leaks its socket (``Swarm.close()`` has already
         taken its list of connections). Only ``connect()`` dials here (and the DHT, when
-        enabled); never once we are stopping, nor towards a banned peer."""
+        enabled, towards members); never once we are stopping, nor towards a banned peer."""
         network = self.host.get_network()
         dial = network.dial_peer
 
@@ -270,7 +332,7 @@ class Libp2pTransport(Transport):
                 raise SwarmException(f"not dialling {peer_id}: transport is stopped")
             if self.is_banned(str(peer_id)):
                 raise SwarmException(f"not dialling {peer_id}: banned")
-            if not _explicit_dial.get() and not self.config.enable_dht:
+            if not _explicit_dial.get() and not (self._dht and self._is_member(str(peer_id))):
                 raise SwarmException(f"not dialling {peer_id}: not connected")
             return await dial(peer_id)
 
@@ -308,11 +370,14 @@ class Libp2pTransport(Transport):
             async with self.host.run(listen_addrs=self._listen), AsyncExitStack() as stack:
                 for service in self._services():
                     await stack.enter_async_context(background_trio_service(service))
+                await self._relaying.started()
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     self._running = True
                     for addr in self.config.bootstrap:
                         nursery.start_soon(self._keep_connected, addr)
+                    for addr in self.config.relays:
+                        nursery.start_soon(self._keep_connected, addr, self._reserve)
                     # the peerstore grows without bound unless something evicts from it
                     nursery.start_soon(self.host.get_peerstore().start_cleanup_task, 300)
                     task_status.started()
@@ -324,12 +389,83 @@ class Libp2pTransport(Transport):
             self._running = False
 
     def _services(self) -> list[Any]:
-        services: list[Any] = []
-        if self.config.enable_dht:
-            from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+        return [*([] if self._dht is None else [self._dht]), *self._relaying.services()]
 
-            services.append(KadDHT(self.host, DHTMode.SERVER))
-        return services
+    async def _reserve(self, relay: PeerId) -> None:
+        """Reserve a slot at ``relay`` while we stay connected to it, retrying with backoff
+        (a relay that is full now may have room later)."""
+        delay = self.config.backoff_min
+        while relay in self._peers and self._nursery is not None:
+            try:
+                with trio.fail_after(self.config.request_timeout):
+                    if await self._relaying.reserve(relay, self._nursery):
+                        return
+            except (trio.TooSlowError, BaseLibp2pError, OSError, ValueError) as exc:
+                _log.info("relay %s: reservation failed: %s", relay, exc)
+            await trio.sleep(delay)
+            delay = min(delay * 2, self.config.backoff_max)
+
+    # -- peer routing (the DHT) --------------------------------------------------------
+
+    def _make_dht(self) -> Any:
+        from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL_ID
+        from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+
+        dht = KadDHT(self.host, DHTMode.SERVER)  # registers its handler; ours replaces it
+
+        async def gated(stream: INetStream) -> None:
+            peer = str(stream.muxed_conn.peer_id)
+            if self.is_banned(peer) or not self._is_member(peer):
+                self._count("refused_streams")
+                await stream.reset()
+                return
+            await dht.handle_stream(stream)
+
+        self.host.set_stream_handler(KAD_PROTOCOL_ID, gated)
+        return dht
+
+    def _peer_up(self, peer: PeerId) -> None:
+        fresh = peer not in self._peers
+        super()._peer_up(peer)
+        if fresh and self._dht is not None and self._is_member(peer):
+            self._spawn(self._add_to_routing_table, peer)
+
+    async def _add_to_routing_table(self, peer: PeerId) -> None:
+        """KadDHT learns a peer only when that peer queries it; we add each member that
+        connects, so that members asking us for one another find it. (Skipping the
+        server-mode check: it reads the protocols identify has not yet recorded.)"""
+        if self._dht is None:
+            return
+        try:
+            await self._dht.add_peer(ID.from_base58(peer), skip_server_mode_check=True)
+        except Exception as exc:  # noqa: BLE001 - the DHT is best-effort discovery
+            _log.debug("routing table: could not add %s: %s", peer, exc)
+
+    async def find_peer(self, peer: PeerId) -> tuple[str, ...]:
+        """An iterative Kademlia lookup of ``peer`` among the members we reach (the
+        addresses each answer carries go to the peerstore), then what the peerstore
+        holds. Not ``KadDHT.find_peer``: that returns the peerstore's addresses without
+        asking anyone when it has some, and those may be the stale ones that failed."""
+        if self._dht is not None and self._running:
+            try:
+                with trio.move_on_after(self.config.request_timeout):
+                    key = ID.from_base58(peer).to_bytes()
+                    await self._dht.peer_routing.find_closest_peers_network(key)
+            except Exception as exc:  # noqa: BLE001 - whatever the DHT's peers answered
+                _log.debug("find_peer %s: %s", peer, exc)
+        found = self.peer_addrs(peer)
+        direct = tuple(a for a in found if not is_circuit(a))
+        relayed = (*(a for a in found if is_circuit(a)), *self._circuits_to(peer))
+        return direct + tuple(dict.fromkeys(relayed))  # direct first: a relay is the last resort
+
+    def _circuits_to(self, peer: PeerId) -> tuple[str, ...]:
+        """``peer`` through each relay we hold a slot at: two members behind NAT that use
+        one relay reach each other this way even when no lookup brought the address."""
+        return tuple(
+            f"{relay}/p2p-circuit/p2p/{peer}"
+            for relay in self.config.relays
+            if addr_peer(relay) != peer
+        )
 
     def stop(self) -> None:
         self._stopping.set()
@@ -347,12 +483,19 @@ class Libp2pTransport(Transport):
             raise PeerUnreachable("cannot dial self")
         if self.is_banned(peer):
             raise PeerUnreachable(f"{peer} is banned for sending garbage")
+        if is_circuit(addr) and addr_peer(relay_part(addr)) not in self._peers:
+            await self.connect(relay_part(addr))  # a relayed dial goes over our link to it
         explicit = _explicit_dial.set(True)
         try:
             with trio.fail_after(self.config.request_timeout), _mapped(PeerUnreachable, addr):
-                await self.host.connect(info)
+                if is_circuit(addr):
+                    await self._relaying.dial(addr)  # host.connect refuses circuit addresses
+                else:
+                    await self.host.connect(info)
         except trio.TooSlowError as exc:
             raise PeerUnreachable(f"dial {addr} timed out") from exc
+        except ConnectionError as exc:  # the circuit transport's failures
+            raise PeerUnreachable(f"{addr}: {exc}") from exc
         finally:
             _explicit_dial.reset(explicit)
         self._peer_up(peer)  # the notifee may still be in flight; make connect() final

@@ -67,6 +67,13 @@ class TransportConfig:
     backoff_min: float = 0.5  # bootstrap redial backoff
     backoff_max: float = 30.0
     enable_dht: bool = False
+    announce_addrs: tuple[str, ...] = ()  # advertised before the listen addresses
+    relays: tuple[str, ...] = ()  # relays to hold a reservation at (a member behind NAT)
+    relay_service: bool = False  # relay for members behind NAT (a member with a public address)
+    relay_max_bytes: int = 1 << 30  # per relayed connection, both directions together
+    relay_max_seconds: int = 3600  # lifetime of one relayed connection
+    relay_max_reservations: int = 128  # members that may hold a slot at once
+    hole_punching: bool = True  # DCUtR: upgrade relayed connections to direct ones
 
 
 #: The counters of requests and blob transfers, bytes included (status and metrics).

@@ -19,9 +19,21 @@ def test_config_round_trips_through_toml() -> None:
         bootstrap=["/ip4/10.0.0.2/tcp/4001/p2p/12D3KooWx"],
         metrics_port=9100,
         metrics_host="0.0.0.0",
-        dht=True,
+        dht=False,
+        announce=["/ip4/198.51.100.7/tcp/4001"],
     )
     assert Config.from_toml(config.to_toml()) == config
+
+
+def test_peer_routing_is_on_unless_turned_off_and_announce_is_checked() -> None:
+    assert Config.from_toml('name = "a"\n').dht is True  # members find each other by default
+    assert "dht" not in Config(name="a").to_toml()
+    with pytest.raises(HomeError, match="dht must be true or false"):
+        Config.from_toml('name = "a"\ndht = "yes"\n')
+    with pytest.raises(HomeError, match="not a multiaddr"):
+        Config.from_toml('name = "a"\nannounce = ["198.51.100.7:4001"]\n')
+    with pytest.raises(HomeError, match="names a peer id"):
+        Config.from_toml('name = "a"\nannounce = ["/ip4/1.2.3.4/tcp/1/p2p/12D3KooWx"]\n')
 
 
 def test_the_device_key_round_trips_and_a_malformed_one_is_refused() -> None:

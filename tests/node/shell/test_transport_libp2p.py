@@ -307,3 +307,19 @@ def test_identify_to_a_peer_that_just_left_is_debug(caplog: pytest.LogCaptureFix
     assert [r.getMessage()[-24:] for r in caplog.records if r.levelno >= logging.ERROR] == [
         "protobuf encoding failed"
     ]
+
+
+def test_a_wildcard_listen_address_is_advertised_as_the_hosts_addresses() -> None:
+    """libp2p advertised /ip4/0.0.0.0/... (what the README's listen line binds), which no
+    peer can dial; announce addresses (a public address the host cannot see) come first."""
+    from node.shell.transport.libp2p import advertised
+
+    wildcard = multiaddr.Multiaddr("/ip4/0.0.0.0/tcp/4001")
+    public = multiaddr.Multiaddr("/ip4/198.51.100.7/tcp/4001")
+    out = [str(a) for a in advertised([wildcard], [public])]
+    assert out[0] == str(public)
+    assert out[1:]
+    assert all(a.endswith("/tcp/4001") for a in out)
+    assert not any("/0.0.0.0/" in a for a in out)
+    plain = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/5")
+    assert advertised([plain], []) == [plain]
