@@ -76,6 +76,7 @@ class Exit(enum.IntEnum):
     REFUSED = 4  # the running node refused the request (its reason is printed)
     NODE_FAILED = 5  # the node, its transport or its store failed
     INTERRUPTED = 130
+    STDOUT_CLOSED = 141  # the reader of stdout went away (`medforge log | head`): 128 + SIGPIPE
 
 
 def exit_code(exc: BaseException) -> Exit:
@@ -98,6 +99,25 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return (CryptoError, MergeError, NodeError, OSError)
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout's reader has gone (a pipe into `head` that has read enough): poll
+    reports an error on the write end of a pipe whose reader closed it. Then stdout is pointed
+    at /dev/null, so the interpreter's own flush at exit prints no second message."""
+    import os
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        closed = any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll, or stdout is no real file
+        return False
+    if closed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    return closed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -105,6 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return Exit.INTERRUPTED
+    except BrokenPipeError as exc:
+        if _stdout_closed():  # not an error of the command: its reader stopped reading
+            return Exit.STDOUT_CLOSED
+        code = exit_code(exc)
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return code
     except _expected_errors() as exc:
         code = exit_code(exc)
         if getattr(args, "json", False):  # a script reads stdout; a person still sees stderr

@@ -39,7 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     commit.add_argument("--distilled", type=Path, required=True, help="distilled .safetensors")
     commit.add_argument("--task", required=True)
     commit.add_argument(
-        "--classes", help="comma-separated class names (default: the distilled file's)"
+        "--classes",
+        nargs="+",
+        help="class names in label order, as in train/distill (`a b c`; the old `a,b,c` "
+        "works too; default: the distilled file's)",
     )
     commit.add_argument(
         "--coeffs",
@@ -54,8 +57,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="with --coeffs: still load the base and score them (the accuracy of the head "
         "and of the merged candidate on each distilled set, and the warning if a task drops)",
     )
-    commit.add_argument("--parent", help="forge item (hex) the coefficients were searched against")
-    commit.add_argument("--supersedes", help="id (hex) of your orphaned commit this replaces")
+    commit.add_argument(
+        "--parent",
+        type=hash_hex,
+        help="forge item (64 hex) the coefficients were searched against (default: the "
+        "running node's tip, which the search uses; with --coeffs: yours to name)",
+    )
+    commit.add_argument(
+        "--supersedes",
+        type=hash_hex,
+        help="id (64 hex) of your orphaned commit this replaces (the node rebases its own "
+        "orphans by itself; this is the manual way)",
+    )
     commit.add_argument("--out", type=Path, required=True, help="bundle directory to write")
     add_device_arg(commit, "the coefficient search")
     add_json(commit)
@@ -74,6 +87,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     add_json(verify)
     verify.set_defaults(func=run_verify)
+
+
+def hash_hex(text: str) -> str:
+    """argparse ``type`` of --parent and --supersedes: a sha256 in hex (an id from `medforge
+    log --json` or `status`), refused before anything loads or a sequence number is taken."""
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a 64-character hex id (`medforge log --json` prints them whole)"
+        )
+    return raw.hex()
 
 
 def read_classes(distilled: Path) -> tuple[str, ...]:
@@ -143,7 +170,9 @@ def _search(
     return author.search(genesis, head, adapter, own, composer, device)
 
 
-def _training(adapter: Path, parent: bytes) -> dict[str, str | int | float] | None:
+def _training(
+    adapter: Path, parent: bytes, named: bool = False
+) -> dict[str, str | int | float] | None:
     """How the plugin was trained, from its ``medforge.json`` (None: it does not say, and the
     commit stays schema 1). Warns when a continual plugin goes onto another item than the one
     it was trained on: still valid, committed as trained (never retrained here)."""
@@ -158,10 +187,11 @@ def _training(adapter: Path, parent: bytes) -> dict[str, str | int | float] | No
         raise UsageError(f"{adapter / PLUGIN_META} is not a plugin meta file: {exc}") from exc
     on = training.get("trained_on") if training else None
     if isinstance(on, str) and on != parent.hex():
+        why = "--parent names it" if named else "the tip moved since"
         print(
             f"warning: this plugin was trained on forge item {on[:16]}…, it is committed onto "
-            f"{parent.hex()[:16]}… (the tip moved); it is still valid and its coefficients are "
-            f"searched against that tip, but retrain (`medforge train --home`) to build on it",
+            f"{parent.hex()[:16]}… ({why}); it is still valid, but retrain (`medforge train "
+            f"--home`) to build on that item",
             file=sys.stderr,
         )
     return training
@@ -172,7 +202,11 @@ def run_commit(args: argparse.Namespace) -> int:
     genesis = home.genesis()
     rules = Rules.of(genesis)
     blobs = commit_blobs(args.adapter, args.distilled)
-    classes = tuple(args.classes.split(",")) if args.classes else read_classes(args.distilled)
+    classes = (
+        tuple(c for given in args.classes for c in given.split(",") if c)
+        if args.classes
+        else read_classes(args.distilled)
+    )
     # Every peer runs exactly these checks at receipt: refuse before searching, signing or
     # taking a sequence number (a refused commit must not use one up).
     adapter = check_content(rules, classes=classes, coeffs=None, blobs=blobs, name=args.task)
@@ -185,7 +219,7 @@ def run_commit(args: argparse.Namespace) -> int:
     result = _search(genesis, target, adapter, args)
     parent = bytes.fromhex(args.parent) if args.parent else target.tip
     check_coeffs(rules, [float(w) for w in result.coeffs], result.module_coeffs)
-    training = _training(args.adapter, parent)
+    training = _training(args.adapter, parent, named=args.parent is not None)
     commit = author.sign_commit(
         home.identity(),
         genesis,
@@ -225,6 +259,8 @@ def run_commit(args: argparse.Namespace) -> int:
         published = call(home.control_path, "publish", bundle=str(args.out.resolve()))
         data["published"] = published
         human += f"\npublished: forge item v{published['forge_item']}"
+        if published.get("orphan"):
+            human += " (an orphan: its parent is not the tip; this node rebases it onto the tip)"
     else:
         data["published"] = None
         human += (

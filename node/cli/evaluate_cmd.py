@@ -8,6 +8,7 @@ back to the CPU in float32."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -162,8 +163,9 @@ def run_predict(args: argparse.Namespace) -> int:
     source = load_source(args)
     from node.forge.sources import choose_task
 
+    labels = _labels_of(args.data) if args.data is not None and not args.task else None
     task = choose_task(
-        source.tasks, name=args.task, classes=args.classes, labels=None, default_name="task"
+        source.tasks, name=args.task, classes=args.classes, labels=labels, default_name="task"
     )
     backend = _backend(args, source, device)
     from merge.pipeline.evaluate import model_probs
@@ -194,6 +196,28 @@ def run_predict(args: argparse.Namespace) -> int:
     lines += [_prediction_line(n, row) for n, row in enumerate(predictions, start=1)]
     emit(args, data, "\n".join(lines))
     return 0
+
+
+def _labels_of(path: Path) -> set[str] | None:
+    """The labels a CSV/JSONL file to predict carries (a label column is optional), so that,
+    as in `evaluate`, the task whose classes hold them is picked without --task; None when
+    the file has none (or is an image folder)."""
+    import csv
+
+    labels: set[str] = set()
+    try:
+        if path.suffix.lower() == ".csv":
+            with path.open(newline="", encoding="utf-8") as f:
+                labels = {(row.get("label") or "").strip() for row in csv.DictReader(f)}
+        elif path.suffix.lower() in (".jsonl", ".ndjson"):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                obj = json.loads(line) if line.strip() else {}
+                if isinstance(obj, dict) and obj.get("label") is not None:
+                    labels.add(str(obj["label"]).strip())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None  # read_inputs has already said what is wrong with a file it refuses
+    labels.discard("")
+    return labels or None
 
 
 def _prediction_line(n: int, row: dict[str, Any]) -> str:

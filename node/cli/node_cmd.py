@@ -11,10 +11,10 @@ from typing import Any
 
 from node.cli import logs
 from node.cli.output import add_home, add_json, describe_training, emit, human_bytes
-from node.errors import UsageError
+from node.errors import HomeError, PortInUse, UsageError
 from node.forge import claim
 from node.shell.control import call
-from node.shell.home import Home
+from node.shell.home import Config, Home
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -32,9 +32,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     run.set_defaults(func=run_node)
 
-    stop = cmds.add_parser("stop", help="ask the running node to stop")
+    stop = cmds.add_parser(
+        "stop",
+        help="ask the running node to stop, and wait until it has",
+        description="Ask the node on --home to stop (as SIGTERM does) and wait until its "
+        "control socket no longer answers. Exit 0 once stopped, 3 if no node was running, "
+        "5 if it still answers after --timeout seconds.",
+    )
     add_home(stop)
-    stop.set_defaults(func=lambda a: _call(a, "stop") and 0)
+    stop.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for it (default 30)"
+    )
+    add_json(stop)
+    stop.set_defaults(func=run_stop)
 
     status = sub.add_parser("status", help="peers, records, composite digest, convergence")
     add_home(status)
@@ -104,10 +114,11 @@ def run_node(args: argparse.Namespace) -> int:
     from node.shell.transport.libp2p import ensure_port_free
 
     home = Home(Path(args.home)).require()
-    ensure_port_free(home.config().listen)
+    config = _preflight(home)
+    ensure_port_free(config.listen)
     service = NodeService(
         home,
-        core_config=CoreConfig(sync_interval=args.sync_interval, strangers=home.config().strangers),
+        core_config=CoreConfig(sync_interval=args.sync_interval, strangers=config.strangers),
     )
 
     async def main() -> None:
@@ -133,6 +144,112 @@ def run_node(args: argparse.Namespace) -> int:
 
     trio.run(main)
     return 0
+
+
+def _node_pid(path: Path) -> int | None:
+    """The pid of the process serving the control socket (Linux SO_PEERCRED), or None."""
+    import socket
+    import struct
+
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2)
+            sock.connect(str(path))
+            cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid = int(struct.unpack("3i", cred)[0])
+    return pid if pid > 0 else None
+
+
+def _gone(path: Path, pid: int | None) -> bool:
+    """Whether the node has stopped: its process has exited (when its pid is known), else its
+    control socket no longer answers."""
+    import os
+
+    from node.errors import ControlError, NodeNotRunning
+
+    if pid is not None:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # another user's process that still exists
+        try:  # exited, but its parent has not reaped it yet (a zombie)
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        except (OSError, IndexError):
+            return False
+    try:
+        call(path, "status", timeout=2)
+    except NodeNotRunning:
+        return True
+    except (ControlError, OSError):
+        pass  # closing down: the socket accepts but no longer answers
+    return False
+
+
+def run_stop(args: argparse.Namespace) -> int:
+    import time
+
+    from node.cli import Exit
+
+    home = Home(Path(args.home))
+    name = home.config().name if home.config_path.exists() else str(home.path)
+    start = time.monotonic()
+    pid = _node_pid(home.control_path)
+    call(home.control_path, "stop", timeout=10)  # no node: NodeNotRunning, exit 3
+    while time.monotonic() - start < args.timeout:
+        if _gone(home.control_path, pid):
+            took = time.monotonic() - start
+            data = {"stopped": True, "home": str(home.path), "pid": pid, "seconds": round(took, 3)}
+            emit(args, data, f"node {name} on {home.path} stopped ({took:.1f} s)")
+            return 0
+        time.sleep(0.1)
+    data = {"stopped": False, "home": str(home.path), "pid": pid, "seconds": args.timeout}
+    emit(
+        args,
+        data,
+        f"node {name} on {home.path} was asked to stop but is still running after "
+        f"{args.timeout:g} s: see its log (SIGTERM{f' {pid}' if pid else ''} next)",
+    )
+    return Exit.NODE_FAILED
+
+
+def _preflight(home: Home) -> Config:
+    """config.toml as the node will use it, refused (exit 2, one line) before anything starts
+    when it would only fail later: TOML that does not parse, a listen, announce or bootstrap
+    address that is no TCP multiaddr (a bad peer id would be redialled forever), a metrics
+    port another process holds. `medforge doctor` runs the same checks and more."""
+    import tomllib
+
+    from node.shell import netcheck
+    from node.shell.transport.libp2p import ensure_port_free
+
+    try:
+        config = home.config()
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
+        what = f"no key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise HomeError(f"{home.config_path}: {what}") from exc
+    addrs = [("listen", config.listen)]
+    addrs += [("announce", a) for a in config.announce]
+    addrs += [("bootstrap", b) for b in config.bootstrap]
+    for key, addr in addrs:
+        try:
+            netcheck.parse_addr(addr)
+        except netcheck.AddrError as exc:
+            raise HomeError(f"config.toml: {key}: {exc}") from None
+    port = config.metrics_port
+    if port is not None:
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
+            raise HomeError(f"config.toml: metrics_port = {port!r} is not a TCP port")
+        try:
+            ensure_port_free(f"/ip4/{config.metrics_host}/tcp/{port}")  # ip4 only, else skipped
+        except PortInUse as exc:
+            raise PortInUse(f"config.toml: metrics_port: {exc}") from exc
+    return config
 
 
 def _peer_line(peer: dict[str, Any]) -> str:
@@ -217,6 +334,8 @@ def run_log(args: argparse.Namespace) -> int:
     for e in entries:
         w1, w2 = e["coeffs"]
         tag = "  orphan" if e["orphan"] else ""
+        if e.get("supersedes"):  # the orphan it replaced (a rebase, or `commit --supersedes`)
+            tag += f"  supersedes {e['supersedes'][:12]}"
         training = e.get("training")  # a node of an older build does not say
         trained = f"  {describe_training(training)}" if training else ""
         lines.append(

@@ -213,9 +213,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         backend = load_backend(args.backend or "text", args.base, device=device)
     config = _config(args, backend.kind)
-    result = train_plugin(
-        backend, records, task=args.task, out=args.out, config=config, continual=continual
-    )
+    from merge.pipeline.errors import DatasetTooSmallError
+
+    try:
+        result = train_plugin(
+            backend, records, task=args.task, out=args.out, config=config, continual=continual
+        )
+    except DatasetTooSmallError as exc:  # say which knob: the split is not the user's count
+        raise DatasetTooSmallError(
+            f"{exc} ({len(records)} records in {args.data}, less the validation share "
+            f"{config.val_fraction:g}): pass a smaller --batch-size, or add records"
+        ) from exc
     validation = {"base": result.base.as_dict(), "plugin": result.plugin.as_dict()}
     if result.composite is not None:
         validation["composite"] = result.composite.as_dict()

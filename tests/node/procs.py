@@ -119,6 +119,16 @@ async def until(predicate: Callable[[], bool], what: str) -> None:
     assert predicate(), what
 
 
+def wait(predicate: Callable[[], bool], what: str) -> None:
+    """``until`` for a synchronous test: re-check another process's state until it holds."""
+    import time
+
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)  # another process's state: there is no event to await
+
+
 def same_digest(nodes: list[Node], items: int) -> bool:
     """Every node at forge item ``items`` with one composite digest."""
     try:

@@ -295,6 +295,10 @@ def test_home_with_its_node_running(world: World, capsys: pytest.CaptureFixture[
         for bundle in world.bundles:
             assert main(["publish", "--home", str(world.home.path), str(bundle)]) == 0
         capsys.readouterr()
+        merged = len(world.bundles)  # publish returns once stored; the fold follows
+        procs.wait(
+            lambda: procs.same_digest([node], merged), "the node serves the merged composite"
+        )
         data = ["--data", str(world.test["oncology"])]
         online = world.json(capsys, "evaluate", "--home", str(world.home.path), *data)
         assert online["source"]["notes"] == ["node running: composed from its head"]
