@@ -308,10 +308,23 @@ def _read_rows(path: Path) -> list[tuple[str, str]]:
 def _csv_rows(path: Path) -> list[tuple[str, str]]:
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        missing = {"text", "label"} - set(reader.fieldnames or ())
+        found = list(reader.fieldnames or ())
+        missing = {"text", "label"} - set(found)
         if missing:
-            raise DataFormatError(f"{path}: missing column(s) {sorted(missing)}")
-        return [(r["text"] or "", (r["label"] or "").strip()) for r in reader]
+            raise DataFormatError(
+                f"{path}: missing column(s) {sorted(missing)}; the header has {found} "
+                "(comma-separated, with a header line: text,label)"
+            )
+        rows = [(r["text"] or "", (r["label"] or "").strip()) for r in reader]
+    return _labelled(path, rows, first_line=2)
+
+
+def _labelled(path: Path, rows: list[tuple[str, str]], first_line: int) -> list[tuple[str, str]]:
+    """Refuse a row without a label: it would silently become a class named ""."""
+    for n, (_, label) in enumerate(rows, start=first_line):
+        if not label:
+            raise DataFormatError(f"{path}: row {n}: empty label (every row needs its class)")
+    return rows
 
 
 def _jsonl_rows(path: Path) -> list[tuple[str, str]]:
@@ -325,6 +338,8 @@ def _jsonl_rows(path: Path) -> list[tuple[str, str]]:
             raise DataFormatError(f"{path}: line {n}: not JSON ({e.msg})") from e
         if not isinstance(obj, dict) or not {"text", "label"} <= obj.keys():
             raise DataFormatError(f"{path}: line {n}: needs keys 'text' and 'label'")
+        if not str(obj["label"]).strip():
+            raise DataFormatError(f"{path}: line {n}: empty label (every line needs its class)")
         rows.append((str(obj["text"]), str(obj["label"]).strip()))
     return rows
 

@@ -22,7 +22,8 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,25 @@ class Distilled:
     task: str
     kind: str
     base: str
+
+
+def widened(d: Distilled, classes: tuple[str, ...]) -> Distilled:
+    """``d`` over ``classes``, a superset of its own (labels re-indexed); ``d`` itself when
+    ``classes`` are its own or not a superset of them."""
+    if d.classes == classes or not set(d.classes) <= set(classes):
+        return d
+    where = torch.tensor([classes.index(c) for c in d.classes], dtype=torch.int64)
+    return replace(d, labels=where[d.labels], classes=classes)
+
+
+def over_whole_tasks(sets: Sequence[Distilled]) -> list[Distilled]:
+    """Each set over the classes of every set of its task, in order of first appearance.
+    Institutions that share a task may each hold only some of its classes (label skew); the
+    composite answers over all of them, so that is where its coefficients are scored."""
+    union: dict[str, dict[str, None]] = {}
+    for d in sets:
+        union.setdefault(d.task, {}).update(dict.fromkeys(d.classes))
+    return [widened(d, tuple(union[d.task])) for d in sets]
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ from merge.fold import Composite, apply
 from merge.groups import ModuleCoeffs
 from merge.lora import LoraAdapter
 from merge.pipeline.backends.base import DualEncoder
-from merge.pipeline.distill import Distilled, load_distilled
+from merge.pipeline.distill import Distilled, load_distilled, over_whole_tasks
 from merge.pipeline.search import SearchResult, TaskData, predict_proba_all, search_coeffs
 from merge.pipeline.train import Continual
 from merge.spec import SearchSettings
@@ -169,13 +169,14 @@ def coefficients(
     encoder: DualEncoder,
     head: Composite,
     adapter: LoraAdapter,
-    merged: Sequence[TaskData],
-    own: TaskData,
+    merged: Sequence[Distilled],
+    own: Distilled,
     settings: SearchSettings,
 ) -> SearchResult:
     """``(w1, w2)`` for ``apply(head, adapter, ·)``, scored on the distilled sets of the tasks
-    merged so far and the plugin's own: the claim every commit carries."""
-    return search_coeffs(encoder, head, adapter, [*merged, own], settings)
+    merged so far and the plugin's own (each against its task's whole class list): the claim
+    every commit carries."""
+    return search_coeffs(encoder, head, adapter, over_whole_tasks([*merged, own]), settings)
 
 
 def search(
@@ -213,7 +214,7 @@ def scored(
     pairs = result.module_coeffs
     groups = ModuleCoeffs(merge_spec(genesis).search.groups, pairs) if pairs else None
     merged = apply(composite, adapter, result.coeffs, groups)
-    data = [*task_data(head.commits, head.blob_path), own]
+    data = over_whole_tasks([*task_data(head.commits, head.blob_path), own])
     encoder = network_encoder(genesis, device)
     before, after = accuracies(encoder, composite, data), accuracies(encoder, merged, data)
     names = claim.unique_names(task_names(head.commits))

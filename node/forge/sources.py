@@ -114,12 +114,13 @@ class Source:
 
 
 def tasks_of(commits: Sequence[Commit]) -> tuple[Task, ...]:
-    """The tasks of ``commits`` in order of first appearance; a task committed again (a new
-    version of a plugin) has the classes of its last commit."""
-    classes: dict[str, tuple[str, ...]] = {}
+    """The tasks of ``commits`` in order of first appearance, each with the classes of every
+    commit of it, in order of first appearance: institutions that share a task may each hold
+    only some of its classes (label skew), and the composite answers over all of them."""
+    classes: dict[str, dict[str, None]] = {}
     for commit in commits:
-        classes[commit.task] = tuple(commit.classes)
-    return tuple(Task(name, cs) for name, cs in classes.items())
+        classes.setdefault(commit.task, {}).update(dict.fromkeys(commit.classes))
+    return tuple(Task(name, tuple(cs)) for name, cs in classes.items())
 
 
 # -- the readers ----------------------------------------------------------------------------

@@ -39,8 +39,10 @@ class Discovery:
         transport: Transport,
         members: Callable[[], Iterable[PeerId]],
         interval: float,
+        name_of: Callable[[PeerId], str] = str,
     ) -> None:
         self._transport = transport
+        self._name_of = name_of  # for the log: the roster's name of a member
         self._members = members  # the peer ids of the roster in force
         self.interval = interval
         self._due: dict[PeerId, float] = {}  # member -> trio time of its next attempt
@@ -91,6 +93,7 @@ class Discovery:
             wait = min(MAX_BACKOFF, 2 * self._backoff.get(peer, self.interval / 2))
             self._backoff[peer] = wait
             self._due[peer] = trio.current_time() + wait
+            log.info("member %s not reachable yet; next try in %.0f s", self._name_of(peer), wait)
 
     async def reach(self, peer: PeerId) -> bool:
         """Look ``peer`` up and dial its addresses until one answers."""
@@ -111,7 +114,7 @@ class Discovery:
             break
         if peer in self._transport.peers():
             self.found += 1
-            log.info("member %s reached through peer routing", peer)
+            log.info("member %s reached through peer routing", self._name_of(peer))
             return True
         self.failures += 1
         return False

@@ -134,7 +134,7 @@ class NodeService:
         self.rtt = RttProbe(self.transport, self.core.is_member, self.core.config.sync_interval)
         self.transport.set_member_filter(self.core.is_member)
         self.discovery = Discovery(
-            self.transport, self._member_peers, self.core.config.sync_interval
+            self.transport, self._member_peers, self.core.config.sync_interval, self.name_of
         )
         self.merge_latency = MergeLatency(restored=self.store.has_record)  # commit -> served
 

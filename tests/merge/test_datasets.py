@@ -93,8 +93,17 @@ def test_table_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(EmptyClassError, match="infection"):
         read_table(csv_path, CLASSES)
     csv_path.write_text("words,label\nx,fracture\n")
-    with pytest.raises(DataFormatError, match="missing column"):
+    with pytest.raises(
+        DataFormatError, match=r"missing column.*the header has \['words', 'label'\]"
+    ):
         read_table(csv_path, CLASSES)
+    csv_path.write_text("text,label\nx,fracture\ny,\n")  # a row without its class
+    with pytest.raises(DataFormatError, match="row 3: empty label"):
+        read_table(csv_path, None)
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text(json.dumps({"text": "x", "label": " "}) + "\n")
+    with pytest.raises(DataFormatError, match="line 1: empty label"):
+        read_table(blank, None)
     jsonl = tmp_path / "d.jsonl"
     jsonl.write_text(json.dumps({"text": "x", "label": "fracture"}) + "\n{oops\n")
     with pytest.raises(DataFormatError, match="line 2"):

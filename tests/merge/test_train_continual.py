@@ -14,7 +14,7 @@ from merge.fold import Composite, apply, delta_weights, empty
 from merge.lora import LoraAdapter, load_adapter
 from merge.pipeline.backends.text import TextBackend
 from merge.pipeline.datasets import Examples, stratified_split
-from merge.pipeline.distill import DistillConfig, Distilled, distill
+from merge.pipeline.distill import DistillConfig, Distilled, distill, over_whole_tasks
 from merge.pipeline.errors import DataFormatError, DeltaError
 from merge.pipeline.evaluate import evaluate
 from merge.pipeline.train import (
@@ -22,6 +22,7 @@ from merge.pipeline.train import (
     TrainConfig,
     TrainResult,
     read_plugin_meta,
+    task_classes,
     train_plugin,
 )
 from merge.spec import Limits
@@ -229,3 +230,44 @@ def test_a_clip_plugin_trains_on_a_composite_with_pixel_replay(tmp_path: Path) -
     _, val = stratified_split(records, config.val_fraction, config.seed)
     stacked = evaluate(clip, apply(composite, plugin, (1.0, 1.0)), val)
     assert stacked.accuracy == result.plugin.accuracy
+
+
+def _held(records: Examples, keep: tuple[str, ...]) -> Examples:
+    """One institution's view of a shared task under label skew: only the classes it holds."""
+    idx = [i for i, y in enumerate(records.labels) if records.classes[y] in keep]
+    labels = tuple(keep.index(records.classes[records.labels[i]]) for i in idx)
+    return Examples(tuple(records.items[i] for i in idx), labels, keep)
+
+
+def test_a_shared_task_is_learnt_over_every_institutions_classes(
+    backend: TextBackend, tmp_path: Path
+) -> None:
+    """Label skew: two institutions share task "one", each holding some of its classes. The
+    second trains on top of the first with its distilled set as replay, over the union of
+    their classes (its own first): the replayed examples are told apart from its own."""
+    classes = toy_records().classes
+    mine, theirs = _held(toy_records(), classes[:2]), _held(toy_records(), classes[1:])
+    d = distill(backend, theirs, task="one", config=DistillConfig.quick(ipc=2)).distilled
+    assert task_classes("one", mine.classes, [d]) == (classes[0], classes[1], classes[2])
+    assert task_classes("two", mine.classes, [d]) == mine.classes  # another task: its own
+    prior = Continual.of(empty("stack"), [d], parent=PARENT)
+    result = train_plugin(
+        backend, mine, task="one", out=tmp_path / "p", config=CONFIG, continual=prior
+    )
+    assert read_plugin_meta(tmp_path / "p")["classes"] == list(mine.classes)  # what it claims
+    assert result.replay_accuracy is not None
+
+
+def test_distilled_sets_are_scored_over_their_tasks_whole_class_list(
+    backend: TextBackend,
+) -> None:
+    classes = toy_records().classes
+    config = DistillConfig.quick(ipc=1)
+    a = distill(backend, _held(toy_records(), classes[:2]), task="t", config=config).distilled
+    b = distill(backend, _held(toy_records(), classes[1:]), task="t", config=config).distilled
+    c = distill(backend, _relabelled(toy_records()), task="u", config=config).distilled
+    wa, wb, wc = over_whole_tasks([a, b, c])
+    assert wa.classes == wb.classes == classes  # first appearance: a's, then b's new one
+    assert [wa.classes[y] for y in wa.labels] == [a.classes[y] for y in a.labels]
+    assert [wb.classes[y] for y in wb.labels] == [b.classes[y] for y in b.labels]
+    assert wc is c  # a task of its own is untouched

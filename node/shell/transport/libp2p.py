@@ -130,20 +130,41 @@ def _dht_chatter(record: logging.LogRecord) -> bool:
     return record.levelno < logging.ERROR
 
 
-def _dht_stream_failed(record: logging.LogRecord) -> bool:
-    """The host's multi-line ERROR when a DHT query's stream cannot be opened (the peer
-    closed the connection mid-lookup, mostly at a stop): the lookup goes on elsewhere. The
-    same ERROR for any other protocol (a peer that does not speak ours) stays."""
+def _stream_cut_short(record: logging.LogRecord) -> bool:
+    """The host's multi-line ERROR when a stream cannot be opened because the connection
+    went during negotiation (a peer stopping, a partition, a relayed connection closed), or
+    a DHT query's stream failed: the caller gets the exception too (ours: ``ConnectionLost``,
+    counted), and a lookup goes on elsewhere. The same ERROR for a peer that does not speak
+    the protocol ("protocols not supported") stays."""
     msg = record.getMessage()
     return (
         record.levelno == logging.ERROR
         and msg.startswith("Failed to open stream to peer")
-        and "/ipfs/kad/" in msg
+        and ("/ipfs/kad/" in msg or "multiselect communicator" in msg)
     )
 
 
+def _dial_failed(record: logging.LogRecord) -> bool:
+    """The TCP transport's ERROR for each address a dial could not reach (a member's private
+    address behind NAT, a host that is down): the dialler gets ``PeerUnreachable``, and
+    discovery and the bootstrap loop say, at INFO, whom they could not reach."""
+    msg = record.getMessage()
+    return record.levelno == logging.ERROR and (
+        msg.startswith("Failed to open TCP stream") or msg.startswith("Unexpected error opening")
+    )
+
+
+def _relay_stream_closed(record: logging.LogRecord) -> bool:
+    """The relay service's ERRORs when a stream it serves ends: one after each reservation
+    (the member closes the stream it reserved on) and four to six per relayed connection
+    closed. Reservations refused and relayed dials that fail reach their callers."""
+    return record.levelno == logging.ERROR and "stream" in record.getMessage()
+
+
 _Demote.install("libp2p.network.auto_connector", _auto_connector_cycle)
-_Demote.install("libp2p.host.basic_host", _dht_stream_failed)
+_Demote.install("libp2p.host.basic_host", _stream_cut_short)
+_Demote.install("libp2p.transport.tcp.tcp", _dial_failed)
+_Demote.install("libp2p.relay.circuit_v2.protocol", _relay_stream_closed)
 for _name in ("libp2p.kad_dht.kad_dht", "libp2p.kad_dht.peer_routing"):
     _Demote.install(_name, _dht_chatter)
 _Demote.install("libp2p.identity.identify.identify", _identify_to_a_gone_peer)
