@@ -128,12 +128,14 @@ def commit_blobs(adapter: Path, distilled: Path) -> dict[str, bytes]:
     }
 
 
-def _head(home: Home) -> Head | None:
-    """The running node's tip and main chain, or None when no node runs on this home."""
+def _head(home: Home, at: str | None = None) -> Head | None:
+    """The running node's tip and main chain (up to forge item ``at``, when given), or None
+    when no node runs on this home."""
     from node.forge.author import Head
 
     try:
-        answer: dict[str, Any] = call(home.control_path, "head", timeout=30)
+        extra = {} if at is None else {"at": at}
+        answer: dict[str, Any] = call(home.control_path, "head", timeout=30, **extra)
     except NodeNotRunning:
         return None  # any other refusal is the node's answer: it propagates
     return Head.from_answer(answer)
@@ -214,7 +216,9 @@ def run_commit(args: argparse.Namespace) -> int:
         check_coeffs(rules, [float(w) for w in args.coeffs])
     from node.forge import author
 
-    head = _head(home)
+    # --parent: search against the composite the plugin names (a commit's claim is about
+    # its parent), not against whatever the tip is now
+    head = _head(home, args.parent)
     target = head if head is not None else author.Head.empty(genesis)
     result = _search(genesis, target, adapter, args)
     parent = bytes.fromhex(args.parent) if args.parent else target.tip

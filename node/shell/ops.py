@@ -32,7 +32,8 @@ class Ops:
         if op == "log":
             return forge_log(self.node)
         if op == "head":
-            return head(self.node)
+            at = request.get("at")
+            return head(self.node, at if isinstance(at, str) else None)
         if op == "roster":  # the records behind the roster in force, for `network show`
             return {"records": [r.encode().hex() for r in self.node.core.roster_records()]}
         if op == "publish":
@@ -82,11 +83,18 @@ def forge_log(node: NodeService) -> list[dict[str, Any]]:
     return entries
 
 
-def head(node: NodeService) -> dict[str, Any]:
-    """What an author needs to search against the tip: the main chain's commits and blobs."""
+def head(node: NodeService, at: str | None = None) -> dict[str, Any]:
+    """What an author needs to search against the tip (or against ``at``, a forge item of
+    the main chain, hex): the main chain's commits up to it, and their blobs."""
     order = node.core.order
+    upto = order.main_length
+    if at is not None:
+        item = bytes.fromhex(at) if _is_hex64(at) else b""
+        if item not in order.items[: order.main_length + 1]:
+            raise NodeRefused(f"{at[:16]}… is not a forge item of this node's main chain")
+        upto = order.items.index(item)
     commits = []
-    for cid in order.main:
+    for cid in order.commits[:upto]:
         commit = node.core.commit(cid)
         if commit is not None:
             commits.append(
@@ -97,7 +105,11 @@ def head(node: NodeService) -> dict[str, Any]:
                     },
                 }
             )
-    return {"tip": order.tip.hex(), "commits": commits}
+    return {"tip": order.items[upto].hex(), "commits": commits}
+
+
+def _is_hex64(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text.lower())
 
 
 async def publish(node: NodeService, bundle_path: Path) -> dict[str, Any]:

@@ -422,3 +422,42 @@ def test_a_data_set_finds_the_task_that_holds_its_labels(
             pick()
     else:
         assert pick() == Task(chosen, TASKS[chosen])
+
+
+def test_commit_with_parent_searches_against_that_composite(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`commit --parent P` (no --coeffs) searches and scores against the composite at P, the
+    one its claim names, not against the node's tip; a P off the main chain is refused."""
+
+    def commit(*extra: str) -> tuple[int, str, str]:
+        task = "oncology"
+        code = main(
+            ["commit", "--home", str(world.home.path), "--task", f"{task}-v2", "--json"]
+            + ["--adapter", str(world.plugins[task])]
+            + ["--distilled", str(world.root / f"{task}.safetensors"), *extra]
+        )
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    node = procs.start(world.home, [])
+    try:
+        for bundle in world.bundles:
+            assert main(["publish", "--home", str(world.home.path), str(bundle)]) == 0
+        merged = len(world.bundles)
+        procs.wait(lambda: procs.same_digest([node], merged), "the node holds every bundle")
+        capsys.readouterr()
+        first = root_item(world.home.genesis().network_id).hex()
+        code, out, err = commit("--parent", first, "--out", str(world.root / "p0"))
+        assert code == 0, err
+        at_root = json.loads(out)
+        code, out, err = commit("--out", str(world.root / "p1"))
+        assert code == 0, err
+        at_tip = json.loads(out)
+        assert [f for f in at_root["task_accuracy"] if not f.get("own")] == []  # nothing served
+        assert len([f for f in at_tip["task_accuracy"] if not f.get("own")]) == merged
+        code, _, err = commit("--parent", "ab" * 32, "--out", str(world.root / "p2"))
+        assert code != 0
+        assert "not a forge item of this node's main chain" in err
+    finally:
+        procs.stop([node])
