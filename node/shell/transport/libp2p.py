@@ -504,8 +504,8 @@ class Libp2pTransport(Transport):
             raise PeerUnreachable("cannot dial self")
         if self.is_banned(peer):
             raise PeerUnreachable(f"{peer} is banned for sending garbage")
-        if is_circuit(addr) and addr_peer(relay_part(addr)) not in self._peers:
-            await self.connect(relay_part(addr))  # a relayed dial goes over our link to it
+        if is_circuit(addr):  # a relayed dial goes over our link to the relay (a no-op when
+            await self.connect(relay_part(addr))  # that link is up; redialled after a restart)
         explicit = _explicit_dial.set(True)
         try:
             with trio.fail_after(self.config.request_timeout), _mapped(PeerUnreachable, addr):

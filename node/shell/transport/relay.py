@@ -91,6 +91,8 @@ class Relaying:
         )
         self.dcutr = DCUtRProtocol(host) if config.hole_punching else None
         self.reserved: dict[PeerId, float] = {}  # relay -> trio time of our latest reservation
+        self.reservations = 0  # made, all relays together (each reconnect makes one again)
+        self.on_reserved = trio.Event()  # set, and replaced, at each reservation made
 
     def services(self) -> list[Any]:
         return [self.protocol] if self.dcutr is None else [self.protocol, self.dcutr]
@@ -136,6 +138,9 @@ class Relaying:
             await stream.close()
         if ok:
             self.reserved[relay] = trio.current_time()
+            self.reservations += 1
+            self.on_reserved.set()
+            self.on_reserved = trio.Event()
             _log.info("reserved a relay slot at %s", relay)
         else:
             _log.warning("relay %s refused a reservation (full, or not a relay)", relay)
