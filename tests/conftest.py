@@ -54,7 +54,8 @@ class TinyBase(torch.nn.Module):
                 param.copy_(torch.randn(param.shape, generator=generator))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.relu(self.q(x)) + self.v(x))
+        out: torch.Tensor = self.head(torch.relu(self.q(x)) + self.v(x))
+        return out
 
 
 @pytest.fixture

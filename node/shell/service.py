@@ -340,8 +340,7 @@ class NodeService:
         async for event in self.transport.events:
             match event:
                 case LinkUp(peer):
-                    addrs = self.transport.peer_addrs(peer)
-                    where = addrs[0].split("/p2p/")[0] if addrs else "unknown address"
+                    where = _where(self.transport.link_addrs(peer))
                     log.info("peer %s connected (%s, %s)", self.name_of(peer), where, peer)
                     try:
                         self.store.upsert_peer(peer, ())
@@ -565,7 +564,7 @@ class NodeService:
         """A frozen snapshot of the node, taken on the trio thread."""
         core, order, stats = self.core, self.core.order, self.core.statistics()
         conv = core.convergence()
-        now, addrs = trio.current_time(), self.transport.peer_addrs
+        now, addrs = trio.current_time(), self.transport.link_addrs
         peers = peer_statuses(core, now, self.name_of, addrs, self.rtt.of)
         roster = core.roster
         transport = self.transport.statistics()
@@ -623,6 +622,16 @@ class NodeService:
             ping_failures=self.rtt.failures,
             commit_merge_latency=self.merge_latency.snapshot(),
         )
+
+
+def _where(addrs: tuple[str, ...]) -> str:
+    """A connection's address for the log: ``ip4/tcp``, or the relay it goes through."""
+    if not addrs:
+        return "unknown address"
+    if "/p2p-circuit" in addrs[0]:
+        relay = addrs[0].split("/p2p-circuit")[0].rsplit("/p2p/", 1)[-1]
+        return f"relayed by {relay[-8:]}"
+    return addrs[0].split("/p2p/")[0]
 
 
 def _read_all(paths: dict[str, Path | None]) -> dict[str, bytes]:

@@ -128,6 +128,11 @@ class Transport(ABC):
         passes until this is set."""
         self._is_member = is_member
 
+    def link_addrs(self, peer: PeerId) -> tuple[str, ...]:
+        """Where our live connections to ``peer`` go (a relayed one contains
+        ``/p2p-circuit``); what we know of it when the backend cannot tell."""
+        return self.peer_addrs(peer) if peer in self._peers else ()
+
     async def find_peer(self, peer: PeerId) -> tuple[str, ...]:
         """Dialable addresses of ``peer`` (each ending in ``/p2p/<id>``): those we know.
         A backend with peer routing (libp2p's Kademlia DHT) also asks the network.

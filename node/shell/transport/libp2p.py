@@ -530,6 +530,14 @@ class Libp2pTransport(Transport):
         suffix = f"/p2p/{peer}"
         return tuple(a if a.endswith(suffix) else a + suffix for a in map(str, addrs))
 
+    def link_addrs(self, peer: PeerId) -> tuple[str, ...]:
+        try:
+            conns = self.host.get_network().connections.get(ID.from_base58(peer), [])
+            found = [str(a) for c in conns for a in c.get_transport_addresses()]
+        except Exception:  # noqa: BLE001 - a connection closing under us: nothing to report
+            found = []
+        return tuple(dict.fromkeys(found)) or super().link_addrs(peer)
+
     async def disconnect(self, peer: PeerId) -> None:
         with _mapped(ConnectionLost, f"disconnect {peer}"):
             await self.host.disconnect(ID.from_base58(peer))

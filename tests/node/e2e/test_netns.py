@@ -133,6 +133,20 @@ def _members_connected(site: Site) -> set[str]:
         return set()
 
 
+def _links(sites: list[Site]) -> dict[str, dict[str, str]]:
+    """Per member, per peer: "direct", "relayed" (a circuit through the relay), or both (a
+    relayed connection that DCUtR has upgraded, the circuit not yet closed)."""
+
+    def kind(addrs: list[str]) -> str:
+        kinds = sorted({"relayed" if "/p2p-circuit" in a else "direct" for a in addrs})
+        return "+".join(reversed(kinds)) or "none"
+
+    return {
+        s.name: {p["name"]: kind(p["addrs"]) for p in s.status()["peers"] if p["member"]}
+        for s in sites
+    }
+
+
 def _connected_to(site: Site, others: set[str]) -> Callable[[], bool]:
     return lambda: _members_connected(site) == others
 
@@ -159,8 +173,8 @@ async def test_five_hosts_two_behind_nat_converge_through_a_partition(
         names = set(sites)
         for site in everyone:  # one address each, yet every member reaches every member
             await until(_connected_to(site, names - {site.name}), f"{site.name}: every member")
-        carol_peers = {p["name"]: p for p in sites["carol"].status()["peers"]}
-        report["carol_to_dave"] = carol_peers["dave"]["addrs"]
+        report["links"] = _links(everyone)  # how each member reaches each other one
+        assert report["links"]["carol"]["dave"] in ("relayed", "direct", "relayed+direct")
 
         timings: list[float] = []
 
@@ -186,6 +200,7 @@ async def test_five_hosts_two_behind_nat_converge_through_a_partition(
         # one of the two item-2 commits is an orphan: its author's node rebases it
         await until(_at_item(everyone, 3), "one digest at item 3 after the heal")
         report["heal_to_converged_s"] = round(time.monotonic() - healed, 2)
+        report["links_at_end"] = _links(everyone)
         report["commit_to_everywhere_s"] = [round(t, 2) for t in timings]
         statuses = [s.status() for s in everyone]
         assert len({s["composite_digest"] for s in statuses}) == 1
