@@ -47,7 +47,7 @@ from merge.lora_config import CONFIG_NAME, WEIGHTS_NAME
 from merge.pipeline.backends.base import DualEncoder, cosine_logits, delta_params
 from merge.pipeline.datasets import Examples, require_every_class, stratified_split
 from merge.pipeline.device import Precision, device_of
-from merge.pipeline.distill import Distilled, widened
+from merge.pipeline.distill import Distilled
 from merge.pipeline.errors import DataFormatError, DatasetTooSmallError, LabelError
 from merge.pipeline.metrics import Metrics, classification_metrics
 from merge.safetensors_io import write_canonical
@@ -156,10 +156,7 @@ def train_plugin(
     on ``backend.device``; the adapter written to ``out`` is CPU float32 on every device."""
     train_set, val_set = _split(records, config)
     check_trainable(train_set, config.batch_size)
-    replay_sets = continual.replay if continual is not None else ()
-    classes = task_classes(task, records.classes, replay_sets)
-    train_set = _widened(train_set, classes)
-    replay = _replay_pools(backend, [widened(d, classes) for d in replay_sets])
+    replay = _replay_pools(backend, continual.replay) if continual is not None else []
     t0 = time.perf_counter()
     eval_batch = config.batch_size * 4
     device = device_of(backend)
@@ -205,28 +202,6 @@ def _training(continual: Continual | None) -> dict[str, Any]:
     if continual is None:
         return {"method": "independent", "replay": 0, "parent": None}
     return {"method": "continual", "replay": continual.n_replay, "parent": continual.parent}
-
-
-def task_classes(task: str, own: Sequence[str], replay: Sequence[Distilled]) -> tuple[str, ...]:
-    """The classes a continual plugin of ``task`` learns to tell apart: its own, then those
-    of every replayed set of the same task (in order of first appearance). Institutions
-    that share a task but hold different classes of it (label skew) each see only theirs;
-    the composite answers over all of them, so a plugin trained on top of it must separate
-    its classes from the others' too, which the replayed sets make possible."""
-    union = dict.fromkeys(own)
-    for d in replay:
-        if d.task == task:
-            union.update(dict.fromkeys(d.classes))
-    return tuple(union)
-
-
-def _widened(data: Examples, classes: tuple[str, ...]) -> Examples:
-    """``data`` over ``classes`` (a superset of its own), labels re-indexed."""
-    if classes == data.classes:
-        return data
-    where = {c: i for i, c in enumerate(classes)}
-    labels = tuple(where[data.classes[y]] for y in data.labels)
-    return Examples(data.items, labels, classes)
 
 
 def _split(records: Examples, config: TrainConfig) -> tuple[Examples, Examples]:

@@ -22,7 +22,6 @@ from merge.pipeline.train import (
     TrainConfig,
     TrainResult,
     read_plugin_meta,
-    task_classes,
     train_plugin,
 )
 from merge.spec import Limits
@@ -237,25 +236,6 @@ def _held(records: Examples, keep: tuple[str, ...]) -> Examples:
     idx = [i for i, y in enumerate(records.labels) if records.classes[y] in keep]
     labels = tuple(keep.index(records.classes[records.labels[i]]) for i in idx)
     return Examples(tuple(records.items[i] for i in idx), labels, keep)
-
-
-def test_a_shared_task_is_learnt_over_every_institutions_classes(
-    backend: TextBackend, tmp_path: Path
-) -> None:
-    """Label skew: two institutions share task "one", each holding some of its classes. The
-    second trains on top of the first with its distilled set as replay, over the union of
-    their classes (its own first): the replayed examples are told apart from its own."""
-    classes = toy_records().classes
-    mine, theirs = _held(toy_records(), classes[:2]), _held(toy_records(), classes[1:])
-    d = distill(backend, theirs, task="one", config=DistillConfig.quick(ipc=2)).distilled
-    assert task_classes("one", mine.classes, [d]) == (classes[0], classes[1], classes[2])
-    assert task_classes("two", mine.classes, [d]) == mine.classes  # another task: its own
-    prior = Continual.of(empty("stack"), [d], parent=PARENT)
-    result = train_plugin(
-        backend, mine, task="one", out=tmp_path / "p", config=CONFIG, continual=prior
-    )
-    assert read_plugin_meta(tmp_path / "p")["classes"] == list(mine.classes)  # what it claims
-    assert result.replay_accuracy is not None
 
 
 def test_distilled_sets_are_scored_over_their_tasks_whole_class_list(
