@@ -197,7 +197,10 @@ def _match(
     fixed = None if augment else _real_features(backend, real)
     losses: list[float] = []
     times: list[float] = []
-    bar = tqdm(range(config.steps), desc="distill", disable=not config.progress, leave=False)
+    # disable=None: a bar on a terminal, none in a log file (its \r updates are noise there)
+    bar = tqdm(
+        range(config.steps), desc="distill", disable=None if config.progress else True, leave=False
+    )
     for _ in bar:
         t0 = time.perf_counter()
         params = _aug_params(g) if augment else None

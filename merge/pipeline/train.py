@@ -351,7 +351,10 @@ def _fit(
     peft_model.train()
     losses: list[float] = []
     times: list[float] = []
-    bar = tqdm(range(config.steps), desc="train", disable=not config.progress, leave=False)
+    # disable=None: a bar on a terminal, none in a log file (its \r updates are noise there)
+    bar = tqdm(
+        range(config.steps), desc="train", disable=None if config.progress else True, leave=False
+    )
     for step in bar:
         t0 = time.perf_counter()
         idx = next(batches)

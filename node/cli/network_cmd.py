@@ -416,7 +416,7 @@ def run_sign(args: argparse.Namespace) -> int:
         raise UsageError(f"this {_what(record)} belongs to another network")
     signed = record.signed_by(home.identity())
     args.out.write_bytes(signed.encode())
-    _report(args, signed, genesis, _author_of(home, signed))
+    _report(args, signed, genesis, _author_of(home, signed), written=args.out)
     return 0
 
 
@@ -430,7 +430,7 @@ def run_combine(args: argparse.Namespace) -> int:
     if genesis is not None and combined.network != genesis.network_id:
         raise UsageError(f"this {_what(combined)} belongs to another network")
     args.out.write_bytes(combined.encode())
-    _report(args, combined, genesis, _author_of(home, combined) if home else None)
+    _report(args, combined, genesis, _author_of(home, combined) if home else None, written=args.out)
     return 0
 
 
