@@ -220,9 +220,9 @@ def run_stop(args: argparse.Namespace) -> int:
 
 def _preflight(home: Home) -> Config:
     """config.toml as the node will use it, refused (exit 2, one line) before anything starts
-    when it would only fail later: TOML that does not parse, a listen, announce or bootstrap
-    address that is no TCP multiaddr (a bad peer id would be redialled forever), a metrics
-    port another process holds. `medforge doctor` runs the same checks and more."""
+    when it would only fail later: TOML that does not parse, a listen, announce, bootstrap or
+    relay address that is no TCP multiaddr (a bad peer id would be redialled forever), a
+    metrics port another process holds. `medforge doctor` runs the same checks and more."""
     import tomllib
 
     from node.shell import netcheck
@@ -236,6 +236,7 @@ def _preflight(home: Home) -> Config:
     addrs = [("listen", config.listen)]
     addrs += [("announce", a) for a in config.announce]
     addrs += [("bootstrap", b) for b in config.bootstrap]
+    addrs += [("relays", r) for r in config.relays]
     for key, addr in addrs:
         try:
             netcheck.parse_addr(addr)
@@ -254,7 +255,7 @@ def _preflight(home: Home) -> Config:
 
 def _peer_line(peer: dict[str, Any]) -> str:
     heard = "never heard" if peer["heard_s_ago"] is None else f"heard {peer['heard_s_ago']} s ago"
-    where = peer["addrs"][0].split("/p2p/")[0] if peer.get("addrs") else "no address"
+    where = peer.get("link") or "no address"
     role = "member" if peer["member"] else "not a member"
     rtt = peer.get("rtt_ms")  # None: not pinged yet, no answer; absent: an older node
     return f"  {peer['name']:<14} {where}  {heard}, {role}" + (

@@ -49,6 +49,7 @@ from node.shell.latency import MergeLatency
 from node.shell.rtt import RttProbe
 from node.shell.status import (
     NodeStatus,
+    describe_link,
     equivocators,
     excluded,
     invalid_by_author,
@@ -321,18 +322,22 @@ class NodeService:
         log.warning("%s", message)
         self.errors = [*self.errors[-31:], (time.time(), message)]
 
+    def _roster_peers(self) -> dict[PeerId, str]:
+        """Peer id -> name of each member of the roster in force (derived once per roster
+        change): whom discovery keeps us connected to, and how peers are named."""
+        roster = self.core.roster
+        if self._roster_names[0] is not roster:
+            names = {m.key.peer_id(): m.name for m in roster.members.values()}
+            self._roster_names = (roster, names)
+        return self._roster_names[1]
+
     def _member_peers(self) -> list[PeerId]:
-        """The peer ids of the roster in force: whom discovery keeps us connected to."""
-        return [m.key.peer_id() for m in self.core.roster.members.values()]
+        return list(self._roster_peers())
 
     def name_of(self, peer: PeerId) -> str:
         """The member name of a peer in the roster in force (or, for a former member, the
         genesis), else the tail of its peer id."""
-        roster = self.core.roster
-        if self._roster_names[0] is not roster:  # peer ids derived once per roster change
-            names = {m.key.peer_id(): m.name for m in roster.members.values()}
-            self._roster_names = (roster, names)
-        return self._roster_names[1].get(peer) or self.names.get(peer, peer[-8:])
+        return self._roster_peers().get(peer) or self.names.get(peer, peer[-8:])
 
     # -- network -----------------------------------------------------------------------
 
@@ -340,7 +345,8 @@ class NodeService:
         async for event in self.transport.events:
             match event:
                 case LinkUp(peer):
-                    where = _where(self.transport.link_addrs(peer))
+                    where = describe_link(self.transport.link_addrs(peer), self.name_of)
+                    where = where or "unknown address"
                     log.info("peer %s connected (%s, %s)", self.name_of(peer), where, peer)
                     try:
                         self.store.upsert_peer(peer, ())
@@ -622,16 +628,6 @@ class NodeService:
             ping_failures=self.rtt.failures,
             commit_merge_latency=self.merge_latency.snapshot(),
         )
-
-
-def _where(addrs: tuple[str, ...]) -> str:
-    """A connection's address for the log: ``ip4/tcp``, or the relay it goes through."""
-    if not addrs:
-        return "unknown address"
-    if "/p2p-circuit" in addrs[0]:
-        relay = addrs[0].split("/p2p-circuit")[0].rsplit("/p2p/", 1)[-1]
-        return f"relayed by {relay[-8:]}"
-    return addrs[0].split("/p2p/")[0]
 
 
 def _read_all(paths: dict[str, Path | None]) -> dict[str, bytes]:

@@ -36,6 +36,7 @@ class PeerStatus:
     addrs: tuple[str, ...] = ()  # where the transport reaches it (empty when not connected)
     rtt_ms: float | None = None  # the last ping round trip; None: not connected, no answer yet
     rtt_smoothed_ms: float | None = None  # EWMA of the round trips (gain 1/8)
+    link: str = ""  # where the connection goes, for people: "ip4/tcp", or "relayed by <name>"
 
 
 @dataclass(frozen=True)
@@ -140,12 +141,25 @@ def peer_statuses(
                 records=report.count if report else None,
                 heard_s_ago=heard,
                 live=heard is not None and heard <= silent_after,
-                addrs=addrs_of(peer),
+                addrs=(addrs := addrs_of(peer)),
+                link=describe_link(addrs, name_of),
                 rtt_ms=None if rtt is None else _ms(rtt.last_s),
                 rtt_smoothed_ms=None if rtt is None else _ms(rtt.smoothed_s),
             )
         )
     return tuple(peers)
+
+
+def describe_link(addrs: tuple[str, ...], name_of: NameOf) -> str:
+    """A connection's first address for people: ``/ip4/<host>/tcp/<port>``, or, for a
+    circuit (``.../p2p/<relay>/p2p-circuit/p2p/<peer>``), the relay it goes through (just
+    "relayed" when the address does not name it)."""
+    if not addrs:
+        return ""
+    if "/p2p-circuit" in addrs[0]:
+        relay = addrs[0].split("/p2p-circuit")[0].rsplit("/p2p/", 1)[-1]
+        return f"relayed by {name_of(relay)}" if relay else "relayed"
+    return addrs[0].split("/p2p/")[0]
 
 
 def _ms(seconds: float) -> float:

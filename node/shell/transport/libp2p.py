@@ -60,7 +60,7 @@ import node.shell.transport.wire as wire
 from node.errors import ConnectionLost, PeerUnreachable, PortInUse
 from node.shell.transport.base import Transport
 from node.shell.transport.peerid import addr_peer
-from node.shell.transport.relay import Relaying, is_circuit, relay_part
+from node.shell.transport.relay import CIRCUIT, Relaying, is_circuit, relay_part
 from node.shell.transport.types import PeerId, TransportConfig
 
 logging.getLogger("libp2p").propagate = True  # libp2p sets False on import
@@ -536,6 +536,12 @@ class Libp2pTransport(Transport):
             found = [str(a) for c in conns for a in c.get_transport_addresses()]
         except Exception:  # noqa: BLE001 - a connection closing under us: nothing to report
             found = []
+        # py-libp2p 0.8.1 labels a connection relayed *to* us /p2p/<our id>/p2p-circuit/...
+        # (it takes its own id for the relay's): the relay is unknown, so it is dropped
+        mislabelled = f"/p2p/{self.peer_id}{CIRCUIT}"
+        found = [
+            a[len(mislabelled) - len(CIRCUIT) :] if a.startswith(mislabelled) else a for a in found
+        ]
         return tuple(dict.fromkeys(found)) or super().link_addrs(peer)
 
     async def disconnect(self, peer: PeerId) -> None:

@@ -90,7 +90,6 @@ class Relaying:
             host, self.protocol, RelayConfig(roles=roles, limits=self.limits)
         )
         self.dcutr = DCUtRProtocol(host) if config.hole_punching else None
-        self.reserved: dict[PeerId, float] = {}  # relay -> trio time of our latest reservation
         self.reservations = 0  # made, all relays together (each reconnect makes one again)
         self.on_reserved = trio.Event()  # set, and replaced, at each reservation made
 
@@ -137,7 +136,6 @@ class Relaying:
         finally:
             await stream.close()
         if ok:
-            self.reserved[relay] = trio.current_time()
             self.reservations += 1
             self.on_reserved.set()
             self.on_reserved = trio.Event()

@@ -141,10 +141,15 @@ def _links(sites: list[Site]) -> dict[str, dict[str, str]]:
         kinds = sorted({"relayed" if "/p2p-circuit" in a else "direct" for a in addrs})
         return "+".join(reversed(kinds)) or "none"
 
-    return {
-        s.name: {p["name"]: kind(p["addrs"]) for p in s.status()["peers"] if p["member"]}
-        for s in sites
-    }
+    links = {}
+    for site in sites:
+        peers = [p for p in site.status()["peers"] if p["member"]]
+        for p in peers:  # what `medforge status` shows for the connection
+            relayed = "/p2p-circuit" in p["addrs"][0]
+            assert p["link"] in (("relayed by relay", "relayed") if relayed else (p["link"],)), p
+            assert p["link"].startswith("relayed") == relayed, p
+        links[site.name] = {p["name"]: kind(p["addrs"]) for p in peers}
+    return links
 
 
 def _connected_to(site: Site, others: set[str]) -> Callable[[], bool]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import trio
 
 from node.shell.discovery import MAX_BACKOFF, Discovery
+from node.shell.status import describe_link
 from node.shell.transport import MemoryNetwork, MemoryTransport
 
 
@@ -36,3 +37,13 @@ async def test_missing_members_back_off_and_a_reached_one_is_forgotten() -> None
         assert discovery._due == {}
         for t in (alice, bob):
             t.stop()
+
+
+def test_a_link_is_described_by_its_address_or_its_relay() -> None:
+    names = {"12D3KooWRelay": "relay"}.get
+    relayed = "/ip4/10.88.0.2/tcp/4001/p2p/12D3KooWRelay/p2p-circuit/p2p/12D3KooWCarol"
+    assert describe_link((relayed,), lambda p: names(p) or p) == "relayed by relay"
+    direct = "/ip4/10.88.0.3/tcp/4001/p2p/12D3KooWAlice"
+    assert describe_link((direct, relayed), lambda p: p) == "/ip4/10.88.0.3/tcp/4001"
+    assert describe_link(("/p2p-circuit/p2p/12D3KooWCarol",), lambda p: p) == "relayed"
+    assert describe_link((), lambda p: p) == ""
