@@ -8,14 +8,19 @@ digest it filed the checkpoint under; this module only refuses bytes it cannot p
 
 Layout (every field length-prefixed with a little-endian u64, as in ``merge.digest``)::
 
-    "medforge-checkpoint/1", mode,
+    "medforge-checkpoint/2", mode,
     fusion/stack: n_modules, then per module in sorted order:
         name, kind ("lora": A then B | "dense": W), per tensor:
         ndim (u64, always 2), each dim (u64), n_bytes (u64), raw little-endian float32
-    mixture: n_members, per member: weight (8 bytes, float64 LE), member key
+    mixture: n_members, per member: weight (8 bytes, float64 LE), member key,
+        its adapter digest (32 bytes), its tensor bytes (u64)
 
 A mixture keeps its members whole, so it stores only their keys (the caller's names for them:
-the node uses commit ids) and ``read`` asks ``member(key)`` for each adapter. Writing streams
+the node uses commit ids) and ``read`` asks ``member(MemberRef)`` for each adapter. The
+member's digest and size are there so that the caller can give a *deferred* adapter
+(``merge.lora.DeferredModules``) and prove the checkpoint by its digest without reading a
+single member: a restart then costs nothing per member. Version 1 (no digest or size per
+member; otherwise the same) is still read, with ``MemberRef.digest`` ``None``. Writing streams
 the tensors' own memory (``chunks``) and reading fills fresh tensors from the source, so neither
 holds a second copy of the composite.
 """
@@ -25,23 +30,37 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
 import torch
 
 from merge.dense import DenseModule
+from merge.digest import adapter_digest
 from merge.errors import CheckpointError, MergeError
 from merge.fold import Composite, Module
-from merge.lora import LoraAdapter, LoraModule
+from merge.lora import LoraAdapter, LoraModule, adapter_nbytes
 from merge.spec import MODES
 
-TAG = b"medforge-checkpoint/1"
+TAG = b"medforge-checkpoint/2"
+_TAG_V1 = b"medforge-checkpoint/1"  # mixture members without digest and size
 _MAX_NAME = 4096  # bytes of a module name or member key: far above any real one
 _KINDS = {b"lora": 2, b"dense": 1}  # kind -> number of tensors
 
 Chunk = bytes | memoryview
-MemberLookup = Callable[[bytes], LoraAdapter]
+
+
+@dataclass(frozen=True)
+class MemberRef:
+    """A mixture member as a checkpoint names it."""
+
+    key: bytes
+    digest: str | None  # its adapter digest (hex); None in a version 1 checkpoint
+    nbytes: int | None  # its tensor bytes; None in version 1
+
+
+MemberLookup = Callable[[MemberRef], LoraAdapter]
 
 
 def chunks(c: Composite, member_keys: Sequence[bytes] = ()) -> Iterator[Chunk]:
@@ -52,8 +71,9 @@ def chunks(c: Composite, member_keys: Sequence[bytes] = ()) -> Iterator[Chunk]:
         if len(member_keys) != len(c.members):
             raise CheckpointError(f"{len(member_keys)} keys for {len(c.members)} members")
         yield _u64(len(c.members))
-        for weight, key in zip(c.weights, member_keys, strict=True):
-            yield struct.pack("<d", weight) + _field(key)
+        for weight, key, m in zip(c.weights, member_keys, c.members, strict=True):
+            facts = bytes.fromhex(adapter_digest(m)) + _u64(adapter_nbytes(m))
+            yield struct.pack("<d", weight) + _field(key) + facts
         return
     yield _u64(len(c.modules))
     for name in sorted(c.modules):
@@ -88,13 +108,17 @@ def read(source: BinaryIO, member: MemberLookup | None = None) -> Composite:
     ``CheckpointError`` for bytes that are not a whole checkpoint; errors of ``member`` (a
     mixture's adapter that cannot be had) pass through as they are."""
     reader = _Reader(source)
-    if reader.field(len(TAG)) != TAG:
+    tag = reader.field(len(TAG))
+    if tag not in (TAG, _TAG_V1):
         raise CheckpointError("not a medforge checkpoint (or another version)")
     mode = reader.field(16).decode(errors="replace")
     if mode not in MODES:
         raise CheckpointError(f"unknown mode {mode!r}")
     try:
-        c = _mixture(reader, member) if mode == "mixture" else _modules(reader, mode)
+        if mode == "mixture":
+            c = _mixture(reader, member, facts=tag == TAG)
+        else:
+            c = _modules(reader, mode)
     except (MergeError, TypeError, ValueError) as exc:
         if isinstance(exc, CheckpointError):
             raise
@@ -103,15 +127,19 @@ def read(source: BinaryIO, member: MemberLookup | None = None) -> Composite:
     return c
 
 
-def _mixture(reader: _Reader, member: MemberLookup | None) -> Composite:
+def _mixture(reader: _Reader, member: MemberLookup | None, *, facts: bool) -> Composite:
     if member is None:
         raise CheckpointError("a mixture checkpoint needs a way to get its members")
-    weights, keys = [], []
-    for _ in range(reader.count(8 + 8)):
+    weights, refs = [], []
+    for _ in range(reader.count(8 + 8 + (32 + 8 if facts else 0))):
         (weight,) = struct.unpack("<d", reader.take(8))
         weights.append(weight)
-        keys.append(reader.field(_MAX_NAME))
-    members = tuple(member(key) for key in keys)  # after the whole file parsed: no half reads
+        key = reader.field(_MAX_NAME)
+        if facts:
+            refs.append(MemberRef(key, reader.take(32).hex(), reader.u64()))
+        else:
+            refs.append(MemberRef(key, None, None))
+    members = tuple(member(ref) for ref in refs)  # after the whole file parsed: no half reads
     return Composite("mixture", members=members, weights=tuple(weights))
 
 

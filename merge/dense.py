@@ -84,25 +84,28 @@ def accumulate(
         return result
     b_scaled, a_scaled = _scaled_operands(b, a, slice_bits(k))
     rows = max(1, _BLOCK_ELEMENTS // max(in_dim, 1))
+    scale = None if w is None or t is None or bool(t == 1.0) else t  # once, not per block
     p64 = torch.empty(rows, in_dim, dtype=torch.float64)
     p32 = torch.empty(rows, in_dim, dtype=torch.float32)
-    for start in range(0, out_dim, rows):
-        stop = min(start + rows, out_dim)
-        n = stop - start
-        torch.mm(b_scaled[start:stop], a_scaled, out=p64[:n])  # exact: see the module doc
-        p32[:n].copy_(p64[:n])  # one correctly rounded cast
+    # The blocks as views made once (torch.split): slicing every operand per block costs more
+    # than the elementwise work of a block.
+    outs = torch.split(result, rows)
+    olds = torch.split(w, rows) if w is not None else (None,) * len(outs)
+    for b_block, block, old in zip(torch.split(b_scaled, rows), outs, olds, strict=True):
+        n = block.shape[0]
+        q64, q32 = (p64, p32) if n == rows else (p64[:n], p32[:n])
+        torch.mm(b_block, a_scaled, out=q64)  # exact: see the module doc
+        q32.copy_(q64)  # one correctly rounded cast
         # An exact zero's sign depends on the kernel (this machine's K=1 path gives -0.0 for
         # -1·0, a summing kernel starting at +0.0 gives +0.0): adding +0.0 makes it +0.0.
-        p32[:n].add_(0.0)
-        block = result[start:stop]
-        if w is None:
-            block.copy_(p32[:n])
+        q32.add_(0.0)
+        if old is None:
+            block.copy_(q32)
+        elif scale is None:
+            torch.add(old, q32, out=block)  # alpha 1: the correctly rounded sum, as add_
         else:
-            if t is None or bool(t == 1.0):
-                block.copy_(w[start:stop])
-            else:
-                torch.mul(w[start:stop], t, out=block)
-            block.add_(p32[:n])
+            torch.mul(old, scale, out=block)
+            block.add_(q32)
     return result
 
 

@@ -30,7 +30,7 @@ import torch
 
 from merge.dense import DenseModule
 from merge.fold import Composite, Module
-from merge.lora import LoraAdapter
+from merge.lora import DeferredModules, LoraAdapter
 
 _COMPOSITE_TAG = b"medforge-composite/1"
 _ADAPTER_TAG = b"medforge-adapter/1"
@@ -60,6 +60,8 @@ def adapter_digest(a: LoraAdapter) -> str:
     that is O(N) member hashes per commit (4 s at 1000 CLIP-sized members). An adapter is
     never modified once loaded (the fold is pure), so its digest is a property of the object;
     the memo holds it weakly and dies with it."""
+    if isinstance(a.modules, DeferredModules):
+        return a.modules.digest  # what it was made with: its loader checks the loaded bytes
     known = _ADAPTER_DIGESTS.get(a)
     if known is None:
         known = _ADAPTER_DIGESTS[a] = _hash_adapter(a)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -38,8 +40,10 @@ __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "Limits",
+    "DeferredModules",
     "LoraAdapter",
     "LoraModule",
+    "adapter_nbytes",
     "load_adapter",
     "load_adapter_bytes",
 ]
@@ -83,10 +87,81 @@ class LoraAdapter:
     name: str = field(default="adapter")
 
     def __post_init__(self) -> None:
+        if isinstance(self.modules, DeferredModules):
+            return  # read when used: sorted and read-only already (the loaded adapter's)
         # Sorted and read-only: iteration order never depends on how the file listed tensors.
         object.__setattr__(
             self, "modules", MappingProxyType({k: self.modules[k] for k in sorted(self.modules)})
         )
+
+    @property
+    def deferred(self) -> bool:
+        """Whether the modules are read when used rather than held (``DeferredModules``)."""
+        return isinstance(self.modules, DeferredModules)
+
+
+class DeferredModules(Mapping[str, LoraModule]):
+    """An adapter's modules read again when used, not held (issue 13).
+
+    A mixture keeps its members whole and they accumulate with the network's commits: held in
+    memory, 1000 CLIP-sized members are 2.3 GiB, and a restart that reads and validates every
+    one takes half a minute. A deferred adapter carries only what the fold, the digest and
+    ``status`` need (its adapter digest and tensor bytes) and ``load``, which gives the
+    validated adapter again (the node: its blobs through the validity function). The last
+    ``DEFERRED_CACHE`` adapters loaded stay in memory, so one pass over the members (export,
+    evaluation) reads each once. ``load`` is trusted to give the adapter whose digest is
+    ``digest``: the node's loader checks it (``node.forge.composer``).
+
+    Equality and hashing are by identity: comparing two by content would read both."""
+
+    def __init__(self, digest: str, nbytes: int, load: Callable[[], LoraAdapter]) -> None:
+        self.digest, self.nbytes, self._load = digest, nbytes, load
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def __repr__(self) -> str:
+        return f"<DeferredModules {self.digest[:12]} {self.nbytes} bytes>"
+
+    def __getitem__(self, name: str) -> LoraModule:
+        return self.loaded()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.loaded())
+
+    def __len__(self) -> int:
+        return len(self.loaded())
+
+    def loaded(self) -> Mapping[str, LoraModule]:
+        """The modules themselves: from the recent ones, or ``load`` again."""
+        with _RECENT_LOCK:
+            hit = _RECENT.get(self)
+            if hit is not None:
+                _RECENT.move_to_end(self)
+                return hit
+        modules = self._load().modules  # outside the lock: a load reads and validates files
+        if isinstance(modules, DeferredModules):
+            raise TypeError("a deferred adapter's load gave another deferred adapter")
+        with _RECENT_LOCK:
+            _RECENT[self] = modules
+            while len(_RECENT) > DEFERRED_CACHE:
+                _RECENT.popitem(last=False)
+        return modules
+
+
+DEFERRED_CACHE = 4  # deferred adapters' modules held at once (CLIP-sized: 2.3 MiB each)
+_RECENT: OrderedDict[DeferredModules, Mapping[str, LoraModule]] = OrderedDict()
+_RECENT_LOCK = threading.Lock()  # the node's composer and its control ops use other threads
+
+
+def adapter_nbytes(a: LoraAdapter) -> int:
+    """The bytes of an adapter's factors (a deferred one's, without reading it)."""
+    if isinstance(a.modules, DeferredModules):
+        return a.modules.nbytes
+    return sum(t.numel() * t.element_size() for m in a.modules.values() for t in (m.A, m.B))
 
 
 def load_adapter(

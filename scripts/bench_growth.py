@@ -231,7 +231,9 @@ def run_mode(mode: str, shape: Shape, work: Path, t0: float) -> list[Point]:
     def composer(directory: Path) -> Composer:
         files = CheckpointFiles(directory)
         every = shape.checkpoint_every
-        return Composer(spec, rules, blobs.read, checkpoints=files, checkpoint_every=every)
+        return Composer(
+            spec, rules, blobs.read, checkpoints=files, checkpoint_every=every, defer_members=True
+        )  # as the node makes it (a mixture's members read from the store when used)
 
     running = composer(ckpt)
     points = []

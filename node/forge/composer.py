@@ -18,9 +18,12 @@ tests hold them to it by digest. It starts from the newest of:
 **Memory**: the composer holds the current composite (plus the stable tip's while orphans
 exist) and at most ``cache_size`` adapters (the ones ``admit()`` handed over, until they are
 folded, and the last few read); any other adapter is read from the store again with
-``read_blob`` and the validity function when a refold needs it. A *mixture* composite holds
-every member whole, as inference needs them: there the members are the memory, and a refold
-takes them from the composite it replaces rather than from the store.
+``read_blob`` and the validity function when a refold needs it. A *mixture* composite keeps
+every member whole; with ``defer_members`` (the node) each member is a deferred adapter
+(``merge.lora.DeferredModules``: its digest and size, read again from the store when used), so
+a mixture's memory and restart do not grow with its members: a checkpoint names each member
+with its digest, and loading one reads no member at all. A refold takes the members from the
+composite it replaces rather than from the store.
 
 Each commit is applied with its scalar pair and, where it carries them (schema 2), its
 per-group pairs under the merge spec's grouping (``merge.groups``), and with the spec's
@@ -44,10 +47,10 @@ from dataclasses import dataclass
 from crypto.records import Commit
 from merge import checkpoint, fold
 from merge.compaction import Compaction
-from merge.digest import composite_digest
+from merge.digest import adapter_digest, composite_digest
 from merge.errors import CheckpointError
 from merge.groups import ModuleCoeffs
-from merge.lora import LoraAdapter
+from merge.lora import DeferredModules, LoraAdapter, adapter_nbytes
 from merge.spec import MergeSpec
 from node.errors import FoldError, StoreError
 from node.forge.checkpoints import (
@@ -59,7 +62,7 @@ from node.forge.checkpoints import (
     prefix_keys,
     prefix_root,
 )
-from node.forge.validate import Rules, check_commit
+from node.forge.validate import Rules, adapter_name, check_commit
 
 BlobReader = Callable[[bytes], bytes]
 ADAPTER_CACHE = 8  # adapters held at most (beside a mixture's members)
@@ -95,7 +98,9 @@ class Composer:
     """``update(commits)`` makes ``composite`` (and ``digest``) that of ``commits``.
 
     ``checkpoints``: where to keep checkpoints (``None``: none, a non-append change refolds from
-    the empty composite or the stable tip); ``checkpoint_every``: their spacing in commits."""
+    the empty composite or the stable tip); ``checkpoint_every``: their spacing in commits;
+    ``defer_members``: a mixture's members are deferred adapters, read again when used (a
+    long-lived node; a one-off fold that evaluates its members at once keeps them held)."""
 
     def __init__(
         self,
@@ -106,12 +111,14 @@ class Composer:
         checkpoints: CheckpointStore | None = None,
         checkpoint_every: int = CHECKPOINT_EVERY,
         cache_size: int = ADAPTER_CACHE,
+        defer_members: bool = False,
     ) -> None:
         if checkpoint_every < 1 or cache_size < 1:
             raise ValueError("checkpoint_every and cache_size are at least 1")
         self.spec, self.rules, self.read_blob = spec, rules, read_blob
         self.checkpoints, self.every, self.cache_size = checkpoints, checkpoint_every, cache_size
         self.compaction = Compaction.of(spec)
+        self.defer = defer_members and spec.mode == "mixture"
         self.order: tuple[bytes, ...] = ()
         self.composite = fold.empty(spec.mode)
         self.digest = composite_digest(self.composite)
@@ -169,6 +176,28 @@ class Composer:
         with self._lock:
             if commit_id in self._adapters:
                 self._adapters.move_to_end(commit_id, last=False)
+
+    def _deferred(self, commit: Commit, adapter: LoraAdapter) -> LoraAdapter:
+        """``adapter`` (``commit``'s) as a deferred one, when the composer defers members."""
+        if not self.defer or adapter.deferred:
+            return adapter
+        return self._defer(commit, adapter_digest(adapter), adapter_nbytes(adapter), adapter.base)
+
+    def _defer(self, commit: Commit, digest: str, nbytes: int, base: str) -> LoraAdapter:
+        modules = DeferredModules(digest, nbytes, lambda: self._reload(commit, digest, nbytes))
+        return LoraAdapter(base, modules, adapter_name(commit))
+
+    def _reload(self, commit: Commit, digest: str, nbytes: int) -> LoraAdapter:
+        """A deferred member's adapter, read again: it must be the one that was folded."""
+        adapter = self._adapter(commit, {})
+        got = adapter_digest(adapter), adapter_nbytes(adapter)
+        if got != (digest, nbytes):
+            cause = CheckpointError(
+                f"its blobs give adapter {got[0][:16]} ({got[1]} bytes), "
+                f"not {digest[:16]} ({nbytes} bytes) as folded"
+            )
+            raise FoldError(commit.id, cause)
+        return adapter
 
     def _members(self) -> dict[bytes, LoraAdapter]:
         """A mixture's members by commit id: a refold takes them from here, not the store."""
@@ -269,7 +298,8 @@ class Composer:
         self, composite: fold.Composite, commit: Commit, members: dict[bytes, LoraAdapter]
     ) -> fold.Composite:
         try:
-            adapter, groups = self._adapter(commit, members), self.module_coeffs(commit)
+            adapter = self._deferred(commit, self._adapter(commit, members))
+            groups = self.module_coeffs(commit)
             out = fold.apply(composite, adapter, commit.coeffs, groups, compaction=self.compaction)
         except Exception as exc:  # noqa: BLE001 - reported with the commit that caused it
             raise FoldError(commit.id, exc) from exc
@@ -302,7 +332,7 @@ class Composer:
         prefix = {c.id: c for c in commits[: entry.position]}
         try:
             with self.checkpoints.open(entry) as source:
-                c = checkpoint.read(source, lambda key: self._member(prefix, key, members))
+                c = checkpoint.read(source, lambda ref: self._member(prefix, ref, members))
             if composite_digest(c) != entry.digest:
                 raise CheckpointError("its content does not hash to its digest")
         except (StoreError, FoldError, OSError) as exc:  # the medium or a blob: keep it
@@ -315,13 +345,21 @@ class Composer:
         return c
 
     def _member(
-        self, prefix: dict[bytes, Commit], key: bytes, members: dict[bytes, LoraAdapter]
+        self,
+        prefix: dict[bytes, Commit],
+        ref: checkpoint.MemberRef,
+        members: dict[bytes, LoraAdapter],
     ) -> LoraAdapter:
-        commit = prefix.get(key)
+        """A checkpoint's member: held already, deferred on the digest the checkpoint names
+        (the checkpoint's own digest proves it), or read from the store."""
+        commit = prefix.get(ref.key)
         if commit is None:
-            raise CheckpointError(f"member {key.hex()[:12]} is not a commit of its prefix")
+            raise CheckpointError(f"member {ref.key.hex()[:12]} is not a commit of its prefix")
+        if commit.id not in members and self.defer and ref.digest is not None:
+            assert ref.nbytes is not None
+            return self._defer(commit, ref.digest, ref.nbytes, self.rules.base)
         try:
-            return self._adapter(commit, members)
+            return self._deferred(commit, self._adapter(commit, members))
         except Exception as exc:  # noqa: BLE001 - the blob, not the checkpoint: keep it
             raise FoldError(commit.id, exc) from exc
 

@@ -14,19 +14,21 @@ import torch
 
 from merge.dense import DenseModule
 from merge.fold import Composite, Module
-from merge.lora import LoraAdapter
+from merge.lora import adapter_nbytes
 
 
 @dataclass(frozen=True)
 class Footprint:
-    nbytes: int  # tensor bytes the composite holds (a mixture: its members')
+    nbytes: int  # tensor bytes of the composite (a mixture: its members', held or not)
     representation: str
 
 
 def footprint(c: Composite) -> Footprint:
     if c.mode == "mixture":
-        nbytes = sum(_adapter_bytes(m) for m in c.members)
-        return Footprint(nbytes, f"mixture, {len(c.members)} members")
+        nbytes = sum(adapter_nbytes(m) for m in c.members)
+        deferred = sum(m.deferred for m in c.members)
+        held = f", {deferred} read from the store when used" if deferred else ""
+        return Footprint(nbytes, f"mixture, {len(c.members)} members{held}")
     modules = list(c.modules.values())
     nbytes = sum(_module_bytes(m) for m in modules)
     return Footprint(nbytes, f"{c.mode}, {_describe(modules)}")
@@ -50,7 +52,3 @@ def _describe(modules: list[Module]) -> str:
 def _module_bytes(m: Module) -> int:
     tensors: Iterable[torch.Tensor] = (m.W,) if isinstance(m, DenseModule) else (m.A, m.B)
     return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def _adapter_bytes(a: LoraAdapter) -> int:
-    return sum(_module_bytes(m) for m in a.modules.values())

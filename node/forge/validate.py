@@ -85,8 +85,13 @@ def check_commit(commit: Commit, blobs: Mapping[str, bytes], rules: Rules) -> Lo
         coeffs=commit.coeffs,
         module_coeffs=commit.module_coeffs,
         blobs=blobs,
-        name=f"{commit.task}@{commit.id.hex()[:12]}",
+        name=adapter_name(commit),
     )
+
+
+def adapter_name(commit: Commit) -> str:
+    """The label of ``commit``'s adapter in errors and exports: ``task@id``."""
+    return f"{commit.task}@{commit.id.hex()[:12]}"
 
 
 def check_content(

@@ -112,6 +112,7 @@ class NodeService:
             self._read_blob,
             checkpoints=CheckpointFiles.under(self.store.root),
             checkpoint_every=self.config.checkpoint_every,
+            defer_members=True,  # a mixture's members are read from the store when used
         )
         self.started_at = time.time()
         self.names = {m.key.peer_id(): m.name for m in self.genesis.members}

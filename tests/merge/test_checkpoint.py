@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import io
 import struct
+from functools import partial
 
 import pytest
+import torch
 from merge_fixtures import random_adapter
 
 from merge import checkpoint
 from merge.compaction import Compaction
 from merge.dense import DenseModule
-from merge.digest import composite_digest
+from merge.digest import adapter_digest, composite_digest
 from merge.errors import CheckpointError
 from merge.fold import Composite, apply, empty, fold
-from merge.lora import LoraAdapter, LoraModule
+from merge.lora import DeferredModules, LoraAdapter, LoraModule, adapter_nbytes
 
 SHAPES = {"enc.q": (6, 5), "enc.v": (6, 5), "head": (3, 6)}
 ADAPTERS = [
@@ -45,8 +47,8 @@ def composites() -> dict[str, Composite]:
     }
 
 
-def members(key: bytes) -> LoraAdapter:
-    return ADAPTERS[KEYS.index(key)]
+def members(ref: checkpoint.MemberRef) -> LoraAdapter:
+    return ADAPTERS[KEYS.index(ref.key)]
 
 
 @pytest.mark.parametrize("name", sorted(composites()))
@@ -80,19 +82,67 @@ def test_dense_and_factored_modules_keep_their_representation() -> None:
 
 def test_mixture_weights_are_exact_floats_and_members_are_asked_for() -> None:
     c = composites()["mixture"]
-    asked: list[bytes] = []
 
-    def lookup(key: bytes) -> LoraAdapter:
-        asked.append(key)
-        return members(key)
+    refs: list[checkpoint.MemberRef] = []
+
+    def lookup(ref: checkpoint.MemberRef) -> LoraAdapter:
+        refs.append(ref)
+        return members(ref)
 
     back = checkpoint.decode(checkpoint.encode(c, KEYS), lookup)
-    assert asked == KEYS
+    assert [r.key for r in refs] == KEYS
+    # Each member is named with its digest and size, so a deferred one needs no read.
+    assert [r.digest for r in refs] == [adapter_digest(a) for a in ADAPTERS]
+    assert [r.nbytes for r in refs] == [adapter_nbytes(a) for a in ADAPTERS]
     assert [struct.pack("<d", w) for w in back.weights] == [struct.pack("<d", w) for w in c.weights]
     with pytest.raises(CheckpointError, match="keys"):
         checkpoint.encode(c, KEYS[:1])
     with pytest.raises(CheckpointError, match="members"):
         checkpoint.decode(checkpoint.encode(c, KEYS))  # no way to get them
+
+
+def test_a_version_1_mixture_is_read_with_members_looked_up_by_key() -> None:
+    """Checkpoints written before members carried their digest still load (a node keeps its
+    checkpoints across an upgrade); the lookup is told it has no digest to go by."""
+    c = composites()["mixture"]
+    v1 = checkpoint._TAG_V1
+    data = checkpoint._field(v1) + checkpoint._field(b"mixture") + checkpoint._u64(3)
+    for w, key in zip(c.weights, KEYS, strict=True):
+        data += struct.pack("<d", w) + checkpoint._field(key)
+    refs: list[checkpoint.MemberRef] = []
+
+    def lookup(ref: checkpoint.MemberRef) -> LoraAdapter:
+        refs.append(ref)
+        return members(ref)
+
+    back = checkpoint.decode(data, lookup)
+    assert composite_digest(back) == composite_digest(c)
+    assert refs == [checkpoint.MemberRef(k, None, None) for k in KEYS]
+
+
+def test_a_deferred_member_is_read_when_used_and_hashes_as_the_adapter() -> None:
+    loads: list[int] = []
+
+    def load(k: int) -> LoraAdapter:
+        loads.append(k)
+        return ADAPTERS[k]
+
+    deferred = [
+        LoraAdapter(a.base, DeferredModules(adapter_digest(a), adapter_nbytes(a), partial(load, k)))
+        for k, a in enumerate(ADAPTERS)
+    ]
+    held = fold("mixture", STEPS)
+    lazy = fold("mixture", list(zip(deferred, [s[1] for s in STEPS], strict=True)))
+    assert composite_digest(lazy) == composite_digest(held)
+    assert checkpoint.encode(lazy, KEYS) == checkpoint.encode(held, KEYS)
+    assert loads == [], "the digest and a checkpoint read no member"
+    # Used, a member is read once and then held among the recent few.
+    first = deferred[0].modules
+    assert sorted(first) == sorted(ADAPTERS[0].modules)
+    assert torch.equal(first["enc.q"].A, ADAPTERS[0].modules["enc.q"].A)
+    assert loads == [0]
+    assert deferred[0].deferred
+    assert adapter_nbytes(deferred[0]) == adapter_nbytes(ADAPTERS[0])
 
 
 @pytest.mark.parametrize("name", ["stack", "stack-dense", "mixture"])
@@ -109,7 +159,7 @@ def test_trailing_bytes_another_version_and_absurd_sizes_are_refused() -> None:
     with pytest.raises(CheckpointError, match="after the end"):
         checkpoint.decode(data + b"\0")
     with pytest.raises(CheckpointError, match="not a medforge checkpoint"):
-        checkpoint.decode(data.replace(b"checkpoint/1", b"checkpoint/9", 1))
+        checkpoint.decode(data.replace(b"checkpoint/2", b"checkpoint/9", 1))
     # A module count that cannot fit in what follows is refused before anything is built.
     head = len(checkpoint.encode(empty("stack"))) - 8
     huge = data[:head] + struct.pack("<Q", 1 << 60) + data[head + 8 :]

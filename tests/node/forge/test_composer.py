@@ -19,10 +19,12 @@ from safetensors.torch import load_file, save_file
 
 from crypto.identity import Identity
 from crypto.records import Commit, Genesis, Member
-from merge import fold
+from merge import checkpoint, fold
 from merge.dense import DenseModule
+from merge.digest import composite_digest
+from merge.lora import DeferredModules, LoraAdapter
 from merge.spec import MergeSpec
-from node.errors import StoreError
+from node.errors import FoldError, StoreError
 from node.forge.bundle import blob_ref
 from node.forge.checkpoints import (
     CheckpointEntry,
@@ -302,6 +304,70 @@ def test_other_modes_restart_from_checkpoints_too(
     restarted = composer(store, mode, checkpoints=memory)
     assert restarted.update(commits) == digest == from_empty(store, commits, mode)
     assert restarted.statistics().last_start == 16
+
+
+def test_a_deferred_mixture_restarts_without_reading_a_member(
+    adapters: list[Blobs], store: Store
+) -> None:
+    """The node's mixture (``defer_members``) holds no member's tensors: its digest is the held
+    fold's, a restart from a checkpoint reads no blob at all, and a member used (export) is
+    read from the store and checked against the digest it was folded with."""
+    commits = chain(adapters, 19, mode="mixture")
+    memory = MemoryCheckpoints()
+    running = composer(store, "mixture", checkpoints=memory, defer_members=True)
+    digest = running.update(commits)
+    assert digest == from_empty(store, commits, "mixture")
+    c = running.composite
+    assert all(m.deferred for m in c.members)
+    held = fold.fold("mixture", [(running.adapter(k), k.coeffs) for k in commits])
+    assert footprint(c).nbytes == footprint(held).nbytes
+    assert "19 read from the store when used" in footprint(c).representation
+    at16 = from_empty(store, commits[:16], "mixture")
+    reads = store.reads
+    restarted = composer(store, "mixture", checkpoints=memory, defer_members=True)
+    assert restarted.update(commits[:16]) == at16
+    assert store.reads == reads, "a restart reads no member"
+    assert restarted.statistics().last_source == "checkpoint"
+    member = restarted.composite.members[3]
+    want = held.members[3].modules
+    assert sorted(member.modules) == sorted(want)
+    assert all(torch.equal(member.modules[n].B, want[n].B) for n in want)
+    assert store.reads == reads + 3, "read when used: the commit's three blobs"
+
+
+def never() -> LoraAdapter:
+    raise AssertionError("read a member that should stay unread")
+
+
+def test_a_deferred_member_whose_blobs_changed_is_refused(
+    adapters: list[Blobs], store: Store
+) -> None:
+    """A checkpoint that names a member by a digest its blobs no longer give (as one written
+    before a change of the validity function would): a member used fails with its commit
+    named; it never serves other tensors under the digest it was folded with."""
+    commits = chain(adapters, 8, mode="mixture")
+    memory = MemoryCheckpoints()
+    composer(store, "mixture", checkpoints=memory, defer_members=True).update(commits)
+    (entry,) = memory.entries()
+    data = bytearray(memory.files.pop(entry))
+    at = data.index(commits[0].id) + len(commits[0].id)  # member 0: its key, then its digest
+    data[at : at + 32] = b"\x11" * 32
+    forged = bytes(data)
+
+    def named(ref: checkpoint.MemberRef) -> LoraAdapter:  # what the checkpoint says, unread
+        assert ref.digest is not None
+        assert ref.nbytes is not None
+        return LoraAdapter(BASE, DeferredModules(ref.digest, ref.nbytes, never))
+
+    # Filed under the digest of what it names: consistent, as a stale checkpoint would be.
+    digest = composite_digest(checkpoint.decode(forged, named))
+    memory.files[CheckpointEntry(entry.position, entry.key, digest)] = forged
+    restarted = composer(store, "mixture", checkpoints=memory, defer_members=True)
+    assert restarted.update(commits) == digest
+    assert restarted.statistics().last_source == "checkpoint"
+    stale = restarted.composite.members[0]
+    with pytest.raises(FoldError, match=commits[0].id.hex()[:12] + ".*its blobs give adapter"):
+        stale.modules["q"]
 
 
 def test_a_compacted_stack_checkpoints_its_dense_modules(
