@@ -246,6 +246,8 @@ async def test_a_running_nodes_export_names_its_forge_item_and_authors(
                 lambda n, k=k: len(n.core.order.commits) == k + 1 and n.core.digest is not None
             )
 
+    # The node holds no member's tensors: the export reads each from the store.
+    assert all(m.deferred for m in node.composer.composite.members)
     outs = [tmp_path / "export", tmp_path / "again"]
     for out in outs:
         argv = ["export", "--home", str(home.path), "--out", str(out), "--json"]
