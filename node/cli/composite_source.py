@@ -24,7 +24,8 @@ from crypto.records import Genesis, Record, decode_record
 from node.errors import ControlError, NodeNotRunning, StoreLocked
 from node.shell.control import call
 from node.shell.home import Home
-from node.shell.store import blob_file, read_snapshot
+from node.shell.store_layout import blob_file
+from node.shell.store_snapshot import read_snapshot
 
 if TYPE_CHECKING:  # the tensor side loads when a command runs, not when the parser is built
     from node.forge.sources import Source

@@ -91,7 +91,7 @@ class _Progress:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from node.shell.store import check_store
+    from node.shell.store_check import check_store
 
     home = Home(Path(args.home)).require()
     progress = _Progress()

@@ -1,37 +1,31 @@
 """The node's crash-safe store: content-addressed blobs on disk plus an SQLite index.
 
-Layout under ``HOME/store/``::
-
-    LOCK                   flock'ed for the life of the Store: one node per home
-    index.sqlite3          WAL, synchronous=FULL: records, blobs, verifications, peers, state
-    blobs/ab/cdef...       a blob named by its sha256 hex (2 + 62 characters)
-    blobs/ab/.tmp-*        a blob being written; never read, removed on open
-    checkpoints/           the composer's checkpoints: not the store's (node.shell.checkpoint_files)
-
-Durability rules (why a SIGKILL at any instant loses nothing acknowledged):
+Its files and their names: ``node.shell.store_layout``. Durability rules (why a SIGKILL at
+any instant loses nothing acknowledged):
   * a blob is written to a temp file in its final directory, fsynced, verified against the
     sha256 it was offered under, renamed into place, and the directory is fsynced; only then
     is its index row committed and the call returns. A bad hash raises and stores nothing.
   * every index write is one SQLite transaction, durable when it returns (synchronous=FULL).
   * on open, recovery removes temp files, checks every indexed blob's size (or full hash
     with ``rehash=True``), drops rows whose blob is missing or corrupt, and adopts complete
-    blob files that lost the race with their index row. ``Store.recovery`` reports it all
-    (``as_dict()`` for ``status``) and the node's log says what was repaired.
+    blob files that lost the race with their index row (the scan: ``node.shell.store_scan``).
+    ``Store.recovery`` reports it all (``as_dict()`` for ``status``) and the node's log says
+    what was repaired.
   * a failed disk write (ENOSPC, EFBIG, EIO, ...) or index write raises ``StoreError``: the
     temp file is gone and nothing is indexed.
 
 Serving: ``serving_path`` (the transport's blob provider) rehashes a blob before the first
 time it is served in this process and whenever its file changed since (size, mtime, inode),
 so a blob that rotted on disk is dropped, not sent: a peer that got bad bytes from us would
-rightly ban us. ``check_store`` (``medforge store check``) rehashes everything on demand;
-read-only while a node runs, repairing only with the store lock.
+rightly ban us. ``check_store`` (``medforge store check``, ``node.shell.store_check``)
+rehashes everything on demand; read-only while a node runs, repairing only with the store
+lock. ``read_snapshot`` (``node.shell.store_snapshot``) reads a store with no node running.
 The store does no hashing of records (a record id is the hash of its signed *body*, which
 only crypto/ can parse); it keeps what the protocol core accepted.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
@@ -41,28 +35,29 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
 from node.errors import CorruptBlob, StoreCorrupt, StoreError, StoreLocked
+from node.shell.store_layout import (
+    BLOB_DIR,
+    COPY_CHUNK,
+    INDEX_FILE,
+    LOCK_FILE,
+    STORE_DIR,
+    TMP_PREFIX,
+    blob_file,
+    hash_file,
+)
+from node.shell.store_scan import SUMMARY_IDS, CheckReport, RecoveryReport, scan
 
-STORE_DIR = "store"
-INDEX_FILE = "index.sqlite3"
-LOCK_FILE = "LOCK"
-BLOB_DIR = "blobs"
-TMP_PREFIX = ".tmp-"
-_COPY_CHUNK = 1 << 20
 REVERIFY_AFTER = 600.0  # seconds a served blob's hash is trusted before it is hashed again
-SHORT_ID = 12  # hex characters of a blob id in summaries and logs
-SUMMARY_IDS = 8  # ids listed per category in a summary; the counts are always whole
 
 log = logging.getLogger("node.shell.store")
 
-# done blobs, total blobs, done bytes, total bytes
-Progress = Callable[[int, int, int, int], None]
 # size, mtime_ns, inode of a blob file when it was last hashed and found intact
 _FileStamp = tuple[int, int, int]
 
@@ -104,109 +99,6 @@ class PeerEntry:
 
 
 @dataclass(frozen=True)
-class RecoveryReport:
-    """What ``Store.open`` repaired. Empty lists mean the last shutdown was clean."""
-
-    temp_files_removed: int = 0
-    missing_blobs: list[bytes] = field(default_factory=list)  # indexed, file gone
-    corrupt_blobs: list[bytes] = field(default_factory=list)  # indexed, wrong size/hash
-    adopted_blobs: list[bytes] = field(default_factory=list)  # file complete, row lost
-    stray_files_removed: int = 0  # blob-named files, no row, bytes not matching the name
-    rehashed: bool = False  # every blob was hashed (else sizes only)
-
-    @property
-    def dropped(self) -> list[bytes]:
-        return self.missing_blobs + self.corrupt_blobs
-
-    @property
-    def clean(self) -> bool:
-        return not (
-            self.temp_files_removed
-            or self.dropped
-            or self.adopted_blobs
-            or self.stray_files_removed
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: counts, and up to ``SUMMARY_IDS`` short hex ids per category."""
-        return {
-            "clean": self.clean,
-            "rehashed": self.rehashed,
-            "temp_files_removed": self.temp_files_removed,
-            "stray_files_removed": self.stray_files_removed,
-            "missing_blobs": len(self.missing_blobs),
-            "corrupt_blobs": len(self.corrupt_blobs),
-            "adopted_blobs": len(self.adopted_blobs),
-            "missing": _short_ids(self.missing_blobs),
-            "corrupt": _short_ids(self.corrupt_blobs),
-            "adopted": _short_ids(self.adopted_blobs),
-        }
-
-    def describe(self) -> str:
-        """One line for the log."""
-        if self.clean:
-            return "clean"
-        parts = []
-        for what, shas in (
-            ("missing", self.missing_blobs),
-            ("corrupt", self.corrupt_blobs),
-            ("adopted", self.adopted_blobs),
-        ):
-            if shas:
-                parts.append(f"{len(shas)} {what} ({', '.join(_short_ids(shas))})")
-        if self.temp_files_removed:
-            parts.append(f"{self.temp_files_removed} temp files removed")
-        if self.stray_files_removed:
-            parts.append(f"{self.stray_files_removed} stray files removed")
-        return "; ".join(parts)
-
-
-@dataclass
-class CheckReport:
-    """What ``check_store`` found (and, with ``repaired``, fixed). Blob ids are raw sha256."""
-
-    root: Path
-    live: bool = False  # a node held the store lock: the check only read
-    repaired: bool = False  # the problems below were repaired (store lock held)
-    blobs_checked: int = 0
-    bytes_checked: int = 0
-    missing: list[bytes] = field(default_factory=list)  # indexed, file gone
-    corrupt: list[bytes] = field(default_factory=list)  # indexed, wrong size or hash
-    unindexed: list[bytes] = field(default_factory=list)  # complete file, no row: adopted
-    strays: list[Path] = field(default_factory=list)  # no row, bytes not the name's: removed
-    temp_files: list[Path] = field(default_factory=list)  # with a node running: in flight
-    unheld: list[bytes] = field(default_factory=list)  # named by a stored commit, not held
-
-    @property
-    def problems(self) -> int:
-        """What is wrong with the store itself. ``unheld`` blobs are not counted: the
-        store cannot repair them, the node fetches them from peers."""
-        found = len(self.missing) + len(self.corrupt) + len(self.unindexed) + len(self.strays)
-        return found + (0 if self.live else len(self.temp_files))
-
-    @property
-    def clean(self) -> bool:
-        return self.problems == 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "store": str(self.root),
-            "live": self.live,
-            "repaired": self.repaired,
-            "clean": self.clean,
-            "problems": self.problems,
-            "blobs_checked": self.blobs_checked,
-            "bytes_checked": self.bytes_checked,
-            "missing": [s.hex() for s in self.missing],
-            "corrupt": [s.hex() for s in self.corrupt],
-            "unindexed": [s.hex() for s in self.unindexed],
-            "strays": [str(p.relative_to(self.root)) for p in self.strays],
-            "temp_files": [str(p.relative_to(self.root)) for p in self.temp_files],
-            "unheld": [s.hex() for s in self.unheld],
-        }
-
-
-@dataclass(frozen=True)
 class StoreStatistics:
     records: int
     blobs: int
@@ -223,16 +115,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _short_ids(shas: Sequence[bytes]) -> list[str]:
-    return [sha.hex()[:SHORT_ID] for sha in shas[:SUMMARY_IDS]]
-
-
-def _check_sha(sha256: bytes) -> bytes:
-    if len(sha256) != 32:
-        raise ValueError(f"a sha256 is 32 raw bytes, got {len(sha256)}")
-    return sha256
 
 
 class Store:
@@ -327,7 +209,7 @@ class Store:
                 return path
             if stamp[0] != size:
                 problem = f"{stamp[0]} bytes, indexed as {size}"
-            elif _hash_file(path) != sha256:
+            elif hash_file(path) != sha256:
                 problem = "its bytes do not hash to its name"
             elif _stamp(path) != stamp:
                 problem = "it changed while it was being hashed"
@@ -383,7 +265,7 @@ class Store:
             with source.open("rb") as f:
                 return self.put_blob(f, expected_sha256)
         with self.blob_writer(expected_sha256) as writer:
-            while chunk := source.read(_COPY_CHUNK):
+            while chunk := source.read(COPY_CHUNK):
                 writer.write(chunk)
             return writer.commit()
 
@@ -487,7 +369,7 @@ class Store:
     # -- recovery ----------------------------------------------------------------------
 
     def _recover(self, rehash: bool) -> RecoveryReport:
-        found = _scan(self.root, self._db, rehash=rehash, live=False)
+        found = scan(self.root, self._db, rehash=rehash, live=False)
         self._repair(found)
         return RecoveryReport(
             temp_files_removed=len(found.temp_files),
@@ -614,154 +496,6 @@ class BlobWriter:
         self.abort()
 
 
-# -- checking a store on demand (``medforge store check``) ------------------------------
-
-
-def check_store(
-    home: Path, *, repair: bool = False, progress: Progress | None = None
-) -> CheckReport:
-    """Rehash every indexed blob of the store under ``home`` and look for missing, corrupt,
-    unindexed and temp files; also list blobs that stored commits name but the store lacks.
-
-    Without ``repair`` nothing is written and no lock is taken: it is safe while a node runs
-    (``live`` in the report; its in-flight temp files are then not problems). With
-    ``repair`` it takes the store lock (``StoreLocked`` while a node runs), drops missing and
-    corrupt blobs, adopts complete unindexed files, removes temp and stray files, as
-    recovery does: the node fetches the dropped blobs from peers when it next starts."""
-    root = Path(home) / STORE_DIR
-    if not (root / INDEX_FILE).is_file():
-        raise StoreError(f"{root} holds no store: no node has run on this home")
-    if repair:
-        try:
-            store = Store._open_locked(root)
-        except StoreLocked as exc:
-            raise StoreLocked(
-                f"a node is running on {home} (it holds {root / LOCK_FILE}): stop it before "
-                "repairing, or check without --repair (read-only)"
-            ) from exc
-        with store:
-            report = _scan(root, store._db, rehash=True, live=False, progress=progress)
-            store._repair(report)
-            report.repaired = report.problems > 0
-            report.unheld = _unheld(store._db)
-        return report
-    live = _lock_held(root / LOCK_FILE)
-    db = _open_index_readonly(root / INDEX_FILE)
-    try:
-        report = _scan(root, db, rehash=True, live=live, progress=progress)
-        report.unheld = _unheld(db)
-    except sqlite3.Error as exc:
-        raise StoreCorrupt(f"{root / INDEX_FILE}: {exc}") from exc
-    finally:
-        db.close()
-    return report
-
-
-def _scan(
-    root: Path,
-    db: sqlite3.Connection,
-    *,
-    rehash: bool,
-    live: bool,
-    progress: Progress | None = None,
-) -> CheckReport:
-    """Find what is wrong, change nothing. ``live``: another process (the node) may write
-    meanwhile, so each finding is confirmed against the index before it is reported."""
-    report = CheckReport(root, live=live)
-    blob_dir = root / BLOB_DIR
-    report.temp_files = sorted(blob_dir.glob(f"*/{TMP_PREFIX}*"))
-    indexed = {bytes(s): int(n) for s, n in db.execute("SELECT sha256, size FROM blobs")}
-    total = sum(indexed.values())
-    for sha256, size in indexed.items():
-        path = blob_file(root, sha256)
-        problem = _check_blob(path, sha256, size, rehash)
-        if problem is not None and live:  # dropped, or dropped and fetched again, meanwhile?
-            dropped = _indexed_size(db, sha256) != size
-            if dropped or _check_blob(path, sha256, size, rehash) is None:
-                problem = None
-        report.blobs_checked += 1
-        report.bytes_checked += size
-        if problem is not None:
-            (report.missing if problem == "missing" else report.corrupt).append(sha256)
-        if progress is not None:
-            progress(report.blobs_checked, len(indexed), report.bytes_checked, total)
-    for path in sorted(blob_dir.glob("*/*")):
-        try:
-            sha256 = bytes.fromhex(path.parent.name + path.name)
-        except ValueError:
-            continue  # a temp file, or not ours
-        if len(sha256) != 32 or sha256 in indexed:
-            continue
-        try:
-            complete = _check_blob(path, sha256, path.stat().st_size, rehash=True) is None
-        except FileNotFoundError:
-            continue  # gone meanwhile (a live node dropped it)
-        if live and _indexed_size(db, sha256) is not None:
-            continue  # the node indexed it while we looked
-        (report.unindexed.append(sha256) if complete else report.strays.append(path))
-    return report
-
-
-def _unheld(db: sqlite3.Connection) -> list[bytes]:
-    """Blobs named by stored commits (not those kept as invalid evidence) that the store
-    does not hold: lost since they were stored; the node fetches them again."""
-    from crypto.errors import CryptoError
-    from crypto.records import Commit, decode_record
-
-    held = {bytes(s) for (s,) in db.execute("SELECT sha256 FROM blobs")}
-    invalid = {bytes(r) for (r,) in db.execute("SELECT record_id FROM verifications WHERE ok = 0")}
-    unheld: list[bytes] = []
-    rows = db.execute("SELECT id, data FROM records WHERE kind = ? ORDER BY id", (Commit.KIND,))
-    for record_id, data in rows:
-        if bytes(record_id) in invalid:
-            continue
-        try:
-            record = decode_record(bytes(data))
-        except (CryptoError, ValueError):
-            continue  # not ours to judge here; the node judges records
-        if isinstance(record, Commit):
-            for ref in record.blobs.values():
-                if ref.sha256 not in held and ref.sha256 not in unheld:
-                    unheld.append(ref.sha256)
-    return unheld
-
-
-def _indexed_size(db: sqlite3.Connection, sha256: bytes) -> int | None:
-    row = db.execute("SELECT size FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
-    return None if row is None else int(row[0])
-
-
-def _lock_held(path: Path) -> bool:
-    """Whether another process holds the store lock now (probed, not kept)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # releases the probe's lock, if it got one
-    return False
-
-
-def _open_index_readonly(path: Path) -> sqlite3.Connection:
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise StoreCorrupt(f"{path}: {exc}") from exc
-    try:
-        (check,) = db.execute("PRAGMA quick_check").fetchone()
-    except sqlite3.Error as exc:
-        db.close()
-        raise StoreCorrupt(f"{path}: {exc}") from exc
-    if check != "ok":
-        db.close()
-        raise StoreCorrupt(f"{path}: quick_check says {check}")
-    return db
-
-
 def _lock(path: Path) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -788,36 +522,6 @@ def _open_index(path: Path) -> sqlite3.Connection:
     return db
 
 
-def blob_file(root: Path, sha256: bytes) -> Path:
-    """Where blob ``sha256`` lives under a store root (readers without the store open)."""
-    hex_ = _check_sha(sha256).hex()
-    return root / BLOB_DIR / hex_[:2] / hex_[2:]
-
-
-def _check_blob(path: Path, sha256: bytes, size: int, rehash: bool) -> str | None:
-    """None if the file is intact, else "missing" or "corrupt" (unreadable counts as
-    corrupt: its bytes cannot be vouched for)."""
-    try:
-        actual = path.stat().st_size
-        if actual != size:
-            return "corrupt"
-        if rehash and _hash_file(path) != sha256:
-            return "corrupt"
-    except FileNotFoundError:
-        return "missing"
-    except OSError:
-        return "corrupt"
-    return None
-
-
-def _hash_file(path: Path) -> bytes:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_COPY_CHUNK):
-            digest.update(chunk)
-    return digest.digest()
-
-
 def _stamp(path: Path) -> _FileStamp:
     st = path.stat()
     return st.st_size, st.st_mtime_ns, st.st_ino
@@ -831,57 +535,3 @@ def _os_reason(exc: OSError) -> str:
 
 def _record(row: tuple[bytes, str, bytes, float]) -> StoredRecord:
     return StoredRecord(bytes(row[0]), row[1], bytes(row[2]), row[3])
-
-
-def read_snapshot(root: Path) -> tuple[list[bytes], list[bytes]]:
-    """Read a store without opening it (no node, or one starting): the encoded records not
-    judged invalid, and the sha256 of every blob indexed. Writes nothing, not even SQLite's
-    -shm file; raises ``StoreLocked`` if a node holds the store, ``StoreCorrupt`` if the
-    index is unreadable. A store never opened reads as empty."""
-    index = root / INDEX_FILE
-    if not index.is_file():
-        return [], []
-    with _shared_lock(root / LOCK_FILE):
-        try:
-            return _read_index(index)
-        except sqlite3.Error as exc:
-            raise StoreCorrupt(f"{index}: {exc}") from exc
-
-
-def _read_index(index: Path) -> tuple[list[bytes], list[bytes]]:
-    wal = index.with_name(index.name + "-wal")
-    # immutable: no lock, no -wal/-shm file made; only right when nobody writes (the shared
-    # flock) and no write-ahead log holds writes the file does not have yet.
-    mode = "mode=ro" if wal.is_file() and wal.stat().st_size > 0 else "immutable=1"
-    db = sqlite3.connect(f"{index.resolve().as_uri()}?{mode}", uri=True, isolation_level=None)
-    try:
-        judged = db.execute("SELECT record_id FROM verifications WHERE ok = 0")
-        invalid = {bytes(r) for (r,) in judged}
-        rows = [
-            bytes(data)
-            for record_id, data in db.execute("SELECT id, data FROM records ORDER BY id")
-            if bytes(record_id) not in invalid
-        ]
-        held = [bytes(s) for (s,) in db.execute("SELECT sha256 FROM blobs ORDER BY sha256")]
-    finally:
-        db.close()
-    return rows, held
-
-
-@contextlib.contextmanager
-def _shared_lock(path: Path) -> Iterator[None]:
-    """A shared flock on the store lock: a node (which takes it exclusively) cannot open the
-    store while it is held, and one that holds it makes this fail at once."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:  # no node ever locked it; one starting now makes its own
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise StoreLocked(f"a node holds {path} (starting or stopping?): try again") from exc
-        yield
-    finally:
-        os.close(fd)  # releases the flock

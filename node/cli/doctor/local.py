@@ -15,7 +15,8 @@ from node.cli.doctor.report import CONTROL_TIMEOUT, Check, Facts
 from node.errors import ControlError, NodeError, NodeNotRunning
 from node.shell.control import call
 from node.shell.home import PASSPHRASE_ENV, Config, Home
-from node.shell.store import INDEX_FILE, STORE_DIR, check_store
+from node.shell.store_check import check_store
+from node.shell.store_layout import INDEX_FILE, STORE_DIR
 
 MIN_FREE = 1 << 30  # below this blobs and checkpoints soon fail to write: fail
 LOW_FREE = 5 << 30  # below this, or LOW_FREE_SHARE of the filesystem: warn

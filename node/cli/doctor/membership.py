@@ -16,7 +16,7 @@ from node.cli.doctor.report import CONTROL_TIMEOUT, Check, Facts
 from node.errors import ControlError, NodeError
 from node.forge.netspec import backend, base_fingerprint, check_spec
 from node.shell.control import call
-from node.shell.store import INDEX_FILE, STORE_DIR
+from node.shell.store_layout import INDEX_FILE, STORE_DIR
 
 
 def genesis(f: Facts) -> Iterator[Check]:

@@ -241,13 +241,13 @@ def test_serving_path_hashes_an_unchanged_file_once(
     import node.shell.store
 
     hashed: list[Path] = []
-    real = node.shell.store._hash_file
+    real = node.shell.store.hash_file
 
     def counting(path: Path) -> bytes:
         hashed.append(path)
         return real(path)
 
-    monkeypatch.setattr(node.shell.store, "_hash_file", counting)
+    monkeypatch.setattr(node.shell.store, "hash_file", counting)
     path = store.put_blob(DATA, SHA)
     for _ in range(5):
         assert store.serving_path(SHA) == path
