@@ -6,6 +6,7 @@ import argparse
 import json
 import secrets
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -369,9 +370,32 @@ def _show(args: argparse.Namespace, genesis: Genesis, roster: Roster, source: st
         f"threshold {roster.threshold} of {len(members)}",
         *(f"  {m['name']:<20} {m['public_key']}" for m in members),
         _merge_line(genesis),
-        f"spec {json.dumps(dict(genesis.spec), sort_keys=True)}",
+        "spec (whole, as JSON: --json)",
+        *spec_lines(dict(genesis.spec)),
     ]
     emit(args, data, "\n".join(lines))
+
+
+SPEC_LIST = 6  # a table of more entries (a base's module shapes) is shown as a count
+
+
+def spec_lines(spec: Mapping[str, Any], indent: str = "  ") -> list[str]:
+    """The spec as indented ``key value`` lines, sorted; a long table of plain values (the
+    base's module shapes: hundreds for CLIP) is summarised by its count and first names."""
+    out = []
+    for key in sorted(spec):
+        value = spec[key]
+        if isinstance(value, Mapping) and value:
+            plain = not any(isinstance(v, Mapping) for v in value.values())
+            if plain and len(value) > SPEC_LIST:
+                first = ", ".join(sorted(value)[:3])
+                out.append(f"{indent}{key}: {len(value)} entries ({first}, …)")
+                continue
+            out.append(f"{indent}{key}:")
+            out += spec_lines(value, indent + "  ")
+        else:
+            out.append(f"{indent}{key} {json.dumps(value)}")
+    return out
 
 
 def _merge_line(genesis: Genesis) -> str:

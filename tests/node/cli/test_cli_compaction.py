@@ -55,6 +55,10 @@ def test_new_stack_networks_compact_and_others_cannot(
     assert merge_spec(Home(tmp_path / "auto").genesis()).compaction == "auto"
     code, out, _ = _run(capsys, "network", "show", "--home", str(tmp_path / "auto"))
     assert "merge stack, compaction auto (at the crossover)" in out
+    # The spec is readable: one key a line, the base's module table as a count.
+    assert '    compaction "auto"' in out
+    assert "  shapes:" in out
+    assert all(len(line) < 120 for line in out.splitlines() if "public" not in line)
     # Off: exactly the spec (so the network id) a stack network had before compaction.
     code, out, err = _create(capsys, tmp_path, "off", "--compaction", "off", "--json")
     assert code == 0, err
