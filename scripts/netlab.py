@@ -32,28 +32,29 @@ talking to everyone); ``heal`` removes every partition, and connections that out
 - ``rate_kbit``: ``tbf`` on both ends of the site's uplink (the port towards the host, the
   host's or router's interface towards the bridge).
 - ``delay_ms``: this kernel has no netem (nor fq, so no EDT pacing through BPF either). Packets
-  crossing the host's port go through iptables ``NFQUEUE`` to a small userspace daemon (this
-  file's ``delay`` command: raw nfnetlink, metadata only, batch verdicts, no dependencies) that
-  holds each one ``delay_ms`` and then accepts it. It acts in both directions, so a round trip
-  with an unimpaired host grows by 2 * delay_ms. Measured here (TCP echo, 50 round trips,
-  64 MiB echoed): bare 0.07 ms, 780 MiB/s; delay 1 -> 2.5 ms, 500 MiB/s; 12.5 -> 26.0 ms
-  (max 26.3), 84 MiB/s; 50 -> 101.1 ms (max 103), 21 MiB/s, i.e. window-bound as on a real
-  long link. A packet is never early (the tests assert RTT >= 2 * delay_ms) and typically
-  0.2-1 ms late (Python timers; more under CPU load).
-  Limits: a constant delay, no jitter and no reordering; the daemon's one Python process bounds
-  a delayed link's packet rate; it holds up to 65536 packets, more are dropped like a full
-  router buffer; changing a host's delay restarts its daemon, which first releases what it
-  holds; the daemon exits when the lab's process dies. The queue sits on the bridge (behind a
-  veth, which orphans the packet) on purpose: a packet held below a local TCP socket counts
-  against its TCP Small Queues budget and collapses throughput (measured 1.25 MiB in 5.9 s at
-  25 ms there, 0.24 s on the bridge). ``delay_supported()`` says whether NFQUEUE works here.
+  crossing the host's port go through iptables ``NFQUEUE`` to a small userspace daemon
+  (``scripts/netlab_delay.py``: raw nfnetlink, no dependencies) that holds each one
+  ``delay_ms`` and then accepts it. It acts in both directions, so a round trip with an
+  unimpaired host grows by 2 * delay_ms. A packet is never early (the tests assert RTT >=
+  2 * delay_ms); its lateness, throughput and limits are in that file's docstring. Changing a
+  host's delay restarts its daemon, which first releases what it holds. The queue sits on the
+  bridge (behind a veth, which orphans the packet) on purpose: a packet held below a local TCP
+  socket counts against its TCP Small Queues budget and collapses throughput (measured
+  1.25 MiB in 5.9 s at 25 ms there, 0.24 s on the bridge). ``delay_supported()`` says whether
+  NFQUEUE works here.
 
-Probing: ``Host.serve_echo`` starts this file's ``echo`` server (TCP and UDP; TCP first sends
-the address the connection came from, then echoes), ``Host.probe`` runs ``probe`` against it and
-returns a ``Probe``: whether it connected, the address seen, round trips, bulk echo time;
-``Host.udp_echoes`` counts the echoes of a burst of datagrams.
+Probing: ``Host.serve_echo`` starts an echo server (TCP and UDP; TCP first sends the address
+the connection came from, then echoes), ``Host.probe`` runs a probe against it and returns a
+``Probe``: whether it connected, the address seen, round trips, bulk echo time;
+``Host.udp_echoes`` counts the echoes of a burst of datagrams. Both are
+``scripts/netlab_probe.py``, run inside the host's namespace.
 
     python scripts/netlab.py check        # {"unavailable": null, "delay": true} as JSON
+
+Layout: this file is the Lab/Host API and runs in the caller's process. The delay daemon and
+the probing tools are files of their own because they are separate programs that the lab starts
+inside namespaces (``python <file> ...``, from any working directory), with only the standard
+library; this file imports ``Probe`` from ``netlab_probe`` and nothing else of them.
 
 Errors: ``LabError`` for a command or helper that failed (its stderr in the message).
 """
@@ -61,9 +62,7 @@ Errors: ``LabError`` for a command or helper that failed (its stderr in the mess
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
-import dataclasses
 import functools
 import itertools
 import json
@@ -72,19 +71,24 @@ import re
 import select
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 SCRIPT = Path(__file__).resolve()
+DELAY = SCRIPT.parent / "netlab_delay.py"
+PROBE = SCRIPT.parent / "netlab_probe.py"
+if str(SCRIPT.parent) not in sys.path:
+    # scripts/ is no package: the tests load this file by path, and runpy runs it, without
+    # its directory on sys.path, and its sibling must still import
+    sys.path.insert(0, str(SCRIPT.parent))
+
+from netlab_probe import Probe  # noqa: E402
+
 INTERNET = "10.88.0"  # the /24 every site's public address is in
 PRIVATE = "10.89"  # NAT host k lives in 10.89.<k>.0/24
 _PREFIX = re.compile(r"[a-z][a-z0-9]{0,15}")
@@ -162,9 +166,9 @@ def remove_leftovers(prefix: str) -> list[str]:
 # --- what this machine can do ----------------------------------------------------------------
 
 
-def _helper(*argv: str) -> list[str]:
-    """The command line of one of this file's own commands."""
-    return [sys.executable, str(SCRIPT), *argv]
+def _helper(script: Path, *argv: str) -> list[str]:
+    """The command line of one of the lab's helper programs (``DELAY``, ``PROBE``)."""
+    return [sys.executable, str(script), *argv]
 
 
 @contextlib.contextmanager
@@ -209,25 +213,13 @@ def delay_supported() -> bool:
     try:
         with _scratch("delay") as ns:
             _cmd(_in(ns, "iptables", "-t", "mangle", "-A", "PREROUTING", "-j", "NFQUEUE"))
-            _cmd(_in(ns, *_helper("delay", "--queue", "0", "--delay-ms", "0", "--check")))
+            _cmd(_in(ns, *_helper(DELAY, "--queue", "0", "--delay-ms", "0", "--check")))
     except LabError:
         return False
     return True
 
 
 # --- hosts -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Probe:
-    """What ``Host.probe`` saw of an echo server: times in seconds."""
-
-    connected: bool
-    error: str  # why it did not connect or broke off; "" when all went through
-    connect_s: float
-    seen_as: str  # the address the server saw the connection come from (NAT: the router's)
-    rtts: tuple[float, ...]
-    bulk_s: float
 
 
 class Host:
@@ -276,7 +268,7 @@ class Host:
 
     def serve_echo(self, port: int, *, timeout: float = 10) -> subprocess.Popen[bytes]:
         """A TCP and UDP echo server on ``address:port``, listening when this returns."""
-        server = self.run(_helper("echo", self.address, str(port)), stdout=subprocess.PIPE)
+        server = self.run(_helper(PROBE, "echo", self.address, str(port)), stdout=subprocess.PIPE)
         _wait_ready(server, f"echo server on {self.name}", timeout)
         return server
 
@@ -295,7 +287,7 @@ class Host:
         return int(self._run_helper("udp", address, str(port), str(count), "--wait", str(wait)))
 
     def _run_helper(self, *argv: str) -> str:
-        return self.exec(_helper(*argv), timeout=300).stdout
+        return self.exec(_helper(PROBE, *argv), timeout=300).stdout
 
 
 def _wait_ready(process: subprocess.Popen[bytes], what: str, timeout: float) -> None:
@@ -493,7 +485,7 @@ class Lab:
         if loss > 0:
             rules.append(f"-m statistic --mode random --probability {loss:.8f} -j DROP")
         if delay_ms > 0:
-            argv = _helper("delay", "--queue", str(i), "--delay-ms", str(delay_ms))
+            argv = _helper(DELAY, "--queue", str(i), "--delay-ms", str(delay_ms))
             daemon = self._spawn(self.internet, argv, stdout=subprocess.PIPE)
             self._delays[i] = daemon
             _wait_ready(daemon, f"delay daemon for {host.name}", 10)
@@ -591,223 +583,6 @@ class Lab:
         _cmd(_in(ns, "iptables-restore", "--noflush"), input=rules)
 
 
-# --- the delay daemon: raw nfnetlink queue ---------------------------------------------------
-
-_NETLINK_NETFILTER = 12
-_NFNL_SUBSYS_QUEUE = 3
-_MSG_PACKET, _MSG_CONFIG, _MSG_VERDICT_BATCH = 0, 2, 3
-_NLM_F_REQUEST, _NLM_F_ACK = 1, 4
-_NLMSG_ERROR = 2
-_CFG_CMD, _CFG_PARAMS, _CFG_QUEUE_MAXLEN, _CFG_MASK, _CFG_FLAGS = 1, 2, 3, 4, 5
-_CMD_BIND, _COPY_META, _F_GSO = 1, 1, 1 << 2
-_PACKET_HDR, _VERDICT_HDR = 1, 2
-_NF_ACCEPT = 1
-_SOL_NETLINK, _NETLINK_NO_ENOBUFS = 270, 5
-_SO_RCVBUFFORCE = 33
-_MAX_HELD = 65536
-
-
-def _attr(kind: int, data: bytes) -> bytes:
-    size = 4 + len(data)
-    return struct.pack("=HH", size, kind) + data + bytes(-size % 4)
-
-
-def _message(kind: int, queue: int, attrs: Sequence[bytes], flags: int = _NLM_F_REQUEST) -> bytes:
-    body = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue)) + b"".join(attrs)
-    head = struct.pack("=IHHII", 16 + len(body), (_NFNL_SUBSYS_QUEUE << 8) | kind, flags, 0, 0)
-    return head + body
-
-
-class DelayQueue:
-    """nfnetlink queue ``queue`` of this namespace, bound: ``serve`` holds every packet
-    ``delay`` seconds and then accepts it, in arrival order."""
-
-    def __init__(self, queue: int) -> None:
-        self.queue = queue
-        self.held: collections.deque[tuple[float, int]] = collections.deque()  # (due, packet id)
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
-        self.sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 16 << 20)
-        self.sock.setsockopt(_SOL_NETLINK, _NETLINK_NO_ENOBUFS, 1)
-        self.sock.bind((0, 0))
-        self._configure(
-            _attr(_CFG_CMD, struct.pack("=BBH", _CMD_BIND, 0, socket.htons(socket.AF_INET)))
-        )
-        self._configure(_attr(_CFG_PARAMS, struct.pack(">IB", 0, _COPY_META)))
-        self._configure(_attr(_CFG_QUEUE_MAXLEN, struct.pack(">I", _MAX_HELD)))
-        self._configure(
-            _attr(_CFG_MASK, struct.pack(">I", _F_GSO)),
-            _attr(_CFG_FLAGS, struct.pack(">I", _F_GSO)),
-        )
-
-    def _configure(self, *attrs: bytes) -> None:
-        self.sock.send(_message(_MSG_CONFIG, self.queue, attrs, _NLM_F_REQUEST | _NLM_F_ACK))
-        reply = self.sock.recv(65536)
-        (kind,) = struct.unpack_from("=H", reply, 4)
-        error = struct.unpack_from("=i", reply, 16)[0] if kind == _NLMSG_ERROR else 0
-        if error:
-            raise LabError(f"nfnetlink queue {self.queue}: {os.strerror(-error)}")
-
-    def serve(self, delay: float, stopping: threading.Event) -> None:
-        """Until ``stopping`` is set or the parent dies; then release what is held."""
-        parent = os.getppid()
-        self.sock.setblocking(False)
-        while not stopping.is_set() and os.getppid() == parent:
-            now = time.monotonic()
-            self.release(now)
-            wait = min(0.2, self.held[0][0] - now) if self.held else 0.2
-            if select.select([self.sock], [], [], max(0.0, wait))[0]:
-                self._receive(delay)
-        self.release(float("inf"))
-
-    def release(self, now: float) -> None:
-        """Accept every packet due by ``now`` (one batch verdict: ids only grow)."""
-        last = None
-        while self.held and self.held[0][0] <= now:
-            last = self.held.popleft()[1]
-        if last is not None:
-            verdict = _attr(_VERDICT_HDR, struct.pack(">II", _NF_ACCEPT, last))
-            self.sock.send(_message(_MSG_VERDICT_BATCH, self.queue, [verdict]))
-
-    def _receive(self, delay: float) -> None:
-        for _ in range(256):  # then release again, however fast packets come
-            try:
-                data = self.sock.recv(1 << 16)
-            except BlockingIOError:
-                return
-            due = time.monotonic() + delay
-            for kind, body in _netlink_messages(data):
-                if kind == (_NFNL_SUBSYS_QUEUE << 8) | _MSG_PACKET:
-                    self.held.append((due, _packet_id(body)))
-                elif kind == _NLMSG_ERROR and (error := struct.unpack_from("=i", body)[0]):
-                    print(f"netlab delay: netlink error {os.strerror(-error)}", file=sys.stderr)
-
-
-def _netlink_messages(data: bytes) -> Iterable[tuple[int, bytes]]:
-    offset = 0
-    while offset + 16 <= len(data):
-        size, kind = struct.unpack_from("=IH", data, offset)
-        yield kind, data[offset + 16 : offset + size]
-        offset += max(16, (size + 3) & ~3)
-
-
-def _packet_id(body: bytes) -> int:
-    """The id in a queued packet's attributes (after its 4-byte nfgenmsg)."""
-    offset = 4
-    while offset + 4 <= len(body):
-        size, kind = struct.unpack_from("=HH", body, offset)
-        if kind & 0x3FFF == _PACKET_HDR:
-            return int(struct.unpack_from(">I", body, offset + 4)[0])
-        offset += max(4, (size + 3) & ~3)
-    raise LabError("nfnetlink queue: a packet without its header")
-
-
-# --- echo server and probe -------------------------------------------------------------------
-
-
-def serve_echo(address: str, port: int) -> None:
-    """TCP (sends the peer's address and a newline, then echoes) and UDP echo on one port."""
-    tcp = socket.create_server((address, port))
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 8 << 20)
-    udp.bind((address, port))
-    threading.Thread(target=_echo_udp, args=(udp,), daemon=True).start()
-    print("ready", flush=True)
-    while True:
-        conn, peer = tcp.accept()
-        threading.Thread(target=_echo_tcp, args=(conn, peer[0]), daemon=True).start()
-
-
-def _echo_udp(udp: socket.socket) -> None:
-    while True:
-        data, peer = udp.recvfrom(65536)
-        udp.sendto(data, peer)
-
-
-def _echo_tcp(conn: socket.socket, peer: str) -> None:
-    with conn:
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            conn.sendall(f"{peer}\n".encode())
-            while data := conn.recv(65536):
-                conn.sendall(data)
-        except OSError:
-            pass
-
-
-def probe(address: str, port: int, timeout: float, rtts: int, bulk: int) -> Probe:
-    """Connect to an echo server and measure; an I/O step gets 60 s."""
-    start = time.monotonic()
-    try:
-        conn = socket.create_connection((address, port), timeout=timeout)
-    except OSError as error:
-        return Probe(False, f"{type(error).__name__}: {error}", 0.0, "", (), 0.0)
-    connect_s, seen, times, bulk_s, failure = time.monotonic() - start, "", [], 0.0, ""
-    with conn:
-        conn.settimeout(60)
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            seen = _read_line(conn)
-            for _ in range(rtts):
-                start = time.monotonic()
-                conn.sendall(b"x")
-                _read_exactly(conn, 1)
-                times.append(time.monotonic() - start)
-            bulk_s = _echo_bulk(conn, bulk) if bulk else 0.0
-        except OSError as error:
-            failure = f"{type(error).__name__}: {error}"
-    return Probe(True, failure, connect_s, seen, tuple(times), bulk_s)
-
-
-def _read_line(conn: socket.socket) -> str:
-    line = b""
-    while not line.endswith(b"\n"):
-        line += _read_exactly(conn, 1)
-    return line.decode().strip()
-
-
-def _read_exactly(conn: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = conn.recv(min(n - len(data), 1 << 20))
-        if not chunk:
-            raise ConnectionError("the echo server closed the connection")
-        data += chunk
-    return data
-
-
-def _echo_bulk(conn: socket.socket, size: int) -> float:
-    start = time.monotonic()
-    sender = threading.Thread(target=conn.sendall, args=(bytes(size),), daemon=True)
-    sender.start()
-    got = 0
-    while got < size:
-        chunk = conn.recv(1 << 20)
-        if not chunk:
-            raise ConnectionError("the echo server closed the connection")
-        got += len(chunk)
-    sender.join()
-    return time.monotonic() - start
-
-
-def udp_echoes(address: str, port: int, count: int, wait: float) -> int:
-    """Send ``count`` numbered datagrams at once; how many distinct ones come back within
-    ``wait`` s of the last send."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, 8 << 20)
-        sock.connect((address, port))
-        for n in range(count):
-            sock.send(struct.pack(">I", n))
-        back: set[bytes] = set()
-        deadline = time.monotonic() + wait
-        while len(back) < count and (left := deadline - time.monotonic()) > 0:
-            if select.select([sock], [], [], left)[0]:
-                try:
-                    back.add(sock.recv(64))
-                except ConnectionRefusedError:  # an ICMP error for an earlier datagram
-                    pass
-        return len(back)
-
-
 # --- command line ----------------------------------------------------------------------------
 
 
@@ -815,51 +590,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("check", help="print what this machine supports, as JSON")
-    delay = commands.add_parser("delay", help="hold every packet of an nfnetlink queue")
-    delay.add_argument("--queue", type=int, required=True)
-    delay.add_argument("--delay-ms", type=float, required=True)
-    delay.add_argument("--check", action="store_true", help="bind the queue, then exit")
-    echo = commands.add_parser("echo", help="TCP and UDP echo server")
-    echo.add_argument("address")
-    echo.add_argument("port", type=int)
-    measure = commands.add_parser("probe", help="TCP: connect to an echo server, time, JSON")
-    measure.add_argument("address")
-    measure.add_argument("port", type=int)
-    measure.add_argument("--timeout", type=float, default=2.0)
-    measure.add_argument("--rtts", type=int, default=0)
-    measure.add_argument("--bulk", type=int, default=0)
-    udp = commands.add_parser("udp", help="UDP: count a burst's echoes")
-    udp.add_argument("address")
-    udp.add_argument("port", type=int)
-    udp.add_argument("count", type=int)
-    udp.add_argument("--wait", type=float, default=1.0)
-    args = parser.parse_args(argv)
-    if args.command == "check":
-        reason = unavailable_reason()
-        print(json.dumps({"unavailable": reason, "delay": delay_supported()}))
-        return 0 if reason is None else 1
-    if args.command == "delay":
-        return _serve_delay(args.queue, args.delay_ms / 1000, args.check)
-    if args.command == "echo":
-        serve_echo(args.address, args.port)
-        return 0
-    if args.command == "udp":
-        print(udp_echoes(args.address, args.port, args.count, args.wait))
-        return 0
-    found = probe(args.address, args.port, args.timeout, args.rtts, args.bulk)
-    print(json.dumps(dataclasses.asdict(found)))
-    return 0
-
-
-def _serve_delay(queue: int, delay: float, check_only: bool) -> int:
-    held = DelayQueue(queue)
-    if check_only:
-        return 0
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    print("ready", flush=True)
-    held.serve(delay, stopping)
-    return 0
+    parser.parse_args(argv)
+    reason = unavailable_reason()
+    print(json.dumps({"unavailable": reason, "delay": delay_supported()}))
+    return 0 if reason is None else 1
 
 
 if __name__ == "__main__":
