@@ -53,8 +53,8 @@ the connection came from, then echoes), ``Host.probe`` runs a probe against it a
 
 Layout: this file is the Lab/Host API and runs in the caller's process. The delay daemon and
 the probing tools are files of their own because they are separate programs that the lab starts
-inside namespaces (``python <file> ...``, from any working directory), with only the standard
-library; this file imports ``Probe`` from ``netlab_probe`` and nothing else of them.
+inside namespaces (``python <file> ...``, from any working directory); they use only the
+standard library and nothing of this file (``Host.probe`` reads what the probe prints).
 
 Errors: ``LabError`` for a command or helper that failed (its stderr in the message).
 """
@@ -75,6 +75,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -82,12 +83,6 @@ from typing import IO, Any
 SCRIPT = Path(__file__).resolve()
 DELAY = SCRIPT.parent / "netlab_delay.py"
 PROBE = SCRIPT.parent / "netlab_probe.py"
-if str(SCRIPT.parent) not in sys.path:
-    # scripts/ is no package: the tests load this file by path, and runpy runs it, without
-    # its directory on sys.path, and its sibling must still import
-    sys.path.insert(0, str(SCRIPT.parent))
-
-from netlab_probe import Probe  # noqa: E402
 
 INTERNET = "10.88.0"  # the /24 every site's public address is in
 PRIVATE = "10.89"  # NAT host k lives in 10.89.<k>.0/24
@@ -220,6 +215,18 @@ def delay_supported() -> bool:
 
 
 # --- hosts -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What ``Host.probe`` saw of an echo server (``netlab_probe.py probe``): times in s."""
+
+    connected: bool
+    error: str  # why it did not connect or broke off; "" when all went through
+    connect_s: float
+    seen_as: str  # the address the server saw the connection come from (NAT: the router's)
+    rtts: tuple[float, ...]
+    bulk_s: float
 
 
 class Host:

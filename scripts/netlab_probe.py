@@ -9,17 +9,17 @@ file inside a host's namespace:
     python scripts/netlab_probe.py udp ADDRESS PORT COUNT [--wait S]
 
 The TCP echo first sends the address the connection came from (a NAT host's: its router's),
-then echoes; ``probe`` prints a ``Probe`` as JSON, ``udp`` the number of distinct echoes.
+then echoes; ``probe`` prints the fields of ``netlab.Probe`` as JSON, ``udp`` the number of
+distinct echoes.
 
 Why a file of its own: a namespace belongs to a process, so these run as programs of their own
 on the host being measured, not in the lab's process; only the standard library, and nothing
-of the lab, which needs only ``Probe``, the record ``probe`` prints.
+of the lab (the lab reads what ``probe`` prints into its ``Probe``).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import select
 import socket
@@ -28,21 +28,19 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
 _SO_RCVBUFFORCE = 33  # room for a burst of datagrams, above the net.core.rmem_max cap
 
 
-@dataclass(frozen=True)
-class Probe:
-    """What ``Host.probe`` saw of an echo server: times in seconds."""
-
-    connected: bool
-    error: str  # why it did not connect or broke off; "" when all went through
-    connect_s: float
-    seen_as: str  # the address the server saw the connection come from (NAT: the router's)
-    rtts: tuple[float, ...]
-    bulk_s: float
+def _found(
+    connected: bool, error: str, connect_s: float, seen_as: str, rtts: list[float], bulk_s: float
+) -> dict[str, Any]:
+    """What ``probe`` prints: the fields of ``netlab.Probe`` (times in seconds)."""
+    return {
+        "connected": connected, "error": error, "connect_s": connect_s, "seen_as": seen_as,
+        "rtts": rtts, "bulk_s": bulk_s,
+    }  # fmt: skip
 
 
 def serve_echo(address: str, port: int) -> None:
@@ -75,13 +73,13 @@ def _echo_tcp(conn: socket.socket, peer: str) -> None:
             pass
 
 
-def probe(address: str, port: int, timeout: float, rtts: int, bulk: int) -> Probe:
+def probe(address: str, port: int, timeout: float, rtts: int, bulk: int) -> dict[str, Any]:
     """Connect to an echo server and measure; an I/O step gets 60 s."""
     start = time.monotonic()
     try:
         conn = socket.create_connection((address, port), timeout=timeout)
     except OSError as error:
-        return Probe(False, f"{type(error).__name__}: {error}", 0.0, "", (), 0.0)
+        return _found(False, f"{type(error).__name__}: {error}", 0.0, "", [], 0.0)
     connect_s, seen, times, bulk_s, failure = time.monotonic() - start, "", [], 0.0, ""
     with conn:
         conn.settimeout(60)
@@ -96,7 +94,7 @@ def probe(address: str, port: int, timeout: float, rtts: int, bulk: int) -> Prob
             bulk_s = _echo_bulk(conn, bulk) if bulk else 0.0
         except OSError as error:
             failure = f"{type(error).__name__}: {error}"
-    return Probe(True, failure, connect_s, seen, tuple(times), bulk_s)
+    return _found(True, failure, connect_s, seen, times, bulk_s)
 
 
 def _read_line(conn: socket.socket) -> str:
@@ -174,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(udp_echoes(args.address, args.port, args.count, args.wait))
         return 0
     found = probe(args.address, args.port, args.timeout, args.rtts, args.bulk)
-    print(json.dumps(dataclasses.asdict(found)))
+    print(json.dumps(found))
     return 0
 
 
