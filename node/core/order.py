@@ -216,6 +216,11 @@ class OrderBook:
     supersedes no orphan. Then the main chain just grows by one (it stays the longest, and its
     tie-breaks are unchanged), the orphans and their sort keys stay as they were, and only the
     item names after the tip are recomputed. Anything else recomputes from scratch.
+
+    ``add(..., defer=True)`` (a restart: the store's commits come back in no chain order, so
+    almost none takes the fast path, and recomputing after each is O(N^2) over a restore)
+    only records the commit; ``order`` is then stale until ``settle()`` or the next plain
+    ``add``/``set_revoked`` recomputes it once.
     """
 
     root: bytes
@@ -224,6 +229,7 @@ class OrderBook:
     order: Order = field(init=False)
     _signed: set[tuple[bytes, int]] = field(default_factory=set, repr=False)
     _parents: set[bytes] = field(default_factory=set, repr=False)
+    _stale: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         self._signed.update((e.author, e.seq) for e in self.entries.values())
@@ -231,18 +237,24 @@ class OrderBook:
         self.order = Order((), (self.root,), 0)
         self.recompute()
 
-    def add(self, entry: Entry) -> Order:
+    def add(self, entry: Entry, *, defer: bool = False) -> Order:
         if entry.id in self.entries:
             return self.order
-        fast = self._extends_tip(entry)
+        fast = not self._stale and not defer and self._extends_tip(entry)
         self.entries[entry.id] = entry
         self._signed.add((entry.author, entry.seq))
         self._parents.add(entry.parent)
-        if fast:
+        if defer:
+            self._stale = True
+        elif fast:
             self.order = self._appended(entry)
         else:
             self.recompute()
         return self.order
+
+    def settle(self) -> Order:
+        """``order`` up to date after deferred adds (a no-op when it is)."""
+        return self.recompute() if self._stale else self.order
 
     def set_revoked(self, revoked: frozenset[bytes]) -> Order:
         if revoked != self.revoked:
@@ -252,6 +264,7 @@ class OrderBook:
 
     def recompute(self) -> Order:
         self.order = order_commits(self.root, self.entries.values(), revoked=self.revoked)
+        self._stale = False
         return self.order
 
     def _extends_tip(self, entry: Entry) -> bool:

@@ -548,7 +548,7 @@ class Core:
     def _count_commit(self, entry: Entry, commit: Commit) -> None:
         if not self._members.may_author(commit):
             return
-        self._book.add(entry)
+        self._book.add(entry, defer=bool(self._restoring))  # one recompute after a restore
         if self._members.is_revoked(commit):
             self._book.set_revoked(self._book.revoked | {entry.id})
 
@@ -625,7 +625,7 @@ class Core:
             # Restored commits are judged again in no particular order: until all are, the
             # order is a transient one (own commits would look orphaned and be rebased).
             return
-        order = self._book.order
+        order = self._book.settle()
         if order is not self._merged and order.head != self._merged.head:
             self._merged = order
             self._out.append(Merge(order))

@@ -40,6 +40,10 @@ if TYPE_CHECKING:  # the tensor side is imported when a commit is checked, not o
     from merge.lora import LoraAdapter
 
 _FLOAT32_MAX = 3.4028234663852886e38
+# Names this validity function. A node keeps the verdicts it reached (node.shell.service) and,
+# after a restart, believes a "valid" one only if it names this version, checking the blob
+# bytes again but not the content. Bump it whenever any commit could be judged differently.
+VALIDITY = "medforge-validity/1"
 
 
 @dataclass(frozen=True)
@@ -76,9 +80,7 @@ class Rules:
 
 def check_commit(commit: Commit, blobs: Mapping[str, bytes], rules: Rules) -> LoraAdapter:
     """The validated adapter of ``commit``; raises ``InvalidCommit`` or ``MissingBlobs``."""
-    wrong = [ref.sha256 for kind, ref in sorted(commit.blobs.items()) if not _is(blobs[kind], ref)]
-    if wrong:
-        raise MissingBlobs(wrong)
+    check_blobs(commit, blobs)
     return check_content(
         rules,
         classes=commit.classes,
@@ -87,6 +89,15 @@ def check_commit(commit: Commit, blobs: Mapping[str, bytes], rules: Rules) -> Lo
         blobs=blobs,
         name=adapter_name(commit),
     )
+
+
+def check_blobs(commit: Commit, blobs: Mapping[str, bytes]) -> None:
+    """Raises ``MissingBlobs`` (the wrong ones) unless every blob is the bytes the commit
+    names: the first check of ``check_commit``, and all a restarted node checks again of a
+    commit it judged valid under this ``VALIDITY``."""
+    wrong = [ref.sha256 for kind, ref in sorted(commit.blobs.items()) if not _is(blobs[kind], ref)]
+    if wrong:
+        raise MissingBlobs(wrong)
 
 
 def adapter_name(commit: Commit) -> str:

@@ -176,6 +176,29 @@ def test_order_book_matches_the_pure_order_after_every_step(
         assert book.add(e) == order_commits(ROOT, entries[: k + 1])
 
 
+@settings(max_examples=150, deadline=None)
+@given(commit_sets(), st.randoms(use_true_random=False), st.integers(0, 20))
+def test_deferred_adds_settle_to_the_pure_order(
+    entries: list[Entry], rnd: object, plain_after: int
+) -> None:
+    """A restore adds commits with ``defer`` and settles once; plain adds may follow."""
+    import random
+
+    assert isinstance(rnd, random.Random)
+    rnd.shuffle(entries)
+    cut = max(0, len(entries) - plain_after)
+    book = OrderBook(ROOT)
+    for e in entries[:cut]:
+        book.add(e, defer=True)
+    assert book.settle() == order_commits(ROOT, entries[:cut])
+    book = OrderBook(ROOT)
+    for e in entries[:cut]:
+        book.add(e, defer=True)
+    for k, e in enumerate(entries[cut:], start=cut + 1):  # a plain add settles first
+        assert book.add(e) == order_commits(ROOT, entries[:k])
+    assert book.settle() == order_commits(ROOT, entries)
+
+
 @settings(max_examples=100, deadline=None)
 @given(commit_sets())
 def test_order_is_well_formed(entries: list[Entry]) -> None:

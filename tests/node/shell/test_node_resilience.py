@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -10,13 +11,16 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 import trio
 
 from node.core.protocol import CoreConfig
 from node.errors import StoreLocked, TransportError
+from node.forge.validate import VALIDITY
 from node.shell.service import NodeService
+from node.shell.store import Store, Verification
 from node.shell.transport.libp2p import Libp2pTransport
 from tests.node.shell.test_service import FAST, _commit, _homes
 
@@ -67,8 +71,40 @@ async def test_a_node_stopped_during_commits_catches_up_after_restart(
     with trio.fail_after(30):
         await bob.wait_until(lambda n: n.core.digest == alice.core.digest)
     assert bob.core.order.commits == alice.core.order.commits == (first.id, second.id)
+    # The commit bob had judged valid is believed (its bytes checked again, not its content);
+    # the one he had not seen is judged whole.
+    assert bob.rejudged == {"trusted": 1, "checked": 1}
     for node in (alice, bob):
         node.stop()
+
+
+async def test_a_verdict_of_another_validity_function_is_judged_again(
+    tmp_path: Path, nursery: trio.Nursery, make_adapter: Callable[..., Path], distilled: Path
+) -> None:
+    """A restarted node believes only verdicts its own validity function reached: one kept
+    under another version (an upgrade that judges differently) is judged whole again."""
+    (home,) = _homes(tmp_path, ["alice"])
+    alice = _node(home)
+    await nursery.start(alice.run)
+    commit, blobs = _commit(home, make_adapter("a1", seed=1), distilled, alice.core.tip, (1.0, 1.0))
+    await alice.publish(commit, blobs)
+    with trio.fail_after(30):
+        await alice.wait_until(lambda n: n.core.digest is not None and n.core.order.commits)
+    digest = alice.core.digest
+    alice.stop()
+    with trio.fail_after(10):
+        await alice.stopped.wait()
+    record_id = hashlib.sha256(commit.encode()).digest()
+    stale = Store.open(home.path)
+    assert stale.verification(record_id) == Verification(record_id, True, VALIDITY, ANY)
+    stale.set_verification(record_id, True, "medforge-validity/0")
+    stale.close()
+    alice = _node(home)
+    await nursery.start(alice.run)
+    with trio.fail_after(30):
+        await alice.wait_until(lambda n: n.core.digest == digest)
+    assert alice.rejudged == {"trusted": 0, "checked": 1}
+    alice.stop()
 
 
 async def test_a_peer_sending_garbage_is_disconnected_and_counted(
