@@ -8,7 +8,9 @@ Workarounds (numbers from shared/notes/libp2p-0.8.1.md):
       cancelled, else the dialer's socket leaks and peers keep ghost connections. A
       cancelled ``run`` stops the same way (libp2p runs shielded, ``CLOSE_GRACE``).
   dial only ``connect()`` dials (``_guard_dials``): libp2p's on-demand dial from
-      ``new_stream`` racing a disconnect or a stop leaks the new socket.
+      ``new_stream`` racing a disconnect or a stop leaks the new socket. DCUtR's dials
+      (``dial_addr``, around ``dial_peer``) pass the same guard: nothing towards a banned
+      peer, nothing once we stop, and a dial in flight is cancelled before the close.
   rst Yamux reports a reset that has already been processed as EOF; ``_Stream.read``
       checks the stream's reset flag, so a reset is ``ConnectionLost`` as in the twin.
   #6  ``max_connections_per_peer=1``: dials take ~15 ms instead of ~250 ms.
@@ -36,7 +38,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 import multiaddr
 import trio
@@ -68,6 +70,7 @@ logging.getLogger("libp2p").propagate = True  # libp2p sets False on import
 CLOSE_GRACE = 5.0  # seconds a cancelled transport gets to close its connections (#4)
 _log = logging.getLogger("node.shell.transport.libp2p")
 _explicit_dial: ContextVar[bool] = ContextVar("explicit_dial", default=False)  # connect()
+_T = TypeVar("_T")
 
 
 # -- quiet logs: two libp2p messages that say nothing an operator needs to hear ---------
@@ -334,30 +337,73 @@ class Libp2pTransport(Transport):
             self.host.set_stream_handler(TProtocol(protocol), self._on_stream)
         self.host.get_network().register_notifee(_Notifee(self))
         self._dht = self._make_dht() if self.config.enable_dht else None
-        self._relaying = Relaying(self.host, self.config, lambda p: self._is_member(p), self._count)
+        self._relaying = Relaying(
+            self.host,
+            self.config,
+            lambda p: self._is_member(p),
+            self._count,
+            is_banned=self.is_banned,
+            is_running=lambda: self._running,
+        )
+        self._dials: set[trio.CancelScope] = set()  # libp2p dials in flight
         self._guard_dials()
         self._stopping = trio.Event()
         self._nursery: trio.Nursery | None = None
 
     def _guard_dials(self) -> None:
-        """libp2p dials on demand: ``new_stream`` to a peer without a connection dials it
-        (identify, or our own request racing a disconnect), and such a dial racing
-        the disconnect or our shutdown leaks its socket (``Swarm.close()`` has already
-        taken its list of connections). Only ``connect()`` dials here (and the DHT, when
-        enabled, towards members); never once we are stopping, nor towards a banned peer."""
+        """Every dial libp2p makes goes through ``_dial``. Three swarm methods dial:
+        ``dial_peer`` (``connect()``, and libp2p's on-demand dial when ``new_stream`` finds
+        no connection: identify, or our own request racing a disconnect) and ``dial_addr``
+        / ``dial_addr_as_responder``, which only DCUtR calls (its hole punch and the
+        direct dial it tries first, to the addresses the peer or identify gave). On-demand
+        dials are refused, except the DHT's towards members (when enabled): one racing a
+        disconnect or our shutdown leaks its socket (``Swarm.close()`` has already taken
+        its list of connections)."""
         network = self.host.get_network()
-        dial = network.dial_peer
+        dial_peer = network.dial_peer
 
-        async def dial_peer(peer_id: ID) -> list[INetConn]:
-            if not self._running:
-                raise SwarmException(f"not dialling {peer_id}: transport is stopped")
-            if self.is_banned(str(peer_id)):
-                raise SwarmException(f"not dialling {peer_id}: banned")
-            if not _explicit_dial.get() and not (self._dht and self._is_member(str(peer_id))):
-                raise SwarmException(f"not dialling {peer_id}: not connected")
-            return await dial(peer_id)
+        async def guarded_dial_peer(peer_id: ID) -> list[INetConn]:
+            explicit = _explicit_dial.get() or bool(self._dht and self._is_member(str(peer_id)))
+            return await self._dial(peer_id, lambda: dial_peer(peer_id), on_demand=not explicit)
 
-        network.dial_peer = dial_peer  # type: ignore[method-assign]
+        network.dial_peer = guarded_dial_peer  # type: ignore[method-assign]
+        for name in ("dial_addr", "dial_addr_as_responder"):  # same signature
+            setattr(network, name, self._guarded_addr_dial(getattr(network, name)))
+
+    def _guarded_addr_dial(
+        self, dial: Callable[..., Awaitable[INetConn]]
+    ) -> Callable[..., Awaitable[INetConn]]:
+        async def guarded(
+            addr: multiaddr.Multiaddr, peer_id: ID, source: tuple[str, int] | None = None
+        ) -> INetConn:
+            return await self._dial(peer_id, lambda: dial(addr, peer_id, source))
+
+        return guarded
+
+    async def _dial(
+        self, peer_id: ID, dial: Callable[[], Awaitable[_T]], *, on_demand: bool = False
+    ) -> _T:
+        """Run one libp2p dial, unless ``_dial_refusal`` says no; one still in flight when
+        we stop is cancelled (before ``host.close()``, which would miss its socket)."""
+        why = self._dial_refusal(str(peer_id), on_demand=on_demand)
+        if why is not None:
+            raise SwarmException(f"not dialling {peer_id}: {why}")
+        with trio.CancelScope() as scope:
+            self._dials.add(scope)
+            try:
+                return await dial()
+            finally:
+                self._dials.discard(scope)
+        raise SwarmException(f"not dialling {peer_id}: transport is stopped")
+
+    def _dial_refusal(self, peer: PeerId, *, on_demand: bool = False) -> str | None:
+        """Why ``peer`` may not be dialled now, or None: never once we are stopping, never
+        towards a banned peer, and not on demand (see ``_guard_dials``)."""
+        if not self._running:
+            return "transport is stopped"
+        if self.is_banned(peer):
+            return "banned"
+        return "not connected" if on_demand else None
 
     @property
     def listen_addrs(self) -> tuple[str, ...]:
@@ -404,6 +450,8 @@ class Libp2pTransport(Transport):
                     task_status.started()
                     await self._stopping.wait()
                     self._running = False
+                    for dial in self._dials:  # nothing new starts (_dial_refusal)
+                        dial.cancel()
                     await self.host.close()  # #4: before anything is cancelled
                     nursery.cancel_scope.cancel()
         finally:

@@ -19,11 +19,26 @@ What it lacks, and this module adds:
   members    the hop service would serve anyone: a stream from a peer the roster does not
              name is reset unread, so strangers neither take slots nor are relayed.
   limits     the library's default is 4 reservations in all; the operator sets them.
+  circuits   the library's relay loop (``CircuitV2Protocol._relay_data``, one task per
+             direction) never ends a circuit that a limit cuts: the direction that runs past
+             relay_max_bytes (or relay_max_seconds) resets both streams, and the other one,
+             waiting to read a stream reset under it, never wakes (Yamux drops the stream's
+             wake-up event without setting it). The circuit's slot (``active_connections``,
+             released when both directions end) stays taken, and after
+             MAX_CIRCUITS_PER_PEER cut circuits the member is unreachable through us
+             (NO_RESERVATION). The loop also closes the streams it finds under a peer's id
+             (``_active_relays[peer]``, one entry per peer), which may be another circuit's,
+             and checks relay_max_seconds only when data flows. ``_relay_half`` replaces it.
+  punching   DCUtR dials the addresses a peer sends it (``dial_addr``) around the
+             transport's dial guard; those dials now pass it (``libp2p.py``), and here a
+             banned peer's DCUtR stream is reset unread and no hole punch is started towards
+             one, nor once the transport stops.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -31,13 +46,16 @@ import multiaddr
 import trio
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
+from libp2p.exceptions import BaseLibp2pError
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.relay.circuit_v2.dcutr import PROTOCOL_ID as DCUTR_PROTOCOL_ID
 from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL_ID
 from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
 from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+from libp2p.tools.constants import MAX_READ_LEN
 
 from node.shell.transport.types import PeerId, TransportConfig
 
@@ -56,11 +74,46 @@ def relay_part(addr: str) -> str:
     return addr.split(CIRCUIT, 1)[0]
 
 
+class _Circuit:
+    """The two directions of one relayed connection, each a ``_relay_half``: the first to
+    fail cancels the other."""
+
+    def __init__(self) -> None:
+        self._halves = 2  # directions still to end
+        self._scopes: list[trio.CancelScope] = []
+        self._failed = False
+
+    def join(self, deadline: float | None) -> trio.CancelScope:
+        """The scope of one direction; ``deadline`` in ``time.monotonic()`` terms."""
+        scope = trio.CancelScope()
+        if deadline is not None:
+            scope.deadline = trio.current_time() + max(0.0, deadline - time.monotonic())
+        if self._failed:
+            scope.cancel()
+        self._scopes.append(scope)
+        return scope
+
+    def leave(self) -> bool:
+        """One direction has ended; True when it was the last."""
+        self._halves -= 1
+        return not self._halves
+
+    def fail(self) -> bool:
+        """Cancel every direction; True the first time only."""
+        if self._failed:
+            return False
+        self._failed = True
+        for scope in self._scopes:
+            scope.cancel()
+        return True
+
+
 class Relaying:
     """The relay roles of one host: always STOP (accept connections relayed to us), HOP when
     ``config.relay_service``, CLIENT when ``config.relays`` names relays to reserve at, and
     DCUtR when ``config.hole_punching``. Start ``services()`` with the host, then
-    ``await started()``."""
+    ``await started()``. ``is_banned`` and ``is_running`` are the transport's: DCUtR takes
+    nothing from a banned peer, and starts nothing once the transport stops."""
 
     def __init__(
         self,
@@ -68,11 +121,16 @@ class Relaying:
         config: TransportConfig,
         is_member: Callable[[PeerId], bool],
         count: Callable[[str], None],
+        *,
+        is_banned: Callable[[PeerId], bool],
+        is_running: Callable[[], bool],
     ) -> None:
         self._host = host
         self._config = config
         self._is_member = is_member
         self._count = count
+        self._is_banned = is_banned
+        self._is_running = is_running
         self.limits = RelayLimits(
             duration=config.relay_max_seconds,
             data=config.relay_max_bytes,
@@ -81,6 +139,8 @@ class Relaying:
             reservation_ttl=RESERVATION_TTL,
         )
         self.protocol = CircuitV2Protocol(host, limits=self.limits, allow_hop=config.relay_service)
+        self.protocol._relay_data = self._relay_half  # type: ignore[method-assign]
+        self._relayed: dict[frozenset[int], _Circuit] = {}  # by the ids of its two streams
         roles = RelayRole.STOP
         if config.relay_service:
             roles |= RelayRole.HOP
@@ -90,17 +150,26 @@ class Relaying:
             host, self.protocol, RelayConfig(roles=roles, limits=self.limits)
         )
         self.dcutr = DCUtRProtocol(host) if config.hole_punching else None
+        if self.dcutr is not None:  # its auto-drive loop calls this for every relayed peer
+            self._punch = self.dcutr.initiate_hole_punch
+            self.dcutr.initiate_hole_punch = self._guarded_punch  # type: ignore[method-assign]
         self.reservations = 0  # made, all relays together (each reconnect makes one again)
         self.on_reserved = trio.Event()  # set, and replaced, at each reservation made
+        self.hop_streams = 0  # HOP streams served to their end (reservations, circuits)
+        self.on_hop_stream = trio.Event()  # set, and replaced, as each one ends
 
     def services(self) -> list[Any]:
         return [self.protocol] if self.dcutr is None else [self.protocol, self.dcutr]
 
     async def started(self) -> None:
-        """Once the protocol has registered its handlers: put the member gate on HOP."""
+        """Once the protocols have registered their handlers: put the member gate on HOP
+        and the ban gate on DCUtR."""
         await self.protocol.event_started.wait()
         if self._config.relay_service:
             self._host.set_stream_handler(HOP_PROTOCOL_ID, self._gated_hop)
+        if self.dcutr is not None:
+            await self.dcutr.event_started.wait()
+            self._host.set_stream_handler(DCUTR_PROTOCOL_ID, self._gated_dcutr)
 
     async def _gated_hop(self, stream: INetStream) -> None:
         peer = str(stream.muxed_conn.peer_id)
@@ -108,9 +177,95 @@ class Relaying:
             self._count("refused_streams")
             await stream.reset()
             return
-        await self.protocol._handle_hop_stream(stream)  # a reservation, or a whole circuit
+        try:
+            await self.protocol._handle_hop_stream(stream)  # a reservation, or a whole circuit
+        finally:
+            self.hop_streams += 1
+            self.on_hop_stream.set()
+            self.on_hop_stream = trio.Event()
         if self.protocol.resource_manager.has_reservation(ID.from_base58(peer)):
             self._advertise_circuit(peer)
+
+    async def _gated_dcutr(self, stream: INetStream) -> None:
+        """A peer asks us to hole punch: the session ends with us dialling the addresses
+        it sent. Not for a banned peer (its stream is reset unread), nor once we stop."""
+        peer = str(stream.muxed_conn.peer_id)
+        banned = self._is_banned(peer)
+        if banned or not self._is_running():
+            if banned:
+                self._count("banned_streams")
+            await stream.reset()
+            return
+        assert self.dcutr is not None  # the handler is ours only with DCUtR
+        await self.dcutr._handle_dcutr_stream(stream)
+
+    async def _guarded_punch(self, peer_id: ID) -> bool:
+        """``DCUtRProtocol.initiate_hole_punch``, refused for a banned peer and once we stop
+        (its dials pass the transport's guard as well)."""
+        if self._is_banned(str(peer_id)) or not self._is_running():
+            return False
+        return bool(await self._punch(peer_id))
+
+    # -- relaying a circuit (HOP), in place of the library's loop ----------------------
+
+    async def _relay_half(
+        self,
+        src_stream: INetStream,
+        dst_stream: INetStream,
+        peer_id: ID,
+        deadline: float | None = None,
+        circuit_data_limit: list[int] | None = None,
+    ) -> None:
+        """One direction of a circuit, called as ``CircuitV2Protocol._relay_data`` (twice
+        per circuit, the streams swapped; ``deadline`` in ``time.monotonic()`` terms, the
+        data limit the bytes left to both directions together). An EOF is passed on as a
+        half-close; anything else (a limit, a reset, the deadline) ends the circuit: the
+        other direction is cancelled and both streams are reset, so the library's handler
+        returns and releases the circuit's slot."""
+        src, dst = src_stream, dst_stream
+        key = frozenset((id(src), id(dst)))
+        circuit = self._relayed.setdefault(key, _Circuit())
+        clean = False
+        try:
+            with circuit.join(deadline):  # the deadline holds for an idle circuit too
+                clean = await self._pump(src, dst, circuit_data_limit)
+        finally:
+            if circuit.leave():
+                del self._relayed[key]
+            self._forget_relay(peer_id, src, dst)
+            if not clean and circuit.fail():
+                await src.reset()  # never raises: libp2p swallows reset failures
+                await dst.reset()
+
+    async def _pump(self, src: INetStream, dst: INetStream, budget: list[int] | None) -> bool:
+        """Copy ``src`` to ``dst``: True at ``src``'s EOF (passed on as a half-close), False
+        when the circuit's byte budget runs out or a stream fails."""
+        try:
+            while True:
+                try:
+                    data = await src.read(MAX_READ_LEN)
+                except EOFError:  # StreamEOF: the sender half-closed
+                    data = b""
+                if not data:
+                    await dst.close_write()  # type: ignore[attr-defined]  # NetStream has it
+                    return True
+                if budget is not None:
+                    if len(data) > budget[0]:
+                        _log.info("circuit cut: relay_max_bytes (%d) reached", self.limits.data)
+                        return False
+                    budget[0] -= len(data)
+                with trio.fail_after(self.protocol.write_timeout):  # the library's bound
+                    await dst.write(data)
+        except (BaseLibp2pError, OSError, ValueError, trio.TooSlowError) as exc:
+            _log.debug("circuit ended: %s: %s", type(exc).__name__, exc)
+            return False
+
+    def _forget_relay(self, peer_id: ID, src: INetStream, dst: INetStream) -> None:
+        """Drop the library's shutdown list entry for ``peer_id`` if it names this
+        circuit's streams (the library's loop dropped it, whichever circuit it named)."""
+        entry = self.protocol._active_relays.get(peer_id)
+        if entry is not None and any(s is src or s is dst for s in entry):
+            del self.protocol._active_relays[peer_id]
 
     def _advertise_circuit(self, peer: PeerId) -> None:
         """Record ``<our addr>/p2p-circuit`` as an address of ``peer``, so the DHT answers
