@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,18 +73,27 @@ def distilled_bytes(tmp: Path) -> bytes:
 
 def fill(home: Home, n: int, tmp: Path) -> int:
     """Sign ``n`` chained commits by ``home`` straight into its store; returns blob bytes."""
-    genesis, identity = home.genesis(), home.identity()
     distilled = distilled_bytes(tmp)
+    blobs = lambda seq: {  # noqa: E731
+        "adapter_config": CONFIG, "adapter_model": adapter_bytes(seq), "distilled": distilled,
+    }  # fmt: skip
+    return sign_into(home, n, blobs, lambda seq: (0.9, 0.1))
+
+
+Blobs = Callable[[int], dict[str, bytes]]
+Coeffs = tuple[float, float]
+
+
+def sign_into(home: Home, n: int, blobs_of: Blobs, coeffs_of: Callable[[int], Coeffs]) -> int:
+    """Sign ``n`` chained commits by ``home`` (commit ``seq``: ``blobs_of(seq)``, coefficients
+    ``coeffs_of(seq)``) straight into its store; returns the blob bytes. bench_restart.py
+    fills its stores with this too."""
+    genesis, identity = home.genesis(), home.identity()
     parent, total = root_item(genesis.network_id), 0
     with Store.open(home.path) as store:
         for seq in range(n):
-            blobs = {
-                "adapter_config": CONFIG,
-                "adapter_model": adapter_bytes(seq),
-                "distilled": distilled,
-            }
             refs = {}
-            for kind, data in blobs.items():
+            for kind, data in blobs_of(seq).items():
                 sha = hashlib.sha256(data).digest()
                 store.put_blob(data, sha)
                 refs[kind] = BlobRef(sha, len(data))
@@ -94,10 +104,10 @@ def fill(home: Home, n: int, tmp: Path) -> int:
                 seq=seq,
                 task=f"t{seq}",
                 classes=("a", "b"),
-                base=BASE,
+                base=str(genesis.spec["base"]),
                 blobs=refs,
                 parent=parent,
-                coeffs=(0.9, 0.1),
+                coeffs=coeffs_of(seq),
                 objective={},
             )
             data = commit.encode()

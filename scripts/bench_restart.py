@@ -20,9 +20,9 @@ Writes ``restart.json`` under ``bench-results/`` (or ``--out``).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
@@ -35,17 +35,17 @@ from typing import Any
 import torch
 from safetensors.torch import save
 
-from crypto.records import BlobRef, Commit, Genesis, Member
+from crypto.records import Genesis, Member
 from merge.base_shapes import BaseShapes
 from merge.pipeline.distill import Distilled, save_distilled
-from node.core.order import Entry, root_item
 from node.errors import ControlError
 from node.forge.netspec import make_spec
 from node.shell.control import call
 from node.shell.home import Home
-from node.shell.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
+# scripts/ is not a package: the store filler is bench_catchup.py's, loaded from its file
+_catchup = runpy.run_path(str(Path(__file__).with_name("bench_catchup.py")))
 BASE = "cb" * 32
 MIB = 1 << 20
 SHAPES = {"clip": (25, 768, 16), "small": (4, 128, 8)}  # modules, width, rank
@@ -89,35 +89,16 @@ def distilled_bytes(tmp: Path, width: int) -> bytes:
 
 def fill(home: Home, n: int, shape: str, tmp: Path) -> int:
     """Sign ``n`` chained commits by ``home`` straight into its store; returns blob bytes."""
-    genesis, identity = home.genesis(), home.identity()
     _, width, rank = SHAPES[shape]
     config = json.dumps({"peft_type": "LORA", "r": rank, "lora_alpha": rank}).encode()
     distilled = distilled_bytes(tmp, width)
-    parent, total = root_item(genesis.network_id), 0
-    with Store.open(home.path) as store:
-        for seq in range(n):
-            blobs = {
-                "adapter_config": config,
-                "adapter_model": adapter_bytes(seq, shape),
-                "distilled": distilled,
-            }
-            refs = {}
-            for kind, data in blobs.items():
-                sha = hashlib.sha256(data).digest()
-                store.put_blob(data, sha)
-                refs[kind] = BlobRef(sha, len(data))
-                total += len(data)
-            # (1, 1) now and then, as continual plugins commit; keep within the spec's range
-            coeffs = ((1.0, 1.0), (0.9, 0.8), (0.75, 1.2))[seq % 3]
-            commit = Commit.create(
-                identity, network=genesis.network_id, seq=seq, task=f"t{seq}",
-                classes=("a", "b"), base=BASE, blobs=refs, parent=parent, coeffs=coeffs,
-                objective={},
-            )  # fmt: skip
-            data = commit.encode()
-            store.put_record(hashlib.sha256(data).digest(), commit.KIND, data)
-            parent = Entry.of(commit).item
-    return total
+    blobs = lambda seq: {  # noqa: E731
+        "adapter_config": config, "adapter_model": adapter_bytes(seq, shape),
+        "distilled": distilled,
+    }  # fmt: skip
+    # (1, 1) now and then, as continual plugins commit; keep within the spec's range
+    coeffs = lambda seq: ((1.0, 1.0), (0.9, 0.8), (0.75, 1.2))[seq % 3]  # noqa: E731
+    return _catchup["sign_into"](home, n, blobs, coeffs)  # type: ignore[no-any-return]
 
 
 def start(home: Home) -> subprocess.Popen[bytes]:

@@ -22,19 +22,11 @@ from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol, read_dcutr_msg
 from libp2p.relay.circuit_v2.pb.dcutr_pb2 import HolePunch
 from libp2p.relay.circuit_v2.utils import write_delimited_msg
 
-from node.shell.transport import PeerId, TransportConfig
+from node.shell.transport import PeerId
 from node.shell.transport.libp2p import Libp2pTransport
 from node.shell.transport.peerid import peer_id_from_seed
 from node.shell.transport.relay import is_circuit
-
-WAIT = 20.0
-FAST = {"request_timeout": 10.0, "idle_timeout": 5.0, "backoff_min": 0.05, "backoff_max": 0.5}
-
-
-def _transport(seed: int, members: set[PeerId], **config: object) -> Libp2pTransport:
-    t = Libp2pTransport(bytes([seed]) * 32, TransportConfig(**{**FAST, **config}))  # type: ignore[arg-type]
-    t.set_member_filter(lambda peer: peer in members)
-    return t
+from tests.node.shell.test_transport_relay import WAIT, _transport
 
 
 def _bare(addr: str) -> multiaddr.Multiaddr:

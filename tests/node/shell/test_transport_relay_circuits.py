@@ -14,20 +14,18 @@ import trio
 from libp2p.peer.id import ID
 
 from node.errors import ConnectionLost
-from node.shell.transport import LinkDown, PeerId, TransportConfig
+from node.shell.transport import LinkDown, PeerId
 from node.shell.transport.libp2p import Libp2pTransport
 from node.shell.transport.relay import MAX_CIRCUITS_PER_PEER
+from tests.node.shell.test_transport_relay import WAIT
+from tests.node.shell.test_transport_relay import _transport as _any_transport
 
-WAIT = 20.0
-FAST = {"request_timeout": 10.0, "idle_timeout": 5.0, "backoff_min": 0.05, "backoff_max": 0.5}
 LIMIT = 32 * 1024  # bytes per circuit: the handshakes take a few KiB, one big request more
 
 
 def _transport(seed: int, members: set[PeerId], **config: object) -> Libp2pTransport:
-    config = {**FAST, "hole_punching": False, **config}  # the circuit must stay relayed
-    t = Libp2pTransport(bytes([seed]) * 32, TransportConfig(**config))  # type: ignore[arg-type]
-    t.set_member_filter(lambda peer: peer in members)
-    return t
+    # no hole punching: the circuit must stay relayed
+    return _any_transport(seed, members, **{"hole_punching": False, **config})
 
 
 async def _pong(peer: PeerId, payload: bytes) -> bytes:
