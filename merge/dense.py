@@ -125,26 +125,30 @@ def _scaled_operands(
     the sum for (i, j) carries the same factor 2^(e_i + e_j - 2β), so the partial sums are
     integers below 2^52 times that factor, exactly representable (float64's exponent range
     covers any float32 operands), and the product is exactly the post-scaled one."""
-    b_int, b_exp = _integer_rows(b.double(), beta)
-    a_int, a_exp = _integer_rows(a.double().t(), beta)
-    b_scaled = torch.mul(b_int, _pow2(b_exp - beta).unsqueeze(1))
-    a_scaled = torch.mul(a_int, _pow2(a_exp - beta).unsqueeze(1))
-    return b_scaled, a_scaled.t().contiguous()
+    if b.dtype != torch.float32 or a.dtype != torch.float32:
+        raise TypeError(f"the exact product takes float32 factors, got {b.dtype}, {a.dtype}")
+    # A's columns are reduced along dim 0 and scaled in place: no transposed copy of A.
+    return _truncated(b, b.abs().amax(dim=1).unsqueeze(1), beta), _truncated(
+        a, a.abs().amax(dim=0).unsqueeze(0), beta
+    )
 
 
-def _integer_rows(x: torch.Tensor, beta: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row scaled by ``2^(β - e)`` (``e``: its largest element's ``frexp`` exponent) and
-    truncated to an integer with ``|v| < 2^β``; returns the integers and each row's ``e``
-    (int64; an all-zero row has exponent 0 and integers 0)."""
-    _, exps = torch.frexp(x.abs().amax(dim=1))
+def _truncated(x: torch.Tensor, peak: torch.Tensor, beta: int) -> torch.Tensor:
+    """``x`` (float32) in float64, each element truncated to an integer multiple of
+    ``2^(e - β)``, where ``e`` is the ``frexp`` exponent of its row's (column's) ``peak``
+    (``|v| < 2^β`` integers, scaled back). An all-zero line has exponent 0 and stays zero.
+    Scaling by a power of two is exact in float64, so this is the same value whether the
+    steps are fused or not; the ops are few because each costs more than its arithmetic."""
+    _, exps = torch.frexp(peak)  # float32's frexp: a float32 peak's exponent, exactly
     e = exps.to(torch.int64)
-    return torch.trunc(torch.mul(x, _pow2(beta - e).unsqueeze(1))), e
+    up = _pow2(beta - e)
+    return torch.trunc(x.double().mul_(up)).mul_(torch.reciprocal(up))  # 1/2^k: exact
 
 
 def _pow2(exponents: torch.Tensor) -> torch.Tensor:
     """``2.0**e`` as float64, exactly: the IEEE bits themselves (biased exponent, zero
-    mantissa). torch.ldexp computes 2**e through pow, which we do not rely on. Every exponent
-    here lies in [-149 - 52, 128 + 52], inside float64's normal range [-1022, 1023]."""
-    if bool(((exponents < -1022) | (exponents > 1023)).any()):
-        raise ValueError("a power of two outside float64's normal range")
+    mantissa). torch.ldexp computes 2**e through pow, which we do not rely on. The exponents
+    are ``β - e`` with ``e`` a float32's ``frexp`` exponent (``[-148, 128]``, or 0) and
+    ``β <= 25``, so ``[-128, 173]``: inside float64's normal range, and so is their
+    reciprocal; float32 operands are checked, so no value reaches here outside it."""
     return ((exponents + 1023) << 52).view(torch.float64)

@@ -91,6 +91,31 @@ def test_exact_product_zero_rows_columns_and_inner_dimension() -> None:
     assert not bool(torch.signbit(signed).any())
 
 
+def test_exact_product_of_extreme_float32_scales_is_the_float64_truncation() -> None:
+    # Rows (columns) from subnormal to near float32's top: each is truncated to β bits
+    # below its own largest element, so the result equals a float64 reference computed on
+    # the same truncated integers (exact: every partial sum is below 2^52 units).
+    g = torch.Generator().manual_seed(4)
+    b = (
+        torch.randn(6, 3, generator=g).double()
+        * torch.tensor([1e-44, 1e-40, 1e-30, 1.0, 1e20, 1e37], dtype=torch.float64).unsqueeze(1)
+    ).float()
+    a = (
+        torch.randn(3, 4, generator=g).double()
+        * torch.tensor([1e-41, 1e-3, 1e3, 1e30], dtype=torch.float64)
+    ).float()
+    beta = slice_bits(3)
+
+    def truncated(x: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+        e = torch.frexp(peak.double())[1].double()
+        return torch.trunc(x.double() * 2.0 ** (beta - e)) * 2.0 ** (e - beta)
+
+    ref = truncated(b, b.abs().amax(1, keepdim=True)) @ truncated(a, a.abs().amax(0))
+    assert raw(exact_product(b, a)) == raw(torch.add(ref.float(), 0.0))
+    with pytest.raises(TypeError, match="float32"):
+        exact_product(b.double(), a)
+
+
 def test_dense_modules_are_2d_float32() -> None:
     with pytest.raises(TypeError):
         DenseModule(torch.zeros(3, 4, dtype=torch.float64))
