@@ -36,8 +36,9 @@ commit and order):
   composite it is committed onto (``merge.pipeline.train.Continual``), with or without a replay
   of the distilled sets merged so far, then searched as a commit; every mode (without replay
   a mixture member trains on the base alone: that is the "Mixture" row, not repeated);
-- ``continual-unit``: continual stack with replay and no search, coefficients (1, 1): exactly
-  sequential fine-tuning with rehearsal (what the search is measured against);
+- ``continual-searched``: continual stack with replay, coefficients searched anyway (a
+  continual stack commit takes (1, 1), exactly sequential fine-tuning with rehearsal, unsearched:
+  ``search_coeffs(trained_on_head=True)``; this row is what it is measured against);
 - ``per-module``: fusion and stack with one coefficient pair per module group
   (``SearchSettings.groups``, ``--module-groups``, default ``layer``).
 
@@ -138,7 +139,7 @@ ROW_FAMILIES = (
     "shares",
     "continual",
     "continual-noreplay",
-    "continual-unit",
+    "continual-searched",
     "per-module",
 )
 DEFAULT_ROWS = ("distilled", "shares")
@@ -177,6 +178,13 @@ class Sizes:
     rows: tuple[str, ...] = DEFAULT_ROWS  # optional row families (ROW_FAMILIES)
     mixture_prior: float = MIXTURE_PRIOR  # "Mixture (shares)": pseudo-samples at uniform
     module_groups: str = "layer"  # "per-module" rows: merge.groups grouping
+    # continual rows: TrainConfig's continual knobs (None: TrainConfig's default), so an
+    # ablation of the continual recipe needs no edit of the code
+    lwf_weight: float | None = None
+    lwf_replay_weight: float | None = None
+    replay_weight: float | None = None
+    balance: bool | None = None
+    whole_task: bool | None = None
 
 
 QUICK = Sizes(
@@ -340,10 +348,12 @@ def train(
     steps: int,
     seed: int,
     continual: Any = None,
+    **knobs: Any,
 ) -> LoraAdapter:
     """A plugin on all of ``records`` (no validation split: the benchmark has a test set);
-    ``continual``: a ``merge.pipeline.train.Continual`` to train on top of."""
-    config = TrainConfig(steps=steps, seed=seed, val_fraction=0.0, progress=False)
+    ``continual``: a ``merge.pipeline.train.Continual`` to train on top of; ``knobs``: other
+    ``TrainConfig`` fields."""
+    config = TrainConfig(steps=steps, seed=seed, val_fraction=0.0, progress=False, **knobs)
     started = time.process_time()
     if continual is None:
         train_plugin(backend, records, task=task, out=out, config=config)
@@ -468,7 +478,7 @@ def nanmean(xs: Sequence[float]) -> float:
 
 
 # One commit's search: (head, plugin, distilled sets merged so far, the plugin's own) -> result.
-Searcher = Callable[[Composite, LoraAdapter, Sequence[TaskData], TaskData], SearchResult]
+Searcher = Callable[[Composite, LoraAdapter, Sequence[Distilled], Distilled], SearchResult]
 # The plugin an institution commits onto ``head`` (after the distilled sets ``seen``).
 PluginFor = Callable[[str, Composite, Sequence[Distilled]], LoraAdapter]
 
@@ -530,10 +540,14 @@ class SeedRun:
     def search(self) -> SearchSettings:
         return SearchSettings(budget=self.sizes.budget, seed=self.seed)
 
-    def commit_search(self, settings: SearchSettings | None = None) -> Searcher:
-        """The search every commit runs (``node.forge.author.coefficients``)."""
-        s = settings or self.search
-        return lambda head, a, seen, own: coefficients(self.backend, head, a, seen, own, s)
+    def commit_search(
+        self, settings: SearchSettings | None = None, trained_on_head: bool = False
+    ) -> Searcher:
+        """The search every commit runs (``node.forge.author.coefficients``); with
+        ``trained_on_head`` (continual plugins, each trained on the head it goes onto), the
+        one `medforge commit` runs for such a plugin: stack takes (1, 1) unsearched."""
+        s, on = settings or self.search, trained_on_head
+        return lambda head, a, seen, own: coefficients(self.backend, head, a, seen, own, s, on)
 
     def independent(self, name: str, head: Composite, seen: Sequence[Distilled]) -> LoraAdapter:
         return self.adapters[name]
@@ -668,19 +682,20 @@ def shares_rows(run: SeedRun, order: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def continual_rows(
-    run: SeedRun, order: Sequence[str], replay: bool, unit: bool = False
+    run: SeedRun, order: Sequence[str], replay: bool, searched: bool = False
 ) -> list[dict[str, Any]]:
     """Each plugin after the first trains on top of the head it is committed onto (the
     first one is the independent plugin: an empty composite gives it nothing to build on),
-    with a replay of the distilled sets merged so far or without; then the commit's search.
+    with a replay of the distilled sets merged so far or without; then the commit's search
+    (a stack commit of a plugin trained on its head: (1, 1), unless ``searched``).
     A mixture member trains on the base (``Continual.of``), so without replay the mixture is
     the "Mixture" row exactly: that row is not repeated."""
     from merge.pipeline.train import Continual
 
     out = []
-    modes = ("stack",) if unit else MODES if replay else ("fusion", "stack")
+    modes = ("stack",) if searched else MODES if replay else ("fusion", "stack")
     for mode in modes:
-        tag = f"{mode}-{'replay' if replay else 'plain'}{'-unit' if unit else ''}"
+        tag = f"{mode}-{'replay' if replay else 'plain'}{'-searched' if searched else ''}"
 
         def plugin_for(
             name: str, head: Composite, seen: Sequence[Distilled], tag: str = tag
@@ -692,21 +707,30 @@ def continual_rows(
             base = Continual.of(head, seen if replay else [], parent=f"bench:{tag}:{prefix}")
             out_dir = run.work / "continual" / tag / prefix
             steps, seed = run.sizes.steps, run.seed
-            return train(run.backend, inst.train, inst.task, out_dir, steps, seed, base)
+            knobs = continual_knobs(run.sizes)
+            return train(run.backend, inst.train, inst.task, out_dir, steps, seed, base, **knobs)
 
-        f = forge(mode, order, plugin_for, run.data, unit_coeffs if unit else run.commit_search())
+        search = run.commit_search(trained_on_head=not searched)
+        f = forge(mode, order, plugin_for, run.data, search)
         row = (
-            f"continual + replay, (1, 1): {SEARCHED[mode]}" if unit else continual_row(mode, replay)
+            f"continual + replay, searched: {SEARCHED[mode]}"
+            if searched
+            else continual_row(mode, replay)
         )
         out.append(sample(run.seed, order, row, run.score(f.composite), coeffs=f.coeffs))
     return out
 
 
-def unit_coeffs(
-    head: Composite, a: LoraAdapter, seen: Sequence[TaskData], own: TaskData
-) -> SearchResult:
-    """No search: (1, 1), i.e. in stack mode exactly sequential fine-tuning with rehearsal."""
-    return SearchResult(coeffs=(1.0, 1.0), objective={})
+def continual_knobs(sizes: Sizes) -> dict[str, Any]:
+    """The continual ``TrainConfig`` fields the command line set (the rest: its defaults)."""
+    chosen = {
+        "lwf_weight": sizes.lwf_weight,
+        "lwf_replay_weight": sizes.lwf_replay_weight,
+        "replay_weight": sizes.replay_weight,
+        "balance": sizes.balance,
+        "whole_task": sizes.whole_task,
+    }
+    return {k: v for k, v in chosen.items() if v is not None}
 
 
 def per_module_rows(run: SeedRun, order: Sequence[str]) -> list[dict[str, Any]]:
@@ -738,20 +762,20 @@ def _has_groups() -> bool:
 HOOK_API = {
     "continual": "merge.pipeline.train.Continual",
     "continual-noreplay": "merge.pipeline.train.Continual",
-    "continual-unit": "merge.pipeline.train.Continual",
+    "continual-searched": "merge.pipeline.train.Continual",
     "per-module": "SearchSettings.groups, SearchResult.module_coeffs",
 }
 HOOK_READY: dict[str, Callable[[], bool]] = {
     "continual": _has_continual,
     "continual-noreplay": _has_continual,
-    "continual-unit": _has_continual,
+    "continual-searched": _has_continual,
     "per-module": _has_groups,
 }
 ORDER_ROWS: dict[str, Callable[[SeedRun, Sequence[str]], list[dict[str, Any]]]] = {
     "shares": shares_rows,
     "continual": lambda run, order: continual_rows(run, order, replay=True),
     "continual-noreplay": lambda run, order: continual_rows(run, order, replay=False),
-    "continual-unit": lambda run, order: continual_rows(run, order, replay=True, unit=True),
+    "continual-searched": lambda run, order: continual_rows(run, order, replay=True, searched=True),
     "per-module": per_module_rows,
 }
 
@@ -951,6 +975,33 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Sizes]:
     )
     ap.add_argument("--mixture-prior", type=float, default=None, help="Mixture (shares) prior")
     ap.add_argument("--module-groups", choices=GROUPINGS, default=None, help="per-module rows")
+    ap.add_argument(
+        "--lwf-weight", type=float, default=None, help="continual rows: TrainConfig.lwf_weight"
+    )
+    ap.add_argument(
+        "--lwf-replay-weight",
+        type=float,
+        default=None,
+        help="continual rows: TrainConfig.lwf_replay_weight",
+    )
+    ap.add_argument(
+        "--replay-weight",
+        type=float,
+        default=None,
+        help="continual rows: TrainConfig.replay_weight",
+    )
+    ap.add_argument(
+        "--balance",
+        choices=("on", "off"),
+        default=None,
+        help="continual rows: TrainConfig.balance (class-balanced loss)",
+    )
+    ap.add_argument(
+        "--whole-task",
+        choices=("on", "off"),
+        default=None,
+        help="continual rows: TrainConfig.whole_task (one head over a task's whole class list)",
+    )
     ap.add_argument("--tag", default=None, help="output name (default: quick/full[-settings])")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results")
     ap.add_argument(
@@ -974,7 +1025,18 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Sizes]:
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The sizes the command line names (``None``: the preset's)."""
-    plain = ("steps", "budget", "ipc", "distill_steps", "max_test", "institutions", "alpha")
+    plain = (
+        "steps",
+        "budget",
+        "ipc",
+        "distill_steps",
+        "max_test",
+        "institutions",
+        "alpha",
+        "lwf_weight",
+        "lwf_replay_weight",
+        "replay_weight",
+    )
     out = {k: getattr(args, k) for k in plain}
     out |= {
         "per_class_blocks": args.per_class,
@@ -985,6 +1047,8 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         "seeds": parse_seeds(args.seeds) if args.seeds is not None else None,
         "chapters": split_list(args.chapters) if args.chapters is not None else None,
         "rows": split_list(args.rows) if args.rows is not None else None,
+        "balance": None if args.balance is None else args.balance == "on",
+        "whole_task": None if args.whole_task is None else args.whole_task == "on",
     }
     return {k: v for k, v in out.items() if v is not None}
 
@@ -1022,6 +1086,10 @@ def check_sizes(sizes: Sizes) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if sizes.mixture_prior < 0:
         raise ValueError("--mixture-prior must be >= 0")
+    for name in ("lwf_weight", "lwf_replay_weight", "replay_weight"):
+        value = getattr(sizes, name)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0")
     for family in sorted(set(sizes.rows) - set(DEFAULT_ROWS)):
         if not HOOK_READY[family]():
             raise ValueError(f"--rows {family}: this tree lacks its API ({HOOK_API[family]})")
@@ -1038,6 +1106,17 @@ def default_tag(quick: bool, sizes: Sizes) -> str:
         tag += "-ch" + "-".join(sizes.chapters)
     if (sizes.institutions, sizes.alpha) != (3, 0.3) and "skew" in sizes.settings:
         tag += f"-n{sizes.institutions}-a{sizes.alpha:g}"
+    knobs = continual_knobs(sizes)  # an ablation must not overwrite the default run's files
+    if "lwf_weight" in knobs:
+        tag += f"-lwf{knobs['lwf_weight']:g}"
+    if "lwf_replay_weight" in knobs:
+        tag += f"-lwfr{knobs['lwf_replay_weight']:g}"
+    if "replay_weight" in knobs:
+        tag += f"-rw{knobs['replay_weight']:g}"
+    if "balance" in knobs:
+        tag += "-balanced" if knobs["balance"] else "-unbalanced"
+    if "whole_task" in knobs:
+        tag += "-whole" if knobs["whole_task"] else "-apart"
     return tag
 
 

@@ -94,6 +94,19 @@ def test_a_split_that_cannot_run_is_refused_before_any_model_loads(argv: list[st
         bf.parse(argv)
 
 
+def test_continual_knobs_reach_only_what_the_command_line_set() -> None:
+    """--lwf-weight / --replay-weight / --balance: TrainConfig fields of the continual rows
+    (unset: TrainConfig's defaults), named in the tag so an ablation keeps its own files."""
+    assert bf.continual_knobs(bf.parse([])[1]) == {}
+    sizes = bf.parse(["--lwf-weight", "0.5", "--replay-weight", "2", "--balance", "on"])[1]
+    assert bf.continual_knobs(sizes) == {"lwf_weight": 0.5, "replay_weight": 2.0, "balance": True}
+    assert bf.default_tag(False, sizes) == "full-lwf0.5-rw2-balanced"
+    assert bf.continual_knobs(bf.parse(["--balance", "off"])[1]) == {"balance": False}
+    for bad in (["--lwf-weight", "-1"], ["--replay-weight", "nan"]):
+        with pytest.raises(SystemExit):
+            bf.parse(bad)
+
+
 def test_rows_can_be_chosen_or_none() -> None:
     assert bf.parse([])[1].rows == ("distilled", "shares")
     assert bf.parse(["--rows", "none"])[1].rows == ()

@@ -13,8 +13,16 @@ onto, the frozen base plus the composite's dense ``ΔW`` (a fixed delta added to
 of the base's weights; the shared base is never modified, and the saved adapter holds the new
 LoRA only), on its own data plus a replay of the distilled sets of every task merged so far:
 each replayed example is scored against its own task's class names, and the replay loss is
-added with weight ``replay_weight``. In stack mode a commit with coefficients ``(1, 1)`` is then
-exactly sequential fine-tuning with rehearsal; the coefficient search still runs at commit time.
+added with weight ``replay_weight``. On top of a non-empty ``ΔW`` it also learns without
+forgetting (``lwf_weight``, Li & Hoiem) when the composite already holds the member's task (a
+replayed set of the same task: label skew, where the member holds only some of the task's
+classes): the composite's tempered class probabilities on the member's own training inputs
+are computed once before the first step (over its local classes and over the task's whole
+class list), and a ``T² · KL`` term keeps the new model's predictions near them. ``balance``
+(off by default: it measured worse under skew) weights each class of the local data plus the
+replay by its inverse frequency. In stack mode a commit with
+coefficients ``(1, 1)`` is then exactly sequential fine-tuning with rehearsal; the coefficient
+search still runs at commit time.
 A mixture's members are evaluated one by one on the base (``P = Σ λ_j P_j``), so a mixture
 gives no delta: the member trains on the base, with the same replay.
 
@@ -33,7 +41,7 @@ import json
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +55,7 @@ from merge.lora_config import CONFIG_NAME, WEIGHTS_NAME
 from merge.pipeline.backends.base import DualEncoder, cosine_logits, delta_params
 from merge.pipeline.datasets import Examples, require_every_class, stratified_split
 from merge.pipeline.device import Precision, device_of
-from merge.pipeline.distill import Distilled
+from merge.pipeline.distill import Distilled, widened
 from merge.pipeline.errors import DataFormatError, DatasetTooSmallError, LabelError
 from merge.pipeline.metrics import Metrics, classification_metrics
 from merge.safetensors_io import write_canonical
@@ -76,6 +84,26 @@ class TrainConfig:
     # (None: half a batch, at least one)
     replay_weight: float = 1.0
     replay_batch: int | None = None
+    # continual training only, on top of a non-empty ΔW that already holds this task (a
+    # replayed set of the same task: label skew): Learning without Forgetting, a distillation
+    # term pulling the plugin's class probabilities on its own inputs towards the parent
+    # composite's (computed once, before training; temperature ``lwf_temperature``)
+    lwf_weight: float = 1.0
+    lwf_temperature: float = 2.0
+    # continual training only, on top of a non-empty ΔW: the same term on the replayed
+    # examples (the parent's tempered probabilities on each, over its own task's classes;
+    # "dark experience replay", Buzzega et al.), which carry more of what the composite knows
+    # of an old task than the replayed labels alone
+    lwf_replay_weight: float = 1.0
+    # continual training only: weight each class by the inverse of its frequency in the
+    # local data plus the replay (classes are (task, name) pairs), so a class that is rare
+    # locally under label skew, or only replayed, is not drowned by the local majority
+    balance: bool = False
+    # continual training only: score the local data and every replayed set of the same task
+    # against that task's whole class list (the local classes plus the replayed ones), not
+    # each against its own. Under label skew the local classes are a subset; scored apart,
+    # the plugin never learns to tell a local class from a replayed one
+    whole_task: bool = True
 
     @classmethod
     def for_backend(cls, kind: str, **overrides: Any) -> TrainConfig:
@@ -156,7 +184,15 @@ def train_plugin(
     on ``backend.device``; the adapter written to ``out`` is CPU float32 on every device."""
     train_set, val_set = _split(records, config)
     check_trainable(train_set, config.batch_size)
-    replay = _replay_pools(backend, continual.replay) if continual is not None else []
+    if continual is not None and config.whole_task:
+        train_set, continual = _over_whole_task(train_set, task, continual)
+    weights = (
+        _class_weights(train_set, task, continual.replay)
+        # an empty prior (no ΔW, no replay) trains exactly like an independent plugin
+        if continual is not None and config.balance and (continual.delta or continual.replay)
+        else None
+    )
+    replay = _replay_pools(backend, continual.replay, weights) if continual is not None else []
     t0 = time.perf_counter()
     eval_batch = config.batch_size * 4
     device = device_of(backend)
@@ -167,11 +203,26 @@ def train_plugin(
         torch.manual_seed(config.seed)
         start = _start_model(backend, continual.delta) if continual is not None else None
         start_m = evaluate_model(backend, start, val_set, eval_batch) if start is not None else None
+        anchor = (
+            _anchor(backend, start, train_set, task, continual, config, eval_batch)
+            if start is not None and continual is not None
+            else None
+        )
         replay_before = (
             _replay_accuracy(backend, start, replay) if start is not None and replay else None
         )
+        if start is not None and continual is not None and continual.delta:
+            if config.lwf_replay_weight > 0:
+                replay = [_with_parent(backend, start, p, config, eval_batch) for p in replay]
         peft_model = _wrap(backend, config, start)
-        losses, step_times = _fit(backend, peft_model, train_set, config, replay, precision)
+        local_w = (
+            torch.tensor([weights[(task, c)] for c in train_set.classes])
+            if weights is not None
+            else None
+        )
+        losses, step_times = _fit(
+            backend, peft_model, train_set, config, replay, precision, anchor, local_w
+        )
     base_m = evaluate_model(backend, backend.model, val_set, eval_batch)
     plugin_m = evaluate_model(backend, _inner(peft_model), val_set, eval_batch)
     replay_after = _replay_accuracy(backend, _inner(peft_model), replay) if replay else None
@@ -209,6 +260,21 @@ def _split(records: Examples, config: TrainConfig) -> tuple[Examples, Examples]:
     return train_set, val_set.subset(range(min(len(val_set), config.max_val)))
 
 
+def _over_whole_task(data: Examples, task: str, continual: Continual) -> tuple[Examples, Continual]:
+    """``data`` and the replayed sets of ``task`` over one class list: ``data``'s classes, in
+    their order (its labels keep their indices), then the replayed sets' others in order of
+    first appearance. Sets of other tasks keep their own classes."""
+    whole = dict.fromkeys(data.classes)
+    for d in continual.replay:
+        if d.task == task:
+            whole.update(dict.fromkeys(d.classes))
+    classes = tuple(whole)
+    if classes == data.classes:
+        return data, continual
+    replay = tuple(widened(d, classes) if d.task == task else d for d in continual.replay)
+    return Examples(data.items, data.labels, classes), replace(continual, replay=replay)
+
+
 @dataclass(frozen=True, eq=False)
 class _Pool:
     """Replayed examples of one input shape (they share a forward pass): ``inputs``, and per
@@ -218,11 +284,41 @@ class _Pool:
     labels: torch.Tensor
     task: torch.Tensor
     classes: tuple[torch.Tensor, ...]
+    weights: torch.Tensor | None = None  # per example (``TrainConfig.balance``), else None
+    # the parent's tempered probabilities per example over its set's classes, zero-padded to
+    # the widest set (``TrainConfig.lwf_replay_weight``), else None
+    soft: torch.Tensor | None = None
+    soft_weight: float = 0.0
+    temperature: float = 1.0
 
 
-def _replay_pools(backend: DualEncoder, sets: Sequence[Distilled]) -> list[_Pool]:
+# a class of the training mix: (task, class name); the same name in two tasks is two classes
+ClassKey = tuple[str, str]
+
+
+def _class_weights(data: Examples, task: str, sets: Sequence[Distilled]) -> dict[ClassKey, float]:
+    """``n / (k · n_c)`` for each of the ``k`` classes of the local data plus the replay
+    (``n`` examples in all): the mean weight over the whole mix is 1, so balancing moves the
+    emphasis between classes without rescaling the loss."""
+    counts: dict[ClassKey, int] = {}
+    for y in data.labels:
+        key = (task, data.classes[y])
+        counts[key] = counts.get(key, 0) + 1
+    for d in sets:
+        for y in d.labels.tolist():
+            key = (d.task, d.classes[y])
+            counts[key] = counts.get(key, 0) + 1
+    n = sum(counts.values())
+    return {key: n / (len(counts) * c) for key, c in counts.items()}
+
+
+def _replay_pools(
+    backend: DualEncoder,
+    sets: Sequence[Distilled],
+    weights: Mapping[ClassKey, float] | None = None,
+) -> list[_Pool]:
     """The replay sets checked against the backend, grouped by example shape (usually one),
-    on the backend's device."""
+    on the backend's device; with ``weights``, each example carries its class's weight."""
     device = device_of(backend)
     by_shape: dict[tuple[int, ...], list[Distilled]] = {}
     for d in sets:
@@ -243,6 +339,11 @@ def _replay_pools(backend: DualEncoder, sets: Sequence[Distilled]) -> list[_Pool
                     device
                 ),
                 tuple(backend.encode_classes(d.classes).to(device) for d in group),
+                None
+                if weights is None
+                else torch.tensor(
+                    [weights[(d.task, d.classes[y])] for d in group for y in d.labels.tolist()]
+                ).to(device),
             )
         )
     return pools
@@ -255,11 +356,102 @@ def _replay_loss(
     idx = idx.to(pool.task.device)
     total = feats.new_zeros(())
     task, labels = pool.task[idx], pool.labels[idx]
+    weights = pool.weights[idx] if pool.weights is not None else None
     for t in torch.unique(task).tolist():
         mask = task == t
         logits = cosine_logits(feats[mask], pool.classes[t], backend.logit_scale)
-        total = total + F.cross_entropy(logits, labels[mask], reduction="sum")
+        if weights is None:
+            total = total + F.cross_entropy(logits, labels[mask], reduction="sum")
+        else:
+            ce = F.cross_entropy(logits, labels[mask], reduction="none")
+            total = total + (ce * weights[mask]).sum()
+        if pool.soft is not None:
+            target = pool.soft[idx[mask]][:, : logits.shape[1]]
+            log_q = (logits / pool.temperature).log_softmax(dim=1)
+            kl = F.kl_div(log_q, target, reduction="sum")
+            total = total + pool.soft_weight * pool.temperature**2 * kl
     return total / len(idx)
+
+
+@torch.no_grad()
+def _with_parent(
+    backend: DualEncoder, parent: nn.Module, pool: _Pool, config: TrainConfig, batch_size: int
+) -> _Pool:
+    """``pool`` with the parent's tempered probabilities on each of its examples (computed
+    once, before the first step)."""
+    t = config.lwf_temperature
+    feats = torch.cat(
+        [
+            backend.features(parent, pool.inputs[i : i + batch_size])
+            for i in range(0, len(pool.labels), batch_size)
+        ]
+    ).float()
+    soft = feats.new_zeros((len(pool.labels), max(c.shape[0] for c in pool.classes)))
+    for k, classes in enumerate(pool.classes):
+        mask = pool.task == k
+        probs = (cosine_logits(feats[mask], classes, backend.logit_scale) / t).softmax(dim=1)
+        soft[mask, : classes.shape[0]] = probs
+    return replace(pool, soft=soft, soft_weight=config.lwf_replay_weight, temperature=t)
+
+
+@dataclass(frozen=True, eq=False)
+class _Anchor:
+    """Learning without Forgetting's targets: the parent's tempered class probabilities on
+    every training input, per head (``classes[h]``: that head's class features; ``probs[h]``:
+    ``[n_train, c_h]``), fixed before the first step, so the term costs no extra forward."""
+
+    classes: tuple[torch.Tensor, ...]
+    probs: tuple[torch.Tensor, ...]
+    weight: float
+    temperature: float
+
+    def loss(self, backend: DualEncoder, feats: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Mean over heads of ``T² · KL(parent ‖ plugin)`` on the batch ``idx`` (T² keeps the
+        gradient's scale independent of the temperature, as in Hinton et al.)."""
+        t = self.temperature
+        total = feats.new_zeros(())
+        for classes, probs in zip(self.classes, self.probs, strict=True):
+            logits = cosine_logits(feats, classes, backend.logit_scale) / t
+            target = probs[idx.to(probs.device)]
+            total = total + F.kl_div(logits.log_softmax(dim=1), target, reduction="batchmean")
+        return self.weight * t * t * total / len(self.classes)
+
+
+@torch.no_grad()
+def _anchor(
+    backend: DualEncoder,
+    parent: nn.Module,
+    data: Examples,
+    task: str,
+    continual: Continual,
+    config: TrainConfig,
+    batch_size: int,
+) -> _Anchor | None:
+    """The parent composite's predictions on the training inputs, over the local classes and
+    over the whole class list of every replayed set of the same task (under label skew the
+    local classes are a subset, and the parent's knowledge of the absent ones is what the
+    local cross-entropy erodes). None without a parent (an empty ΔW: the "parent" would be
+    the zero-shot base), with a zero weight, or when no replayed set is of this task: a
+    parent that never learned the task has nothing on it worth keeping, and anchoring to
+    its guesses only holds the new task back (measured: -1.7 points on the bench's
+    task-incremental setting)."""
+    same_task = [d.classes for d in continual.replay if d.task == task]
+    if config.lwf_weight <= 0 or not continual.delta or not same_task:
+        return None
+    device = device_of(backend)
+    heads = dict.fromkeys([data.classes, *same_task])
+    feats = torch.cat(
+        [
+            backend.features(parent, backend.prepare(data.items[i : i + batch_size]).to(device))
+            for i in range(0, len(data), batch_size)
+        ]
+    ).float()
+    classes = tuple(backend.encode_classes(h).to(device) for h in heads)
+    probs = tuple(
+        (cosine_logits(feats, c, backend.logit_scale) / config.lwf_temperature).softmax(dim=1)
+        for c in classes
+    )
+    return _Anchor(classes, probs, config.lwf_weight, config.lwf_temperature)
 
 
 @torch.no_grad()
@@ -333,6 +525,8 @@ def _fit(
     config: TrainConfig,
     replay: Sequence[_Pool] = (),
     precision: Precision | None = None,
+    anchor: _Anchor | None = None,
+    class_weights: torch.Tensor | None = None,
 ) -> tuple[list[float], list[float]]:
     """The optimizer steps: each step's loss and wall time (the loss read back is the step's
     end, so on a GPU the time covers the step's kernels)."""
@@ -341,6 +535,7 @@ def _fit(
     opt = _Optimizer(torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0), amp)
     classes = backend.encode_classes(data.classes).to(amp.device)
     labels = data.label_tensor().to(amp.device)
+    local_w = class_weights.to(amp.device) if class_weights is not None else None
     batches = _batches(len(data), config.batch_size, config.seed)
     size = config.replay_batch or max(1, config.batch_size // 2)
     # one endless seeded stream per pool; the steps take the pools in turn
@@ -363,7 +558,7 @@ def _fit(
             k = step % len(replay)
             rehearse = (replay[k], next(streams[k]), config.replay_weight)
         y = labels[idx.to(amp.device)]
-        loss = _step(backend, peft_model, opt, data, idx, y, classes, rehearse)
+        loss = _step(backend, peft_model, opt, data, idx, y, classes, rehearse, anchor, local_w)
         losses.append(loss)
         times.append(time.perf_counter() - t0)
         bar.set_postfix(loss=f"{loss:.3f}")
@@ -417,6 +612,8 @@ def _step(
     y: torch.Tensor,
     classes: torch.Tensor,
     rehearse: tuple[_Pool, torch.Tensor, float] | None = None,
+    anchor: _Anchor | None = None,
+    class_weights: torch.Tensor | None = None,
 ) -> float:
     """One optimizer step. Only the encoder runs under autocast: the features come back to
     float32 (a no-op on the CPU) before the cosine head and the loss."""
@@ -425,16 +622,33 @@ def _step(
     if rehearse is None:
         with opt.precision.autocast():
             feats = backend.features(model, x)
-        loss = F.cross_entropy(cosine_logits(feats.float(), classes, backend.logit_scale), y)
+        loss = _local_loss(
+            cosine_logits(feats.float(), classes, backend.logit_scale), y, class_weights
+        )
     else:
         pool, ridx, weight = rehearse
         r = pool.inputs[ridx.to(pool.inputs.device)]
         with opt.precision.autocast():
             feats, rfeats = _joint_features(backend, model, x, r)
-        loss = F.cross_entropy(cosine_logits(feats.float(), classes, backend.logit_scale), y)
+        loss = _local_loss(
+            cosine_logits(feats.float(), classes, backend.logit_scale), y, class_weights
+        )
         loss = loss + weight * _replay_loss(backend, pool, rfeats.float(), ridx)
+    if anchor is not None:
+        loss = loss + anchor.loss(backend, feats.float(), idx)
     opt.step(loss)
     return float(loss.detach())
+
+
+def _local_loss(
+    logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None
+) -> torch.Tensor:
+    """Cross-entropy of the own batch; class-weighted as a plain mean of weighted terms (not
+    ``F.cross_entropy(weight=)``, which renormalises by the batch's weights and so would undo
+    the balance between the local batch and the replay)."""
+    if weights is None:
+        return F.cross_entropy(logits, y)
+    return (F.cross_entropy(logits, y, reduction="none") * weights[y]).mean()
 
 
 @torch.no_grad()

@@ -142,10 +142,15 @@ def _head(home: Home, at: str | None = None) -> Head | None:
 
 
 def _search(
-    genesis: Genesis, head: Head, adapter: LoraAdapter, args: argparse.Namespace
+    genesis: Genesis,
+    head: Head,
+    adapter: LoraAdapter,
+    args: argparse.Namespace,
+    trained_on: str | None = None,
 ) -> SearchResult:
     """Coefficients for this plugin against ``head`` (or the ones given with --coeffs, scored
-    with --score), with the claim the commit carries."""
+    with --score), with the claim the commit carries. ``trained_on``: the item a continual
+    plugin was trained on (stack onto that item: ``(1, 1)``, the trained model, unsearched)."""
     from merge.pipeline.search import SearchResult
 
     given = None
@@ -163,13 +168,16 @@ def _search(
     own = load_distilled(args.distilled)
     what = "scoring the given" if given is not None else "searching"
     budget = "" if given is not None else f" (budget {merge_spec(genesis).search.budget})"
+    on_head = trained_on == head.tip.hex() and merge_spec(genesis).mode == "stack"
+    if given is None and on_head:
+        what, budget = "scoring (1, 1), the model this plugin was trained as,", ""
     print(
         f"{what} coefficients against forge item v{len(head.commits)}{budget} ...",
         file=sys.stderr,
     )
     if given is not None:
         return author.scored(genesis, head, adapter, own, given, composer, device)
-    return author.search(genesis, head, adapter, own, composer, device)
+    return author.search(genesis, head, adapter, own, composer, device, trained_on)
 
 
 def _training(
@@ -220,10 +228,11 @@ def run_commit(args: argparse.Namespace) -> int:
     # its parent), not against whatever the tip is now
     head = _head(home, args.parent)
     target = head if head is not None else author.Head.empty(genesis)
-    result = _search(genesis, target, adapter, args)
     parent = bytes.fromhex(args.parent) if args.parent else target.tip
-    check_coeffs(rules, [float(w) for w in result.coeffs], result.module_coeffs)
     training = _training(args.adapter, parent, named=args.parent is not None)
+    on = training.get("trained_on") if training else None
+    result = _search(genesis, target, adapter, args, on if isinstance(on, str) else None)
+    check_coeffs(rules, [float(w) for w in result.coeffs], result.module_coeffs)
     commit = author.sign_commit(
         home.identity(),
         genesis,

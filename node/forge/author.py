@@ -172,11 +172,14 @@ def coefficients(
     merged: Sequence[Distilled],
     own: Distilled,
     settings: SearchSettings,
+    trained_on_head: bool = False,
 ) -> SearchResult:
     """``(w1, w2)`` for ``apply(head, adapter, ·)``, scored on the distilled sets of the tasks
     merged so far and the plugin's own (each against its task's whole class list): the claim
-    every commit carries."""
-    return search_coeffs(encoder, head, adapter, over_whole_tasks([*merged, own]), settings)
+    every commit carries. ``trained_on_head``: the plugin was trained on top of ``head``
+    (stack: ``(1, 1)``, no search; ``search_coeffs``)."""
+    data = over_whole_tasks([*merged, own])
+    return search_coeffs(encoder, head, adapter, data, settings, trained_on_head=trained_on_head)
 
 
 def search(
@@ -186,15 +189,19 @@ def search(
     own: Distilled,
     composer: Composer | None = None,
     device: str = "cpu",
+    trained_on: str | None = None,
 ) -> SearchResult:
     """The network's search for ``adapter`` onto ``head`` (``composer``: ``head`` already
     composed, if the caller has it), its claim with the per-task accuracies (``scored``).
+    ``trained_on``: the forge item (hex) a continual plugin was trained on; when it is
+    ``head``'s tip, a stack commit takes ``(1, 1)`` (the trained model) without searching.
     The forward passes run on ``device``; the fold stays on the CPU in float32."""
     composer = composer or head.compose(genesis)
     merged = task_data(head.commits, head.blob_path)
     settings = merge_spec(genesis).search
     encoder = network_encoder(genesis, device)
-    result = coefficients(encoder, composer.composite, adapter, merged, own, settings)
+    on_head = trained_on is not None and trained_on == head.tip.hex()
+    result = coefficients(encoder, composer.composite, adapter, merged, own, settings, on_head)
     return scored(genesis, head, adapter, own, result, composer, device)
 
 

@@ -16,7 +16,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from merge.pipeline.backends.text import TextBackend, default_text_base  # noqa: E402
 from merge.pipeline.datasets import Examples  # noqa: E402
+from merge.pipeline.train import TrainConfig  # noqa: E402
 
+# a continual plugin on the toy data: enough steps to learn it, on top of a composite
+CONTINUAL_CONFIG = TrainConfig(steps=24, batch_size=8, lr=3e-2, progress=False, max_val=64)
 VOCAB = 30522  # bert-base-uncased vocabulary, as MiniLM's tokenizer uses
 
 # Three toy "diagnoses", each with its own words, so a plugin has something to learn.

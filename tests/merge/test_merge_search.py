@@ -107,6 +107,22 @@ def test_first_commit_takes_one_one_without_searching() -> None:
     )
 
 
+def test_a_stack_plugin_trained_on_the_head_takes_one_one_without_searching() -> None:
+    """(1, 1) is then the model that was trained; its claim is scored there. Fusion folds
+    the factors, so (1, 1) is not what was trained: it still searches."""
+    settings = SearchSettings(budget=8)
+    stack = single_task("stack", L1)
+    result = search_coeffs(ENC, stack, L2, DATA, settings, trained_on_head=True)
+    assert result.coeffs == (1.0, 1.0)
+    assert result.objective["evaluations"] == 0.0
+    assert result.objective["loss_after"] == pooled_loss(
+        probs_of(apply(stack, L2, (1.0, 1.0))), "logprob"
+    )
+    assert search_coeffs(ENC, stack, L2, DATA, settings).objective["evaluations"] == 8.0
+    fusion = search_coeffs(ENC, single_task("fusion", L1), L2, DATA, settings, trained_on_head=True)
+    assert fusion.objective["evaluations"] == 8.0
+
+
 def test_search_is_seeded_bounded_budgeted_and_its_claim_re_evaluates_exactly() -> None:
     head = single_task("fusion", L1)
     settings = SearchSettings(budget=40, seed=7)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pipeline_fixtures import tiny_text_backend, toy_records
+from pipeline_fixtures import CONTINUAL_CONFIG, tiny_text_backend, toy_records
 
 from merge.fold import Composite, apply, delta_weights, empty
 from merge.lora import LoraAdapter, load_adapter
@@ -26,7 +26,7 @@ from merge.pipeline.train import (
 )
 from merge.spec import Limits
 
-CONFIG = TrainConfig(steps=24, batch_size=8, lr=3e-2, progress=False, max_val=64)
+CONFIG = CONTINUAL_CONFIG
 PARENT = "ab" * 32
 
 

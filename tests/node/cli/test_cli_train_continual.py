@@ -148,9 +148,21 @@ def test_continual_training_on_a_running_node(
     assert envelope["v"] == 1
     assert "training" not in envelope["body"]
 
+    # Trained on the tip it goes onto, in stack mode: (1, 1), the model that was trained
+    # (sequential fine-tuning with rehearsal), scored but not searched.
+    item4 = chain_item(chain_item(c3.parent, c3.id), c4.id)
+    fifth, _ = train(capsys, home, "second", "--seed", "2")
+    assert fifth["training"]["parent"] == item4.hex()
+    c5, report, err = commit(capsys, home, fifth["out"], two, "c5")
+    assert c5.coeffs == (1.0, 1.0)
+    assert c5.parent == item4
+    assert report["objective"]["evaluations"] == 0
+    assert "loss_after" in report["objective"]
+    assert "scoring (1, 1)" in err
+
     log, _ = cli(capsys, "log", "--home", str(home.path))
     assert [e["training"] for e in log["items"]] == [
-        dict(c.training) if c.training is not None else None for c in (c1, c2, c3, c4)
+        dict(c.training) if c.training is not None else None for c in (c1, c2, c3, c4, c5)
     ]
     assert main(["log", "--home", str(home.path)]) == 0
     shown = capsys.readouterr().out
@@ -161,7 +173,7 @@ def test_continual_training_on_a_running_node(
     # The node stopped: the home's store is read offline, and training is still continual
     # on its tip (c1's and the second task's distilled sets, each replayed once).
     offline, _ = train(capsys, home, "second", "--seed", "1")
-    tip = chain_item(chain_item(c3.parent, c3.id), c4.id).hex()
+    tip = chain_item(item4, c5.id).hex()
     assert offline["training"] == {"method": "continual", "replay": 12, "parent": tip}
     assert main(["train", *train_args(home, "second"), "--quick", "--batch-size", "8"]) == 0
     assert "(no node running: read offline)" in capsys.readouterr().out
