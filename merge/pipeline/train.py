@@ -11,18 +11,26 @@ Two methods. **Independent** (the paper): the LoRA learns on the frozen base alo
 **Continual** (:class:`Continual`): the LoRA learns on top of the composite it will be committed
 onto, the frozen base plus the composite's dense ``ΔW`` (a fixed delta added to a private copy
 of the base's weights; the shared base is never modified, and the saved adapter holds the new
-LoRA only), on its own data plus a replay of the distilled sets of every task merged so far:
-each replayed example is scored against its own task's class names, and the replay loss is
-added with weight ``replay_weight``. On top of a non-empty ``ΔW`` it also learns without
-forgetting (``lwf_weight``, Li & Hoiem) when the composite already holds the member's task (a
-replayed set of the same task: label skew, where the member holds only some of the task's
-classes): the composite's tempered class probabilities on the member's own training inputs
-are computed once before the first step (over its local classes and over the task's whole
-class list), and a ``T² · KL`` term keeps the new model's predictions near them. ``balance``
-(off by default: it measured worse under skew) weights each class of the local data plus the
-replay by its inverse frequency. In stack mode a commit with
-coefficients ``(1, 1)`` is then exactly sequential fine-tuning with rehearsal; the coefficient
-search still runs at commit time.
+LoRA only), on its own data plus a replay of the distilled sets of every task merged so far,
+with weight ``replay_weight``. Three things keep it from forgetting what the composite knew:
+
+- one head per task (``whole_task``): the local data and every replayed set of the member's
+  task are scored against that task's whole class list (under label skew a member holds only
+  some of the classes; scored apart, it never learns to tell its classes from the others);
+  replayed sets of other tasks against their own;
+- Learning without Forgetting (Li & Hoiem) on the member's own inputs (``lwf_weight``) when
+  the composite already holds its task (label skew): the composite's tempered class
+  probabilities, and a ``T² · KL`` term keeping the new model's near them (a composite that
+  never learned the task has nothing on it worth keeping: measured, -1.7 points);
+- the same term on the replayed examples, for every task (``lwf_replay_weight``, "dark
+  experience replay"): the composite's probabilities carry more of an old task than the
+  replayed labels alone.
+
+Both targets are computed once, before the first step, on top of a non-empty ``ΔW`` only.
+``balance`` (off by default: it measured worse under skew) weights each class of the local data
+plus the replay by its inverse frequency. In stack mode a commit with coefficients ``(1, 1)`` is
+then exactly sequential fine-tuning with rehearsal, and `medforge commit` takes them, unsearched,
+for a plugin trained on the item it goes onto (``search_coeffs(trained_on_head=True)``).
 A mixture's members are evaluated one by one on the base (``P = Σ λ_j P_j``), so a mixture
 gives no delta: the member trains on the base, with the same replay.
 
