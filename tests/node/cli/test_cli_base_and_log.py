@@ -119,7 +119,8 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[Any, str]:
 def plugin(
     capsys: pytest.CaptureFixture[str], home: Path, task: str, model: Path, head: Composite
 ) -> Path:
-    """A quick plugin for ``task`` trained on the home's tip, and its distilled set labelled
+    """A quick independent plugin for ``task`` (a continual one onto the tip would commit at
+    (1, 1) unsearched, and this test needs a search), and its distilled set labelled
     by what ``head`` + the plugin predict (so the merged head serves it perfectly: a tiny
     base trained for a few steps serves nothing, and a drop needs something served)."""
     data = home.parent / f"{task}.csv"
@@ -127,7 +128,8 @@ def plugin(
     write_table(Examples(records.items, records.labels, FIRST if task == "first" else SECOND), data)
     common = ["--task", task, "--data", str(data)]
     out = home.parent / f"plugin-{task}"
-    cli(capsys, "train", *common, "--out", str(out), "--home", str(home), "--quick")
+    train = ["train", *common, "--out", str(out), "--home", str(home), "--independent"]
+    cli(capsys, *train, "--quick")
     distilled = home.parent / f"{task}.safetensors"
     cli(capsys, "distill", *common, "--ipc", "4", "--out", str(distilled), "--base", str(model))
     d = load_distilled(distilled)
