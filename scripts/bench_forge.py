@@ -183,7 +183,6 @@ class Sizes:
     lwf_weight: float | None = None
     lwf_replay_weight: float | None = None
     replay_weight: float | None = None
-    balance: bool | None = None
     whole_task: bool | None = None
 
 
@@ -727,7 +726,6 @@ def continual_knobs(sizes: Sizes) -> dict[str, Any]:
         "lwf_weight": sizes.lwf_weight,
         "lwf_replay_weight": sizes.lwf_replay_weight,
         "replay_weight": sizes.replay_weight,
-        "balance": sizes.balance,
         "whole_task": sizes.whole_task,
     }
     return {k: v for k, v in chosen.items() if v is not None}
@@ -991,12 +989,6 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Sizes]:
         help="continual rows: TrainConfig.replay_weight",
     )
     ap.add_argument(
-        "--balance",
-        choices=("on", "off"),
-        default=None,
-        help="continual rows: TrainConfig.balance (class-balanced loss)",
-    )
-    ap.add_argument(
         "--whole-task",
         choices=("on", "off"),
         default=None,
@@ -1047,7 +1039,6 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         "seeds": parse_seeds(args.seeds) if args.seeds is not None else None,
         "chapters": split_list(args.chapters) if args.chapters is not None else None,
         "rows": split_list(args.rows) if args.rows is not None else None,
-        "balance": None if args.balance is None else args.balance == "on",
         "whole_task": None if args.whole_task is None else args.whole_task == "on",
     }
     return {k: v for k, v in out.items() if v is not None}
@@ -1113,8 +1104,6 @@ def default_tag(quick: bool, sizes: Sizes) -> str:
         tag += f"-lwfr{knobs['lwf_replay_weight']:g}"
     if "replay_weight" in knobs:
         tag += f"-rw{knobs['replay_weight']:g}"
-    if "balance" in knobs:
-        tag += "-balanced" if knobs["balance"] else "-unbalanced"
     if "whole_task" in knobs:
         tag += "-whole" if knobs["whole_task"] else "-apart"
     return tag

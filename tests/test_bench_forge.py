@@ -95,13 +95,17 @@ def test_a_split_that_cannot_run_is_refused_before_any_model_loads(argv: list[st
 
 
 def test_continual_knobs_reach_only_what_the_command_line_set() -> None:
-    """--lwf-weight / --replay-weight / --balance: TrainConfig fields of the continual rows
+    """--lwf-weight / --replay-weight / --whole-task: TrainConfig fields of the continual rows
     (unset: TrainConfig's defaults), named in the tag so an ablation keeps its own files."""
     assert bf.continual_knobs(bf.parse([])[1]) == {}
-    sizes = bf.parse(["--lwf-weight", "0.5", "--replay-weight", "2", "--balance", "on"])[1]
-    assert bf.continual_knobs(sizes) == {"lwf_weight": 0.5, "replay_weight": 2.0, "balance": True}
-    assert bf.default_tag(False, sizes) == "full-lwf0.5-rw2-balanced"
-    assert bf.continual_knobs(bf.parse(["--balance", "off"])[1]) == {"balance": False}
+    sizes = bf.parse(["--lwf-weight", "0.5", "--replay-weight", "2", "--whole-task", "on"])[1]
+    assert bf.continual_knobs(sizes) == {
+        "lwf_weight": 0.5,
+        "replay_weight": 2.0,
+        "whole_task": True,
+    }
+    assert bf.default_tag(False, sizes) == "full-lwf0.5-rw2-whole"
+    assert bf.continual_knobs(bf.parse(["--whole-task", "off"])[1]) == {"whole_task": False}
     for bad in (["--lwf-weight", "-1"], ["--replay-weight", "nan"]):
         with pytest.raises(SystemExit):
             bf.parse(bad)

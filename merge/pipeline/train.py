@@ -27,10 +27,10 @@ with weight ``replay_weight``. Three things keep it from forgetting what the com
   replayed labels alone.
 
 Both targets are computed once, before the first step, on top of a non-empty ``ΔW`` only.
-``balance`` (off by default: it measured worse under skew) weights each class of the local data
-plus the replay by its inverse frequency. In stack mode a commit with coefficients ``(1, 1)`` is
-then exactly sequential fine-tuning with rehearsal, and `medforge commit` takes them, unsearched,
-for a plugin trained on the item it goes onto (``search_coeffs(trained_on_head=True)``).
+(A class-balanced loss measured worse under skew and was dropped.) In stack mode a commit
+with coefficients ``(1, 1)`` is then exactly sequential fine-tuning with rehearsal, and
+`medforge commit` takes them, unsearched, for a plugin trained on the item it goes onto
+(``search_coeffs(trained_on_head=True)``).
 A mixture's members are evaluated one by one on the base (``P = Σ λ_j P_j``), so a mixture
 gives no delta: the member trains on the base, with the same replay.
 
@@ -103,10 +103,6 @@ class TrainConfig:
     # "dark experience replay", Buzzega et al.), which carry more of what the composite knows
     # of an old task than the replayed labels alone
     lwf_replay_weight: float = 1.0
-    # continual training only: weight each class by the inverse of its frequency in the
-    # local data plus the replay (classes are (task, name) pairs), so a class that is rare
-    # locally under label skew, or only replayed, is not drowned by the local majority
-    balance: bool = False
     # continual training only: score the local data and every replayed set of the same task
     # against that task's whole class list (the local classes plus the replayed ones), not
     # each against its own. Under label skew the local classes are a subset; scored apart,
@@ -194,13 +190,7 @@ def train_plugin(
     check_trainable(train_set, config.batch_size)
     if continual is not None and config.whole_task:
         train_set, continual = _over_whole_task(train_set, task, continual)
-    weights = (
-        _class_weights(train_set, task, continual.replay)
-        # an empty prior (no ΔW, no replay) trains exactly like an independent plugin
-        if continual is not None and config.balance and (continual.delta or continual.replay)
-        else None
-    )
-    replay = _replay_pools(backend, continual.replay, weights) if continual is not None else []
+    replay = _replay_pools(backend, continual.replay) if continual is not None else []
     t0 = time.perf_counter()
     eval_batch = config.batch_size * 4
     device = device_of(backend)
@@ -220,17 +210,10 @@ def train_plugin(
             _replay_accuracy(backend, start, replay) if start is not None and replay else None
         )
         if start is not None and continual is not None and continual.delta:
-            if config.lwf_replay_weight > 0:
+            if config.lwf_replay_weight > 0:  # an empty ΔW: the "parent" is the bare base
                 replay = [_with_parent(backend, start, p, config, eval_batch) for p in replay]
         peft_model = _wrap(backend, config, start)
-        local_w = (
-            torch.tensor([weights[(task, c)] for c in train_set.classes])
-            if weights is not None
-            else None
-        )
-        losses, step_times = _fit(
-            backend, peft_model, train_set, config, replay, precision, anchor, local_w
-        )
+        losses, step_times = _fit(backend, peft_model, train_set, config, replay, precision, anchor)
     base_m = evaluate_model(backend, backend.model, val_set, eval_batch)
     plugin_m = evaluate_model(backend, _inner(peft_model), val_set, eval_batch)
     replay_after = _replay_accuracy(backend, _inner(peft_model), replay) if replay else None
@@ -292,7 +275,6 @@ class _Pool:
     labels: torch.Tensor
     task: torch.Tensor
     classes: tuple[torch.Tensor, ...]
-    weights: torch.Tensor | None = None  # per example (``TrainConfig.balance``), else None
     # the parent's tempered probabilities per example over its set's classes, zero-padded to
     # the widest set (``TrainConfig.lwf_replay_weight``), else None
     soft: torch.Tensor | None = None
@@ -300,33 +282,12 @@ class _Pool:
     temperature: float = 1.0
 
 
-# a class of the training mix: (task, class name); the same name in two tasks is two classes
-ClassKey = tuple[str, str]
-
-
-def _class_weights(data: Examples, task: str, sets: Sequence[Distilled]) -> dict[ClassKey, float]:
-    """``n / (k · n_c)`` for each of the ``k`` classes of the local data plus the replay
-    (``n`` examples in all): the mean weight over the whole mix is 1, so balancing moves the
-    emphasis between classes without rescaling the loss."""
-    counts: dict[ClassKey, int] = {}
-    for y in data.labels:
-        key = (task, data.classes[y])
-        counts[key] = counts.get(key, 0) + 1
-    for d in sets:
-        for y in d.labels.tolist():
-            key = (d.task, d.classes[y])
-            counts[key] = counts.get(key, 0) + 1
-    n = sum(counts.values())
-    return {key: n / (len(counts) * c) for key, c in counts.items()}
-
-
 def _replay_pools(
     backend: DualEncoder,
     sets: Sequence[Distilled],
-    weights: Mapping[ClassKey, float] | None = None,
 ) -> list[_Pool]:
     """The replay sets checked against the backend, grouped by example shape (usually one),
-    on the backend's device; with ``weights``, each example carries its class's weight."""
+    on the backend's device."""
     device = device_of(backend)
     by_shape: dict[tuple[int, ...], list[Distilled]] = {}
     for d in sets:
@@ -347,11 +308,6 @@ def _replay_pools(
                     device
                 ),
                 tuple(backend.encode_classes(d.classes).to(device) for d in group),
-                None
-                if weights is None
-                else torch.tensor(
-                    [weights[(d.task, d.classes[y])] for d in group for y in d.labels.tolist()]
-                ).to(device),
             )
         )
     return pools
@@ -364,15 +320,10 @@ def _replay_loss(
     idx = idx.to(pool.task.device)
     total = feats.new_zeros(())
     task, labels = pool.task[idx], pool.labels[idx]
-    weights = pool.weights[idx] if pool.weights is not None else None
     for t in torch.unique(task).tolist():
         mask = task == t
         logits = cosine_logits(feats[mask], pool.classes[t], backend.logit_scale)
-        if weights is None:
-            total = total + F.cross_entropy(logits, labels[mask], reduction="sum")
-        else:
-            ce = F.cross_entropy(logits, labels[mask], reduction="none")
-            total = total + (ce * weights[mask]).sum()
+        total = total + F.cross_entropy(logits, labels[mask], reduction="sum")
         if pool.soft is not None:
             target = pool.soft[idx[mask]][:, : logits.shape[1]]
             log_q = (logits / pool.temperature).log_softmax(dim=1)
@@ -388,12 +339,7 @@ def _with_parent(
     """``pool`` with the parent's tempered probabilities on each of its examples (computed
     once, before the first step)."""
     t = config.lwf_temperature
-    feats = torch.cat(
-        [
-            backend.features(parent, pool.inputs[i : i + batch_size])
-            for i in range(0, len(pool.labels), batch_size)
-        ]
-    ).float()
+    feats = _features(backend, parent, pool.inputs, batch_size)
     soft = feats.new_zeros((len(pool.labels), max(c.shape[0] for c in pool.classes)))
     for k, classes in enumerate(pool.classes):
         mask = pool.task == k
@@ -448,12 +394,18 @@ def _anchor(
         return None
     device = device_of(backend)
     heads = dict.fromkeys([data.classes, *same_task])
+    # prepared a batch at a time: a whole image folder prepared at once would be held whole
     feats = torch.cat(
         [
-            backend.features(parent, backend.prepare(data.items[i : i + batch_size]).to(device))
+            _features(
+                backend,
+                parent,
+                backend.prepare(data.items[i : i + batch_size]).to(device),
+                batch_size,
+            )
             for i in range(0, len(data), batch_size)
         ]
-    ).float()
+    )
     classes = tuple(backend.encode_classes(h).to(device) for h in heads)
     probs = tuple(
         (cosine_logits(feats, c, backend.logit_scale) / config.lwf_temperature).softmax(dim=1)
@@ -467,15 +419,26 @@ def _replay_accuracy(backend: DualEncoder, model: nn.Module, pools: Sequence[_Po
     """Accuracy of ``model`` over every replayed example, each against its own classes."""
     right = total = 0
     for pool in pools:
-        feats = torch.cat(
-            [backend.features(model, pool.inputs[i : i + 64]) for i in range(0, len(pool.task), 64)]
-        )
+        feats = _features(backend, model, pool.inputs, 64)
         for t, classes in enumerate(pool.classes):
             mask = pool.task == t
             guess = cosine_logits(feats[mask], classes, backend.logit_scale).argmax(dim=1)
             right += int((guess == pool.labels[mask]).sum())
         total += len(pool.task)
     return right / max(total, 1)
+
+
+@torch.no_grad()
+def _features(
+    backend: DualEncoder, model: nn.Module, inputs: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """``model``'s float32 features of prepared ``inputs``, ``batch_size`` rows a pass."""
+    return torch.cat(
+        [
+            backend.features(model, inputs[i : i + batch_size])
+            for i in range(0, len(inputs), batch_size)
+        ]
+    ).float()
 
 
 def _start_model(backend: DualEncoder, delta: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -534,7 +497,6 @@ def _fit(
     replay: Sequence[_Pool] = (),
     precision: Precision | None = None,
     anchor: _Anchor | None = None,
-    class_weights: torch.Tensor | None = None,
 ) -> tuple[list[float], list[float]]:
     """The optimizer steps: each step's loss and wall time (the loss read back is the step's
     end, so on a GPU the time covers the step's kernels)."""
@@ -543,7 +505,6 @@ def _fit(
     opt = _Optimizer(torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0), amp)
     classes = backend.encode_classes(data.classes).to(amp.device)
     labels = data.label_tensor().to(amp.device)
-    local_w = class_weights.to(amp.device) if class_weights is not None else None
     batches = _batches(len(data), config.batch_size, config.seed)
     size = config.replay_batch or max(1, config.batch_size // 2)
     # one endless seeded stream per pool; the steps take the pools in turn
@@ -566,7 +527,7 @@ def _fit(
             k = step % len(replay)
             rehearse = (replay[k], next(streams[k]), config.replay_weight)
         y = labels[idx.to(amp.device)]
-        loss = _step(backend, peft_model, opt, data, idx, y, classes, rehearse, anchor, local_w)
+        loss = _step(backend, peft_model, opt, data, idx, y, classes, rehearse, anchor)
         losses.append(loss)
         times.append(time.perf_counter() - t0)
         bar.set_postfix(loss=f"{loss:.3f}")
@@ -621,7 +582,6 @@ def _step(
     classes: torch.Tensor,
     rehearse: tuple[_Pool, torch.Tensor, float] | None = None,
     anchor: _Anchor | None = None,
-    class_weights: torch.Tensor | None = None,
 ) -> float:
     """One optimizer step. Only the encoder runs under autocast: the features come back to
     float32 (a no-op on the CPU) before the cosine head and the loss."""
@@ -630,33 +590,18 @@ def _step(
     if rehearse is None:
         with opt.precision.autocast():
             feats = backend.features(model, x)
-        loss = _local_loss(
-            cosine_logits(feats.float(), classes, backend.logit_scale), y, class_weights
-        )
+        loss = F.cross_entropy(cosine_logits(feats.float(), classes, backend.logit_scale), y)
     else:
         pool, ridx, weight = rehearse
         r = pool.inputs[ridx.to(pool.inputs.device)]
         with opt.precision.autocast():
             feats, rfeats = _joint_features(backend, model, x, r)
-        loss = _local_loss(
-            cosine_logits(feats.float(), classes, backend.logit_scale), y, class_weights
-        )
+        loss = F.cross_entropy(cosine_logits(feats.float(), classes, backend.logit_scale), y)
         loss = loss + weight * _replay_loss(backend, pool, rfeats.float(), ridx)
     if anchor is not None:
         loss = loss + anchor.loss(backend, feats.float(), idx)
     opt.step(loss)
     return float(loss.detach())
-
-
-def _local_loss(
-    logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None
-) -> torch.Tensor:
-    """Cross-entropy of the own batch; class-weighted as a plain mean of weighted terms (not
-    ``F.cross_entropy(weight=)``, which renormalises by the batch's weights and so would undo
-    the balance between the local batch and the replay)."""
-    if weights is None:
-        return F.cross_entropy(logits, y)
-    return (F.cross_entropy(logits, y, reduction="none") * weights[y]).mean()
 
 
 @torch.no_grad()

@@ -168,8 +168,8 @@ def _search(
     own = load_distilled(args.distilled)
     what = "scoring the given" if given is not None else "searching"
     budget = "" if given is not None else f" (budget {merge_spec(genesis).search.budget})"
-    on_head = trained_on == head.tip.hex() and merge_spec(genesis).mode == "stack"
-    if given is None and on_head:
+    unsearched = author.trained_on_head(head, trained_on) and merge_spec(genesis).mode == "stack"
+    if given is None and unsearched:
         what, budget = "scoring (1, 1), the model this plugin was trained as,", ""
     print(
         f"{what} coefficients against forge item v{len(head.commits)}{budget} ...",

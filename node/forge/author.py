@@ -182,6 +182,11 @@ def coefficients(
     return search_coeffs(encoder, head, adapter, data, settings, trained_on_head=trained_on_head)
 
 
+def trained_on_head(head: Head, trained_on: str | None) -> bool:
+    """Whether a plugin trained on forge item ``trained_on`` (hex) goes onto ``head``'s tip."""
+    return trained_on is not None and trained_on == head.tip.hex()
+
+
 def search(
     genesis: Genesis,
     head: Head,
@@ -200,7 +205,7 @@ def search(
     merged = task_data(head.commits, head.blob_path)
     settings = merge_spec(genesis).search
     encoder = network_encoder(genesis, device)
-    on_head = trained_on is not None and trained_on == head.tip.hex()
+    on_head = trained_on_head(head, trained_on)
     result = coefficients(encoder, composer.composite, adapter, merged, own, settings, on_head)
     return scored(genesis, head, adapter, own, result, composer, device)
 

@@ -2,7 +2,7 @@
 member's own inputs when the composite already holds its task (label skew: the member holds
 only some of the task's classes; the parent's predictions over the task's whole class list),
 the same term on the replayed examples for every task, one head over a task's whole class
-list for the local data and its replay, and a class-balanced loss (off by default). None
+list for the local data and its replay. None
 touches an independent plugin or an empty prior (see
 test_train_continual's byte-identical check), and training stays seeded."""
 
@@ -28,7 +28,6 @@ from merge.pipeline.train import (
     TrainConfig,
     _Anchor,
     _anchor,
-    _class_weights,
     _over_whole_task,
     _replay_pools,
     _start_model,
@@ -95,8 +94,8 @@ def _kl_to_parent(
 def test_lwf_keeps_the_plugin_near_the_parent(
     backend: TextBackend, parent: tuple[Composite, Distilled], tmp_path: Path
 ) -> None:
-    plain = _train(backend, parent, tmp_path / "plain", lwf_weight=0.0, balance=False)
-    lwf = _train(backend, parent, tmp_path / "lwf", lwf_weight=4.0, balance=False)
+    plain = _train(backend, parent, tmp_path / "plain", lwf_weight=0.0)
+    lwf = _train(backend, parent, tmp_path / "lwf", lwf_weight=4.0)
     assert _kl_to_parent(backend, parent, lwf) < _kl_to_parent(backend, parent, plain)
 
 
@@ -143,37 +142,23 @@ def test_the_parent_probabilities_are_tempered(
     assert torch.allclose(a.probs[1], want.detach(), atol=1e-6)
 
 
-def test_class_weights_balance_local_and_replayed_classes(
-    parent: tuple[Composite, Distilled],
-) -> None:
-    """n / (k · n_c): rarer classes weigh more, and the mean weight over the mix is 1."""
-    local = _skewed()  # 12 + 12 of the first two classes
-    d = parent[1]  # 2 of each of the three classes
-    w = _class_weights(local, TASK, [d])
-    classes = toy_records().classes
-    assert set(w) == {(TASK, c) for c in classes}
-    counts = {(TASK, classes[0]): 14, (TASK, classes[1]): 14, (TASK, classes[2]): 2}
-    assert w == pytest.approx({k: 30 / (3 * n) for k, n in counts.items()})
-    assert sum(w[k] * n for k, n in counts.items()) == pytest.approx(30)
-
-
 def test_skew_training_is_seeded(
     backend: TextBackend, parent: tuple[Composite, Distilled], tmp_path: Path
 ) -> None:
-    """LwF (on by default) and balance on: one seed, byte-identical adapters; balance
-    changes what is learned."""
-    a = _train(backend, parent, tmp_path / "a", balance=True)
-    b = _train(backend, parent, tmp_path / "b", balance=True)
-    c = _train(backend, parent, tmp_path / "c")
+    """LwF on (the default): one seed, byte-identical adapters; the term changes what is
+    learned."""
+    a = _train(backend, parent, tmp_path / "a")
+    b = _train(backend, parent, tmp_path / "b")
+    c = _train(backend, parent, tmp_path / "c", lwf_weight=0.0)
     name = "adapter_model.safetensors"
     assert (a / name).read_bytes() == (b / name).read_bytes()
     assert (a / name).read_bytes() != (c / name).read_bytes()
 
 
-def test_the_defaults_learn_without_forgetting_and_do_not_balance() -> None:
+def test_the_defaults_learn_without_forgetting_over_whole_tasks() -> None:
     config = TrainConfig()
     assert (config.lwf_weight, config.lwf_replay_weight, config.lwf_temperature) == (1, 1, 2)
-    assert (config.whole_task, config.balance) == (True, False)
+    assert config.whole_task
 
 
 def test_a_new_task_trains_exactly_as_without_lwf(
