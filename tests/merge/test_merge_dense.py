@@ -363,3 +363,26 @@ def test_the_blocked_update_is_the_three_operations_byte_for_byte(
     monkeypatch.setattr(dense, "_BLOCK_ELEMENTS", block)
     assert raw(accumulate(w, t, b, a)) == raw(want)
     assert raw(accumulate(None, None, b, a)) == raw(exact_product(b, a))
+
+
+@pytest.mark.parametrize("keep", [1.0, 0.5, -1.0, -0.0])
+def test_every_exact_zero_of_an_update_is_positive(keep: float) -> None:
+    """Signed zeros: W·t is -0.0 here (a -0.0 in W, a negative or -0.0 t, a tiny negative
+    product rounding to zero) where the product is an exact zero of either sign (a zero
+    row of B times a negative A, K = 1), and where the product is a tiny negative value
+    whose float32 cast is -0.0: each such sum is +0.0, as add(mul(W, t), exact_product)."""
+    w = torch.tensor([[-0.0, 0.0, -1e-45, 2.0], [-0.0, -1e-45, 1e-45, -0.0]])
+    b = torch.tensor([[0.0], [-0.0]])
+    a = torch.tensor([[-3.0, 2.0, -1.0, 0.0]])
+    t = torch.tensor(keep, dtype=torch.float32)
+    want = torch.add(torch.mul(w, t), exact_product(b, a))
+    got = accumulate(w, t, b, a)
+    assert raw(got) == raw(want)
+    zeros = got == 0
+    assert bool(zeros.any())
+    assert not bool(torch.signbit(got[zeros]).any())
+    # A product that underflows float32: the cast gives -0.0, the pass after it +0.0.
+    tiny_b, tiny_a = torch.tensor([[-1e-30]]), torch.tensor([[1e-30]])
+    for old in (torch.tensor([[-0.0]]), None):
+        got = accumulate(old, t if old is not None else None, tiny_b, tiny_a)
+        assert raw(got) == raw(torch.tensor([[0.0]]))
