@@ -30,9 +30,9 @@ What it lacks, and this module adds:
              (``_active_relays[peer]``, one entry per peer), which may be another circuit's,
              and checks relay_max_seconds only when data flows. ``_relay_half`` replaces it.
   punching   DCUtR dials the addresses a peer sends it (``dial_addr``) around the
-             transport's dial guard; those dials now pass it (``libp2p.py``), and here a
-             banned peer's DCUtR stream is reset unread and no hole punch is started towards
-             one, nor once the transport stops.
+             transport's dial guard; those dials now pass it (``libp2p.py``), and here the
+             DCUtR stream of a banned peer or a stranger is reset unread and no hole punch
+             is started towards one, nor once the transport stops.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class Relaying:
     ``config.relay_service``, CLIENT when ``config.relays`` names relays to reserve at, and
     DCUtR when ``config.hole_punching``. Start ``services()`` with the host, then
     ``await started()``. ``is_banned`` and ``is_running`` are the transport's: DCUtR takes
-    nothing from a banned peer, and starts nothing once the transport stops."""
+    nothing from a banned peer or a stranger, and starts nothing once the transport stops."""
 
     def __init__(
         self,
@@ -163,7 +163,7 @@ class Relaying:
 
     async def started(self) -> None:
         """Once the protocols have registered their handlers: put the member gate on HOP
-        and the ban gate on DCUtR."""
+        and the member and ban gate on DCUtR."""
         await self.protocol.event_started.wait()
         if self._config.relay_service:
             self._host.set_stream_handler(HOP_PROTOCOL_ID, self._gated_hop)
@@ -188,23 +188,31 @@ class Relaying:
 
     async def _gated_dcutr(self, stream: INetStream) -> None:
         """A peer asks us to hole punch: the session ends with us dialling the addresses
-        it sent. Not for a banned peer (its stream is reset unread), nor once we stop."""
+        it sent. Not for a banned peer or a stranger (its stream is reset unread: a
+        stranger reaching us over someone else's relay would otherwise make us dial any
+        address it names), nor once we stop."""
         peer = str(stream.muxed_conn.peer_id)
-        banned = self._is_banned(peer)
-        if banned or not self._is_running():
-            if banned:
-                self._count("banned_streams")
+        refused = self._refusal(peer)
+        if refused is not None or not self._is_running():
+            if refused is not None:
+                self._count(refused)
             await stream.reset()
             return
         assert self.dcutr is not None  # the handler is ours only with DCUtR
         await self.dcutr._handle_dcutr_stream(stream)
 
     async def _guarded_punch(self, peer_id: ID) -> bool:
-        """``DCUtRProtocol.initiate_hole_punch``, refused for a banned peer and once we stop
-        (its dials pass the transport's guard as well)."""
-        if self._is_banned(str(peer_id)) or not self._is_running():
+        """``DCUtRProtocol.initiate_hole_punch``, refused for a banned peer, a stranger and
+        once we stop (its dials pass the transport's guard as well)."""
+        if self._refusal(str(peer_id)) is not None or not self._is_running():
             return False
         return bool(await self._punch(peer_id))
+
+    def _refusal(self, peer: PeerId) -> str | None:
+        """Why DCUtR takes nothing from ``peer`` (the statistic it counts), or None."""
+        if self._is_banned(peer):
+            return "banned_streams"
+        return None if self._is_member(peer) else "refused_streams"
 
     # -- relaying a circuit (HOP), in place of the library's loop ----------------------
 

@@ -1,5 +1,5 @@
 """DCUtR (hole punching) against the transport's dial guard, with real libp2p on loopback: a
-banned peer is not dialled by a hole punch, whichever side starts it, and a stopping
+banned peer or a stranger is not dialled by a hole punch, whichever side starts it, and a stopping
 transport dials nothing (a dial in flight is cancelled). No NAT here (that is
 tests/node/e2e/test_netns.py): the hole punch is DCUtR's exchange over a relayed
 connection, and its dial goes to the peer's loopback address, the address a punch would try.
@@ -134,6 +134,55 @@ async def test_a_banned_peer_is_not_dialled_by_a_hole_punch(
             assert await _ask_to_punch(hidden, caller)
             await dials.arrived.wait()
         for t in (relay, hidden, caller):
+            t.stop()
+
+
+async def test_a_stranger_over_a_relay_is_not_dialled_by_a_hole_punch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A peer the caller's roster does not name, reaching it over a relay the caller does
+    not run (here: a relay whose roster does name it), asks for a hole punch: its stream is
+    reset unread and counted as refused, and no punch is started towards it. Otherwise a
+    stranger could make a member dial any address it sends."""
+    monkeypatch.setattr(DCUtRProtocol, "_auto_drive_loop", _drive_nothing)
+    everyone: set[PeerId] = set()  # the relay's roster
+    relay = _transport(1, everyone, relay_service=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(relay.run)
+        stranger = _transport(2, everyone, relays=(relay.listen_addrs[0],))
+        caller_roster: set[PeerId] = set()
+        caller = _transport(3, caller_roster)
+        everyone |= {relay.peer_id, stranger.peer_id, caller.peer_id}
+        caller_roster |= {relay.peer_id, caller.peer_id}
+        dials = _DialsFrom(caller.peer_id)
+        stranger.host.get_network().register_notifee(dials)
+        with trio.fail_after(WAIT):
+            reserved = stranger._relaying.on_reserved
+            await nursery.start(stranger.run)
+            await nursery.start(caller.run)
+            await reserved.wait()
+            await caller.connect(f"{relay.listen_addrs[0]}/p2p-circuit/p2p/{stranger.peer_id}")
+        stranger_id, stranger_addr = (
+            ID.from_base58(stranger.peer_id),
+            _bare(stranger.listen_addrs[0]),
+        )
+        caller.host.get_peerstore().add_addrs(stranger_id, [stranger_addr], 600)
+        dcutr = caller._relaying.dcutr
+        assert dcutr is not None
+        refused = caller.statistics().refused_streams
+        with trio.fail_after(WAIT):
+            assert not await _ask_to_punch(stranger, caller)  # reset unread
+            assert caller.statistics().refused_streams == refused + 1
+            assert not await dcutr.initiate_hole_punch(stranger_id)  # nor started towards it
+        assert dials.seen == 0
+        assert all(is_circuit(a) for a in caller.link_addrs(stranger.peer_id))
+
+        # Once the caller's roster names it (a roster update), the same request is served.
+        caller_roster.add(stranger.peer_id)
+        with trio.fail_after(WAIT):
+            assert await _ask_to_punch(stranger, caller)
+            await dials.arrived.wait()
+        for t in (relay, stranger, caller):
             t.stop()
 
 
