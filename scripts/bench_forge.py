@@ -184,6 +184,7 @@ class Sizes:
     lwf_replay_weight: float | None = None
     replay_weight: float | None = None
     whole_task: bool | None = None
+    prior_correction: bool | None = None
 
 
 QUICK = Sizes(
@@ -727,6 +728,7 @@ def continual_knobs(sizes: Sizes) -> dict[str, Any]:
         "lwf_replay_weight": sizes.lwf_replay_weight,
         "replay_weight": sizes.replay_weight,
         "whole_task": sizes.whole_task,
+        "prior_correction": sizes.prior_correction,
     }
     return {k: v for k, v in chosen.items() if v is not None}
 
@@ -994,6 +996,13 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Sizes]:
         default=None,
         help="continual rows: TrainConfig.whole_task (one head over a task's whole class list)",
     )
+    ap.add_argument(
+        "--prior-correction",
+        choices=("on", "off"),
+        default=None,
+        help="continual rows: TrainConfig.prior_correction (logit-adjusted local loss; "
+        "default: on for Fusion only)",
+    )
     ap.add_argument("--tag", default=None, help="output name (default: quick/full[-settings])")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results")
     ap.add_argument(
@@ -1040,6 +1049,9 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         "chapters": split_list(args.chapters) if args.chapters is not None else None,
         "rows": split_list(args.rows) if args.rows is not None else None,
         "whole_task": None if args.whole_task is None else args.whole_task == "on",
+        "prior_correction": None
+        if args.prior_correction is None
+        else args.prior_correction == "on",
     }
     return {k: v for k, v in out.items() if v is not None}
 
@@ -1106,6 +1118,8 @@ def default_tag(quick: bool, sizes: Sizes) -> str:
         tag += f"-rw{knobs['replay_weight']:g}"
     if "whole_task" in knobs:
         tag += "-whole" if knobs["whole_task"] else "-apart"
+    if "prior_correction" in knobs:
+        tag += "-prior" if knobs["prior_correction"] else "-noprior"
     return tag
 
 

@@ -108,6 +108,14 @@ class TrainConfig:
     # each against its own. Under label skew the local classes are a subset; scored apart,
     # the plugin never learns to tell a local class from a replayed one
     whole_task: bool = True
+    # continual training only, when the composite already holds this task (a replayed set of
+    # the same task: several members share it): the local cross-entropy is logit-adjusted by
+    # the local class prior (Menon et al., "Long-tail learning via logit adjustment"; FedLC
+    # for label-skewed federated learning). A member's skewed local counts then do not
+    # become the shared task's prior, and a class it rarely sees is not pushed down on every
+    # step. None: on for a fusion composite only, as measured under label skew (bench_forge,
+    # 3 seeds x 3 orders: continual Fusion +4.9 points, Stack -1.7, Mixture -1.0)
+    prior_correction: bool | None = None
 
     @classmethod
     def for_backend(cls, kind: str, **overrides: Any) -> TrainConfig:
@@ -131,13 +139,14 @@ class Continual:
     parent: str
     delta: Mapping[str, torch.Tensor] = field(default_factory=dict)
     replay: tuple[Distilled, ...] = ()
+    mode: str = "stack"  # the composite's merge mode (what the recipe's defaults follow)
 
     @classmethod
     def of(cls, composite: Composite, replay: Sequence[Distilled], *, parent: str) -> Continual:
         """Fusion/stack: ``ΔW = delta_weights(composite.modules)``. Mixture: no delta, since
         each member is applied alone to the base; the replay is what ties it to the others."""
         delta = {} if composite.mode == "mixture" else delta_weights(composite.modules)
-        return cls(parent, delta, tuple(replay))
+        return cls(parent, delta, tuple(replay), composite.mode)
 
     @property
     def n_replay(self) -> int:
@@ -191,6 +200,7 @@ def train_plugin(
     if continual is not None and config.whole_task:
         train_set, continual = _over_whole_task(train_set, task, continual)
     replay = _replay_pools(backend, continual.replay) if continual is not None else []
+    log_prior = _log_prior(train_set, task, continual, config)
     t0 = time.perf_counter()
     eval_batch = config.batch_size * 4
     device = device_of(backend)
@@ -213,7 +223,9 @@ def train_plugin(
             if config.lwf_replay_weight > 0:  # an empty ΔW: the "parent" is the bare base
                 replay = [_with_parent(backend, start, p, config, eval_batch) for p in replay]
         peft_model = _wrap(backend, config, start)
-        losses, step_times = _fit(backend, peft_model, train_set, config, replay, precision, anchor)
+        losses, step_times = _fit(
+            backend, peft_model, train_set, config, replay, precision, anchor, log_prior
+        )
     base_m = evaluate_model(backend, backend.model, val_set, eval_batch)
     plugin_m = evaluate_model(backend, _inner(peft_model), val_set, eval_batch)
     replay_after = _replay_accuracy(backend, _inner(peft_model), replay) if replay else None
@@ -264,6 +276,25 @@ def _over_whole_task(data: Examples, task: str, continual: Continual) -> tuple[E
         return data, continual
     replay = tuple(widened(d, classes) if d.task == task else d for d in continual.replay)
     return Examples(data.items, data.labels, classes), replace(continual, replay=replay)
+
+
+def _log_prior(
+    data: Examples, task: str, continual: Continual | None, config: TrainConfig
+) -> torch.Tensor | None:
+    """``log π_y`` of the local labels over ``data``'s classes (one pseudo-count per class,
+    so a class the member lacks stays finite), added to the local logits in training; None
+    (no adjustment) unless the correction is on (``config.prior_correction``; None: for a
+    fusion composite) and the composite already holds this task. A member alone on its task
+    keeps its own prior: it is the one its data will see."""
+    if continual is None:
+        return None
+    on = config.prior_correction
+    if not (continual.mode == "fusion" if on is None else on):
+        return None
+    if not any(d.task == task for d in continual.replay):
+        return None
+    counts = torch.bincount(data.label_tensor(), minlength=len(data.classes)).double() + 1.0
+    return (counts / counts.sum()).log().float()
 
 
 @dataclass(frozen=True, eq=False)
@@ -497,6 +528,7 @@ def _fit(
     replay: Sequence[_Pool] = (),
     precision: Precision | None = None,
     anchor: _Anchor | None = None,
+    log_prior: torch.Tensor | None = None,
 ) -> tuple[list[float], list[float]]:
     """The optimizer steps: each step's loss and wall time (the loss read back is the step's
     end, so on a GPU the time covers the step's kernels)."""
@@ -505,6 +537,7 @@ def _fit(
     opt = _Optimizer(torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0), amp)
     classes = backend.encode_classes(data.classes).to(amp.device)
     labels = data.label_tensor().to(amp.device)
+    bias = log_prior.to(amp.device) if log_prior is not None else None
     batches = _batches(len(data), config.batch_size, config.seed)
     size = config.replay_batch or max(1, config.batch_size // 2)
     # one endless seeded stream per pool; the steps take the pools in turn
@@ -527,7 +560,7 @@ def _fit(
             k = step % len(replay)
             rehearse = (replay[k], next(streams[k]), config.replay_weight)
         y = labels[idx.to(amp.device)]
-        loss = _step(backend, peft_model, opt, data, idx, y, classes, rehearse, anchor)
+        loss = _step(backend, peft_model, opt, data, idx, y, classes, rehearse, anchor, bias)
         losses.append(loss)
         times.append(time.perf_counter() - t0)
         bar.set_postfix(loss=f"{loss:.3f}")
@@ -582,6 +615,7 @@ def _step(
     classes: torch.Tensor,
     rehearse: tuple[_Pool, torch.Tensor, float] | None = None,
     anchor: _Anchor | None = None,
+    bias: torch.Tensor | None = None,
 ) -> float:
     """One optimizer step. Only the encoder runs under autocast: the features come back to
     float32 (a no-op on the CPU) before the cosine head and the loss."""
@@ -590,18 +624,31 @@ def _step(
     if rehearse is None:
         with opt.precision.autocast():
             feats = backend.features(model, x)
-        loss = F.cross_entropy(cosine_logits(feats.float(), classes, backend.logit_scale), y)
+        loss = _local_loss(backend, feats.float(), classes, y, bias)
     else:
         pool, ridx, weight = rehearse
         r = pool.inputs[ridx.to(pool.inputs.device)]
         with opt.precision.autocast():
             feats, rfeats = _joint_features(backend, model, x, r)
-        loss = F.cross_entropy(cosine_logits(feats.float(), classes, backend.logit_scale), y)
+        loss = _local_loss(backend, feats.float(), classes, y, bias)
         loss = loss + weight * _replay_loss(backend, pool, rfeats.float(), ridx)
     if anchor is not None:
         loss = loss + anchor.loss(backend, feats.float(), idx)
     opt.step(loss)
     return float(loss.detach())
+
+
+def _local_loss(
+    backend: DualEncoder,
+    feats: torch.Tensor,
+    classes: torch.Tensor,
+    y: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """Cross-entropy on the member's own batch; ``bias`` (a log prior) is added to the logits
+    in training only, so the model itself is left without it."""
+    logits = cosine_logits(feats, classes, backend.logit_scale)
+    return F.cross_entropy(logits if bias is None else logits + bias, y)
 
 
 @torch.no_grad()

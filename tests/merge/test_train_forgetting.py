@@ -2,9 +2,9 @@
 member's own inputs when the composite already holds its task (label skew: the member holds
 only some of the task's classes; the parent's predictions over the task's whole class list),
 the same term on the replayed examples for every task, one head over a task's whole class
-list for the local data and its replay. None
-touches an independent plugin or an empty prior (see
-test_train_continual's byte-identical check), and training stays seeded."""
+list for the local data and its replay, and a local loss adjusted by the member's own class
+prior when the composite already holds its task. None touches an independent plugin or an
+empty prior (see test_train_continual's byte-identical check), and training stays seeded."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from merge.pipeline.train import (
     TrainConfig,
     _Anchor,
     _anchor,
+    _log_prior,
     _over_whole_task,
     _replay_pools,
     _start_model,
@@ -159,6 +160,7 @@ def test_the_defaults_learn_without_forgetting_over_whole_tasks() -> None:
     config = TrainConfig()
     assert (config.lwf_weight, config.lwf_replay_weight, config.lwf_temperature) == (1, 1, 2)
     assert config.whole_task
+    assert config.prior_correction is None  # on for a fusion composite only
 
 
 def test_a_new_task_trains_exactly_as_without_lwf(
@@ -208,7 +210,14 @@ def test_one_head_pushes_local_inputs_off_the_replayed_classes(
     classes = toy_records().classes
     mass = {}
     for whole in (False, True):
-        out = _train(backend, parent, tmp_path / str(whole), lwf_weight=0.0, whole_task=whole)
+        out = _train(
+            backend,
+            parent,
+            tmp_path / str(whole),
+            lwf_weight=0.0,
+            whole_task=whole,
+            prior_correction=False,
+        )
         plugin = load_adapter(out, base=backend.fingerprint, limits=Limits())
         p = model_probs(backend, apply(parent[0], plugin, (1.0, 1.0)), train_set, classes)
         mass[whole] = float(p[:, classes.index(absent)].mean())
@@ -260,3 +269,63 @@ def test_replay_lwf_keeps_the_parent_on_the_replayed_examples(
         )
         kl[weight] = float((p * (p.log() - logits.log_softmax(dim=1))).sum(dim=1).mean())
     assert kl[4.0] < kl[0.0]
+
+
+def test_the_log_prior_is_the_members_own_counts_over_the_whole_task(
+    parent: tuple[Composite, Distilled],
+) -> None:
+    """One pseudo-count per class, so the class the member lacks is finite; only when the
+    composite holds the task (a replayed set of it) and the correction is on: by default
+    for a fusion composite only."""
+    local = _skewed()
+    prior = Continual(parent=PARENT, replay=(parent[1],), mode="fusion")
+    data, _ = _over_whole_task(local, TASK, prior)
+    got = _log_prior(data, TASK, prior, CONFIG)
+    assert got is not None
+    counts = [sum(1 for y in data.labels if y == k) + 1 for k in range(len(data.classes))]
+    want = torch.tensor([c / sum(counts) for c in counts], dtype=torch.float64).log().float()
+    assert counts[-1] == 1
+    assert torch.equal(got, want)
+    assert _log_prior(data, "another", prior, CONFIG) is None  # a new task: its own prior
+    assert _log_prior(data, TASK, None, CONFIG) is None  # independent training
+    assert _log_prior(data, TASK, prior, replace(CONFIG, prior_correction=False)) is None
+    for mode in ("stack", "mixture"):
+        other = replace(prior, mode=mode)
+        assert _log_prior(data, TASK, other, CONFIG) is None
+        forced = _log_prior(data, TASK, other, replace(CONFIG, prior_correction=True))
+        assert forced is not None
+        assert torch.equal(forced, got)
+
+
+def test_the_prior_correction_keeps_the_classes_a_member_lacks(
+    backend: TextBackend, parent: tuple[Composite, Distilled], tmp_path: Path
+) -> None:
+    """Unadjusted, every local step pushes the absent class down on the member's inputs and
+    the member's skew becomes the shared task's prior; adjusted by its own prior, the local
+    loss leaves more of the composite's probability on the class it lacks."""
+    absent = toy_records().classes[2]
+    train_set, _ = stratified_split(_skewed(), CONFIG.val_fraction, CONFIG.seed)
+    classes = toy_records().classes
+    mass = {}
+    for on in (False, True):
+        out = _train(backend, parent, tmp_path / str(on), lwf_weight=0.0, prior_correction=on)
+        plugin = load_adapter(out, base=backend.fingerprint, limits=Limits())
+        p = model_probs(backend, apply(parent[0], plugin, (1.0, 1.0)), train_set, classes)
+        mass[on] = float(p[:, classes.index(absent)].mean())
+    assert mass[True] > mass[False]
+
+
+def test_a_new_task_trains_exactly_as_without_the_prior_correction(
+    backend: TextBackend, parent: tuple[Composite, Distilled], tmp_path: Path
+) -> None:
+    """Task-incremental: no replayed set of the member's task, so no adjustment, and the
+    adapter is byte-identical to one trained with the correction off."""
+    records = Examples(toy_records().items, toy_records().labels, ("break", "germ", "growth"))
+    prior = Continual.of(parent[0], [parent[1]], parent=PARENT)
+    outs = []
+    for on in (False, True):
+        out = tmp_path / str(on)
+        config = replace(CONFIG, prior_correction=on)
+        train_plugin(backend, records, task="other", out=out, config=config, continual=prior)
+        outs.append((out / "adapter_model.safetensors").read_bytes())
+    assert outs[0] == outs[1]
