@@ -7,6 +7,7 @@ DCUtR's auto-drive loop is switched off so that only the test starts hole punche
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import multiaddr
@@ -89,28 +90,70 @@ async def _ask_to_punch(asker: Libp2pTransport, target: Libp2pTransport) -> bool
     return True
 
 
+@dataclass
+class _Relayed:
+    """A relay, a ``hidden`` peer holding a reservation there, and a ``caller`` connected to
+    it through the relay's circuit (the caller's peerstore knows the hidden peer's direct
+    address, as identify would tell it); ``dials``: the caller's direct dials to it."""
+
+    relay: Libp2pTransport
+    hidden: Libp2pTransport
+    caller: Libp2pTransport
+    dials: _DialsFrom
+
+    @property
+    def hidden_id(self) -> ID:
+        return ID.from_base58(self.hidden.peer_id)
+
+    @property
+    def hidden_addr(self) -> multiaddr.Multiaddr:
+        return _bare(self.hidden.listen_addrs[0])
+
+    def stop(self) -> None:
+        for t in (self.relay, self.hidden, self.caller):
+            t.stop()
+
+
+async def _relayed(
+    nursery: trio.Nursery, roster: set[PeerId], caller_roster: set[PeerId]
+) -> _Relayed:
+    """Started in ``nursery``; the relay and the hidden peer go by ``roster``, the caller by
+    ``caller_roster`` (the same set, or one of its own). Every peer joins ``roster``, the
+    relay and the caller join ``caller_roster``: whether it names the hidden peer is the
+    test's."""
+    relay = _transport(1, roster, relay_service=True)
+    roster.add(relay.peer_id)
+    await nursery.start(relay.run)
+    hidden = _transport(2, roster, relays=(relay.listen_addrs[0],))
+    caller = _transport(3, caller_roster)
+    roster |= {hidden.peer_id, caller.peer_id}
+    caller_roster |= {relay.peer_id, caller.peer_id}
+    dials = _DialsFrom(caller.peer_id)
+    hidden.host.get_network().register_notifee(dials)
+    with trio.fail_after(WAIT):
+        reserved = hidden._relaying.on_reserved
+        await nursery.start(hidden.run)
+        await nursery.start(caller.run)
+        await reserved.wait()
+        await caller.connect(f"{relay.listen_addrs[0]}/p2p-circuit/p2p/{hidden.peer_id}")
+    lab = _Relayed(relay, hidden, caller, dials)
+    caller.host.get_peerstore().add_addrs(lab.hidden_id, [lab.hidden_addr], 600)
+    return lab
+
+
 async def test_a_banned_peer_is_not_dialled_by_a_hole_punch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(DCUtRProtocol, "_auto_drive_loop", _drive_nothing)
     members: set[PeerId] = set()
-    relay = _transport(1, members, relay_service=True)
-    members.add(relay.peer_id)
     async with trio.open_nursery() as nursery:
-        await nursery.start(relay.run)
-        hidden = _transport(2, members, relays=(relay.listen_addrs[0],))
-        caller = _transport(3, members)
-        members |= {hidden.peer_id, caller.peer_id}
-        dials = _DialsFrom(caller.peer_id)
-        hidden.host.get_network().register_notifee(dials)
-        with trio.fail_after(WAIT):
-            reserved = hidden._relaying.on_reserved
-            await nursery.start(hidden.run)
-            await nursery.start(caller.run)
-            await reserved.wait()
-            await caller.connect(f"{relay.listen_addrs[0]}/p2p-circuit/p2p/{hidden.peer_id}")
-        hidden_id, hidden_addr = ID.from_base58(hidden.peer_id), _bare(hidden.listen_addrs[0])
-        caller.host.get_peerstore().add_addrs(hidden_id, [hidden_addr], 600)  # as identify does
+        lab = await _relayed(nursery, members, members)
+        hidden, caller, hidden_id, hidden_addr = (
+            lab.hidden,
+            lab.caller,
+            lab.hidden_id,
+            lab.hidden_addr,
+        )
         # Banned as for garbage, minus the disconnect: the moment before a banned peer's
         # connection is dropped, or a banned peer back over a relay.
         caller._banned[hidden.peer_id] = trio.current_time() + 60
@@ -125,16 +168,15 @@ async def test_a_banned_peer_is_not_dialled_by_a_hole_punch(
                 with pytest.raises(SwarmException, match="banned"):
                     await dial(hidden_addr, hidden_id)
             await dcutr._dial_peer(hidden_id, hidden_addr)  # its dial step swallows the refusal
-        assert dials.seen == 0
+        assert lab.dials.seen == 0
         assert all(is_circuit(a) for a in caller.link_addrs(hidden.peer_id))
 
         # The same request from a peer in good standing: the caller dials it directly.
         del caller._banned[hidden.peer_id]
         with trio.fail_after(WAIT):
             assert await _ask_to_punch(hidden, caller)
-            await dials.arrived.wait()
-        for t in (relay, hidden, caller):
-            t.stop()
+            await lab.dials.arrived.wait()
+        lab.stop()
 
 
 async def test_a_stranger_over_a_relay_is_not_dialled_by_a_hole_punch(
@@ -145,45 +187,26 @@ async def test_a_stranger_over_a_relay_is_not_dialled_by_a_hole_punch(
     reset unread and counted as refused, and no punch is started towards it. Otherwise a
     stranger could make a member dial any address it sends."""
     monkeypatch.setattr(DCUtRProtocol, "_auto_drive_loop", _drive_nothing)
-    everyone: set[PeerId] = set()  # the relay's roster
-    relay = _transport(1, everyone, relay_service=True)
+    caller_roster: set[PeerId] = set()
     async with trio.open_nursery() as nursery:
-        await nursery.start(relay.run)
-        stranger = _transport(2, everyone, relays=(relay.listen_addrs[0],))
-        caller_roster: set[PeerId] = set()
-        caller = _transport(3, caller_roster)
-        everyone |= {relay.peer_id, stranger.peer_id, caller.peer_id}
-        caller_roster |= {relay.peer_id, caller.peer_id}
-        dials = _DialsFrom(caller.peer_id)
-        stranger.host.get_network().register_notifee(dials)
-        with trio.fail_after(WAIT):
-            reserved = stranger._relaying.on_reserved
-            await nursery.start(stranger.run)
-            await nursery.start(caller.run)
-            await reserved.wait()
-            await caller.connect(f"{relay.listen_addrs[0]}/p2p-circuit/p2p/{stranger.peer_id}")
-        stranger_id, stranger_addr = (
-            ID.from_base58(stranger.peer_id),
-            _bare(stranger.listen_addrs[0]),
-        )
-        caller.host.get_peerstore().add_addrs(stranger_id, [stranger_addr], 600)
+        lab = await _relayed(nursery, set(), caller_roster)
+        stranger, caller = lab.hidden, lab.caller
         dcutr = caller._relaying.dcutr
         assert dcutr is not None
         refused = caller.statistics().refused_streams
         with trio.fail_after(WAIT):
             assert not await _ask_to_punch(stranger, caller)  # reset unread
             assert caller.statistics().refused_streams == refused + 1
-            assert not await dcutr.initiate_hole_punch(stranger_id)  # nor started towards it
-        assert dials.seen == 0
+            assert not await dcutr.initiate_hole_punch(lab.hidden_id)  # nor started towards it
+        assert lab.dials.seen == 0
         assert all(is_circuit(a) for a in caller.link_addrs(stranger.peer_id))
 
         # Once the caller's roster names it (a roster update), the same request is served.
         caller_roster.add(stranger.peer_id)
         with trio.fail_after(WAIT):
             assert await _ask_to_punch(stranger, caller)
-            await dials.arrived.wait()
-        for t in (relay, stranger, caller):
-            t.stop()
+            await lab.dials.arrived.wait()
+        lab.stop()
 
 
 async def test_a_stopping_transport_cancels_its_dial_in_flight_and_dials_nothing() -> None:
