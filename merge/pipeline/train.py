@@ -74,6 +74,8 @@ from merge.safetensors_io import write_canonical
 
 PLUGIN_META = "medforge.json"
 PLUGIN_FORMAT = "medforge-plugin/1"
+# the training record's "loss" when the local loss was logit-adjusted (prior_correction)
+PRIOR_CORRECTED = "prior-corrected"
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,7 @@ def train_plugin(
     base_m = evaluate_model(backend, backend.model, val_set, eval_batch)
     plugin_m = evaluate_model(backend, _inner(peft_model), val_set, eval_batch)
     replay_after = _replay_accuracy(backend, _inner(peft_model), replay) if replay else None
-    training = _training(continual)
+    training = _training(continual, log_prior is not None)
     if device.type != "cpu":
         peft_model.to("cpu")  # the adapter file is CPU float32, whatever trained it
     save_adapter(peft_model, out, backend.fingerprint)
@@ -256,10 +258,18 @@ def train_plugin(
     )
 
 
-def _training(continual: Continual | None) -> dict[str, Any]:
+def _training(continual: Continual | None, prior_corrected: bool = False) -> dict[str, Any]:
+    """How the plugin was trained, as ``medforge.json`` and then the commit record it.
+    ``"loss": "prior-corrected"`` is there only when the correction was applied (not merely
+    configured: it needs a composite that already holds the task), so a reader of
+    ``medforge log`` knows which loss the plugin was trained with; absent, plain
+    cross-entropy (every plugin trained before the correction existed)."""
     if continual is None:
         return {"method": "independent", "replay": 0, "parent": None}
-    return {"method": "continual", "replay": continual.n_replay, "parent": continual.parent}
+    record = {"method": "continual", "replay": continual.n_replay, "parent": continual.parent}
+    if prior_corrected:
+        record["loss"] = PRIOR_CORRECTED
+    return record
 
 
 def _split(records: Examples, config: TrainConfig) -> tuple[Examples, Examples]:

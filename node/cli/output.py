@@ -20,13 +20,16 @@ def add_home(parser: Any, *, required: bool = True) -> None:
 
 
 def describe_training(training: Mapping[str, Any]) -> str:
-    """``continual (replay 48, trained on forge item 1a2b3c4d5e6f…)`` or ``independent``."""
+    """``continual (replay 48, prior-corrected loss, trained on forge item 1a2b3c4d5e6f…)``
+    or ``independent``."""
     method = str(training.get("method", "?"))
     if method != "continual":
         return method
     on = training.get("trained_on")
     where = f", trained on forge item {str(on)[:12]}…" if isinstance(on, str) else ""
-    return f"continual (replay {training.get('replay', 0)}{where})"
+    loss = training.get("loss")
+    how = f", {loss} loss" if isinstance(loss, str) else ""
+    return f"continual (replay {training.get('replay', 0)}{how}{where})"
 
 
 def human_bytes(n: int) -> str:

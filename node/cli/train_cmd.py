@@ -111,6 +111,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--replay-batch", type=int, help="replayed examples per step (default: half a batch)"
     )
+    p.add_argument(
+        "--prior-correction",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="continual, when the composite already holds the task (label skew): adjust the "
+        "local loss by this institution's class prior (auto: for a fusion network only)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="optimizer steps (default 60)")
     p.add_argument("--rank", type=int, help="LoRA rank (default: 8 text, 16 clip)")
@@ -144,6 +151,7 @@ def _config(args: argparse.Namespace, kind: str) -> Any:
         "lr": args.lr,
         "replay_weight": args.replay_weight,
         "replay_batch": args.replay_batch,
+        "prior_correction": {"on": True, "off": False}.get(args.prior_correction),
     }
     chosen = {k: v for k, v in given.items() if v is not None}
     return TrainConfig.for_backend(kind, seed=args.seed, **{**quick, **chosen})
@@ -247,6 +255,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         on = "the composite's ΔW" if continual.delta else "the base (no ΔW: empty or mixture)"
         how = f"continually on {why}: {on} + replay of {continual.n_replay} distilled examples"
+        if "loss" in training:  # the composite already holds this task: say how it was scored
+            how += f", {training['loss']} local loss"
     human = (
         f"plugin for {args.task!r} -> {result.out}\n"
         f"trained {how}\n"

@@ -150,7 +150,8 @@ def continual(genesis: Genesis, head: Head, composer: Composer | None = None) ->
 
 def training_record(meta: Mapping[str, Any]) -> dict[str, str | int | float] | None:
     """The commit's ``training`` field from a plugin's ``medforge.json``: ``{"method",
-    "replay"}``, plus ``"trained_on"`` (the forge item, hex) for a continual plugin. ``None``
+    "replay"}``, plus ``"trained_on"`` (the forge item, hex) for a continual plugin and
+    ``"loss"`` when it was not plain cross-entropy (``"prior-corrected"``). ``None``
     when the plugin says nothing (trained before provenance was recorded, or not by
     ``medforge train``): such a commit stays schema version 1."""
     raw = meta.get("training")
@@ -162,6 +163,8 @@ def training_record(meta: Mapping[str, Any]) -> dict[str, str | int | float] | N
     }
     if isinstance(raw.get("parent"), str) and raw["parent"]:
         record["trained_on"] = str(raw["parent"])
+    if isinstance(raw.get("loss"), str) and raw["loss"]:  # e.g. "prior-corrected"
+        record["loss"] = str(raw["loss"])
     return record
 
 

@@ -259,3 +259,74 @@ def test_a_base_that_is_not_the_networks_or_a_bad_replay_weight_is_refused(
         assert main([*argv, "--out", str(tmp_path / "never"), "--quick", *extra]) == 2
         assert error in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def skewed_csv(path: Path, counts: tuple[int, ...]) -> Path:
+    """The first task's data with ``counts[c]`` records of class c (label skew)."""
+    records = toy_records()
+    keep = [
+        i
+        for c, n in enumerate(counts)
+        for i in [j for j, y in enumerate(records.labels) if y == c][:n]
+    ]
+    items = tuple(records.items[i] for i in keep)
+    write_table(Examples(items, tuple(records.labels[i] for i in keep), FIRST), path)
+    return path
+
+
+def test_a_fusion_network_under_label_skew_trains_with_the_prior_corrected_loss(
+    tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two skewed members' worth of one task on a fusion network, through `medforge train`
+    and `commit` against a running node: the second plugin's local loss is adjusted by its
+    own class prior (the composite already holds the task), its medforge.json and signed
+    commit say so, and `medforge log` shows it; `--prior-correction off` trains without."""
+    backend = tiny_text_backend()
+    home = Home.init(tmp_path / "alice", "alice")
+    spec = make_spec("fusion", backend.fingerprint, shapes_of(backend), model=str(model))
+    members = (Member("alice", home.identity().public),)
+    home.join(Genesis(name="skew", members=members, threshold=1, spec=spec, nonce="s"))
+    node = procs.start(home, [])
+
+    def train_on(data: Path, out: str, *extra: str) -> dict[str, Any]:
+        argv = ["--task", "first", "--classes", *FIRST, "--data", str(data)]
+        argv += ["--out", str(tmp_path / out), "--home", str(home.path)]
+        report, _ = cli(capsys, "train", *argv, "--quick", "--batch-size", "8", *extra)
+        assert read_plugin_meta(Path(report["out"]))["training"] == report["training"]
+        return report
+
+    def distilled(data: Path, name: str) -> Path:
+        out = tmp_path / f"{name}.safetensors"
+        argv = ["distill", "--task", "first", "--data", str(data), "--ipc", "2"]
+        assert main([*argv, "--out", str(out), "--base", str(model), "--quick"]) == 0
+        capsys.readouterr()
+        return out
+
+    one = skewed_csv(tmp_path / "one.csv", (12, 12, 5))
+    two = skewed_csv(tmp_path / "two.csv", (5, 5, 12))
+
+    # Alone on its task (an empty composite): its own prior is the task's, no correction.
+    first = train_on(one, "p1")
+    assert "loss" not in first["training"]
+    c1, _, _ = commit(capsys, home, first["out"], distilled(one, "d1"), "c1", "--coeffs", "1", "1")
+    assert c1.training is not None
+    assert "loss" not in c1.training
+
+    # The composite holds the task now: the second member's loss is prior-corrected.
+    second = train_on(two, "p2")
+    assert second["training"]["loss"] == "prior-corrected"
+    assert second["training"]["replay"] == 6  # c1's distilled set: 2 per class
+    c2, report, _ = commit(capsys, home, second["out"], distilled(two, "d2"), "c2")
+    assert c2.training is not None
+    assert c2.training["loss"] == "prior-corrected"
+    assert report["training"] == dict(c2.training)
+
+    off = train_on(two, "p3", "--prior-correction", "off")
+    assert "loss" not in off["training"]
+    assert off["training"]["replay"] == 12  # on c2's composite: both members' sets
+
+    log, _ = cli(capsys, "log", "--home", str(home.path))
+    assert [e["training"] for e in log["items"]] == [dict(c1.training), dict(c2.training)]
+    assert main(["log", "--home", str(home.path)]) == 0
+    assert "continual (replay 6, prior-corrected loss, trained on" in capsys.readouterr().out
+    procs.stop([node])
