@@ -39,7 +39,6 @@ from node.errors import (
     TransportError,
 )
 from node.forge.composer import Composer
-from node.forge.footprint import footprint
 from node.forge.netspec import merge_spec
 from node.forge.validate import VALIDITY, Rules, check_blobs, check_commit
 from node.shell.checkpoint_files import CheckpointFiles
@@ -47,20 +46,11 @@ from node.shell.discovery import Discovery
 from node.shell.home import Home
 from node.shell.latency import MergeLatency
 from node.shell.rtt import RttProbe
-from node.shell.status import (
-    NodeStatus,
-    describe_link,
-    equivocators,
-    excluded,
-    invalid_by_author,
-    invalid_entries,
-    peer_statuses,
-)
+from node.shell.snapshot import snapshot
+from node.shell.status import NodeStatus, describe_link
 from node.shell.store import Store
 from node.shell.transport import PeerId, Transport, TransportConfig
 from node.shell.transport.types import (
-    FAULT_COUNTERS,
-    TRAFFIC_COUNTERS,
     LinkDown,
     LinkUp,
 )
@@ -584,66 +574,7 @@ class NodeService:
 
     def status(self) -> NodeStatus:
         """A frozen snapshot of the node, taken on the trio thread."""
-        core, order, stats = self.core, self.core.order, self.core.statistics()
-        conv = core.convergence()
-        now, addrs = trio.current_time(), self.transport.link_addrs
-        peers = peer_statuses(core, now, self.name_of, addrs, self.rtt.of)
-        roster = core.roster
-        transport = self.transport.statistics()
-        held = footprint(self.composer.composite)
-        return NodeStatus(
-            name=self.config.name,
-            peer_id=self.identity.public.peer_id(),
-            network=self.genesis.name,
-            network_id=self.genesis.network_id.hex(),
-            listen=tuple(self.listen_addrs),
-            roster_epoch=roster.epoch,
-            members=tuple(sorted(m.name for m in roster.members.values())),
-            threshold=roster.threshold,
-            started_at=self.started_at,
-            uptime_s=round(time.time() - self.started_at, 1),
-            peers=peers,
-            peers_connected=stats.peers,
-            peers_live=sum(1 for peer in peers if peer.live),
-            peers_known=len(self.store.peers()),
-            records=stats.complete,
-            pending_records=stats.pending,
-            rejected_records=stats.rejected,
-            blobs=stats.blobs,
-            missing_blobs=len(core.pending_blobs()),
-            set_root=core.root.hex(),
-            forge_item=len(order.commits),
-            head=order.head.hex(),
-            tip=order.tip.hex(),
-            orphans=len(order.orphans),
-            composite_digest=core.digest,
-            converged_with=conv.same_composite,
-            peers_reporting=conv.reporting,
-            garbage=stats.garbage,
-            strangers=stats.strangers,
-            fetch_queue=stats.queued,
-            validating=stats.validating,
-            invalid_commits=stats.invalid,
-            invalid_by_author=invalid_by_author(core, self.name_of),
-            invalid=invalid_entries(core, self.name_of),
-            frames={name: int(getattr(transport, name)) for name in FAULT_COUNTERS},
-            traffic={name: int(getattr(transport, name)) for name in TRAFFIC_COUNTERS},
-            equivocators=equivocators(core, self.name_of),
-            excluded=excluded(core, self.name_of),
-            store_recovery=self.recovery.as_dict(),
-            blobs_dropped_when_served=len(self.store.damaged_at_serve),
-            serving_digest=self.composer.digest,
-            composite_bytes=held.nbytes,
-            composite_representation=held.representation,
-            merge_error=self.merge_error,
-            faults=dict(self.faults),
-            last_errors=tuple(
-                [f"{reason} ({peer[-8:]})" for _, peer, reason in core.errors[-5:]]
-                + [message for _, message in self.errors[-5:]]
-            ),
-            ping_failures=self.rtt.failures,
-            commit_merge_latency=self.merge_latency.snapshot(),
-        )
+        return snapshot(self)
 
 
 def _read_all(paths: dict[str, Path | None]) -> dict[str, bytes]:
