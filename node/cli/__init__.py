@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from node.cli.output import terminal_safe
 from node.errors import (
     ControlProtocolError,
     NodeError,
@@ -129,14 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _stdout_closed():  # not an error of the command: its reader stopped reading
             return Exit.STDOUT_CLOSED
         code = exit_code(exc)
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(terminal_safe(f"error: {type(exc).__name__}: {exc}"), file=sys.stderr)
         return code
     except _expected_errors() as exc:
         code = exit_code(exc)
         if getattr(args, "json", False):  # a script reads stdout; a person still sees stderr
             error = {"kind": type(exc).__name__, "message": str(exc), "exit": int(code)}
             print(json.dumps({"error": error}, indent=2, sort_keys=True))
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(terminal_safe(f"error: {type(exc).__name__}: {exc}"), file=sys.stderr)
         return code
     return code
 

@@ -330,3 +330,35 @@ def test_a_fusion_network_under_label_skew_trains_with_the_prior_corrected_loss(
     assert main(["log", "--home", str(home.path)]) == 0
     assert "continual (replay 6, prior-corrected loss, trained on" in capsys.readouterr().out
     procs.stop([node])
+
+
+def test_a_task_name_with_terminal_escapes_is_shown_escaped(
+    home: Home, model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A member names its task with an escape sequence (clear screen, set the window title)
+    and a bidirectional override: `medforge log` prints them as escapes, never raw, and
+    --json keeps the name exactly as signed."""
+    node = procs.start(home, [])
+    evil = "first\x1b[2J\x1b]0;pwned\x07\u202e"
+    data = home.path.parent / "first.csv"
+    plugin = home.path.parent / "plugin-evil"
+    argv = ["--task", evil, "--classes", *FIRST, "--data", str(data), "--out", str(plugin)]
+    cli(capsys, "train", *argv, "--home", str(home.path), "--quick", "--batch-size", "8")
+    summary = home.path.parent / "evil.safetensors"
+    argv = ["distill", "--task", evil, "--data", str(data), "--ipc", "2", "--out", str(summary)]
+    assert main([*argv, "--base", str(model), "--quick"]) == 0
+    argv = ["commit", "--home", str(home.path), "--adapter", str(plugin), "--distilled"]
+    argv += [str(summary), "--task", evil, "--coeffs", "1", "1"]
+    argv += ["--out", str(home.path.parent / "evil-bundle")]
+    assert main(argv) == 0
+    capsys.readouterr()
+
+    assert main(["log", "--home", str(home.path)]) == 0
+    shown = capsys.readouterr().out
+    assert "\x1b" not in shown
+    assert "\x07" not in shown
+    assert "\u202e" not in shown
+    assert "first\\x1b[2J\\x1b]0;pwned\\x07\\u202e" in shown
+    log, _ = cli(capsys, "log", "--home", str(home.path))
+    assert [e["task"] for e in log["items"]] == [evil]
+    procs.stop([node])
