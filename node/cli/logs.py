@@ -18,6 +18,8 @@ import logging
 import sys
 from typing import Any
 
+from node.cli.output import terminal_safe
+
 NOISY = ("libp2p", "multiaddr", "async_service")
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -42,10 +44,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """``TEXT_FORMAT``, terminal-safe: a log line quotes names a peer chose (its commit's
+    task, a refusal's reason), and one with an escape sequence must not act on the
+    operator's terminal (``terminal_safe``). JSON lines escape them already."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_safe(super().format(record))
+
+
 def setup(as_json: bool) -> None:
     """Route every record and warning to one stderr handler in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if as_json else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if as_json else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
