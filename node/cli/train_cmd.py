@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         on = "the composite's ΔW" if continual.delta else "the base (no ΔW: empty or mixture)"
         how = f"continually on {why}: {on} + replay of {continual.n_replay} distilled examples"
-        if "loss" in training:  # the composite already holds this task: say how it was scored
+        if "loss" in training:  # the composite already held this task: say which loss it used
             how += f", {training['loss']} local loss"
     human = (
         f"plugin for {args.task!r} -> {result.out}\n"
