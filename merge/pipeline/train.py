@@ -258,7 +258,7 @@ def train_plugin(
     )
 
 
-def _training(continual: Continual | None, prior_corrected: bool = False) -> dict[str, Any]:
+def _training(continual: Continual | None, prior_corrected: bool) -> dict[str, Any]:
     """How the plugin was trained, as ``medforge.json`` and then the commit record it.
     ``"loss": "prior-corrected"`` is there only when the correction was applied (not merely
     configured: it needs a composite that already holds the task), so a reader of

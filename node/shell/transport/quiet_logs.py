@@ -40,8 +40,8 @@ class _Demote(logging.Filter):
 
 # The auto-connector's per-cycle INFO lines (every 10 s while we have fewer than its
 # min_connections=50, i.e. always here), whether or not anything changed; the summary
-# counts dials dispatched, not made (ours refuses them, see _guard_dials). Lines about
-# a peer really connected ("Auto-connected to peer ...") and errors stay.
+# counts dials dispatched, not made (ours refuses them: Libp2pTransport._guard_dials).
+# Lines about a peer really connected ("Auto-connected to peer ...") and errors stay.
 _AUTO_CONNECTOR_CYCLE = re.compile(
     r"^(AUTO_CONNECTOR_STATE: "
     r"|Connections \(.*\) below target \(.*\); initiating "
