@@ -39,6 +39,9 @@ commit and order):
 - ``continual-searched``: continual stack with replay, coefficients searched anyway (a
   continual stack commit takes (1, 1), exactly sequential fine-tuning with rehearsal, unsearched:
   ``search_coeffs(trained_on_head=True)``; this row is what it is measured against);
+- ``continual-rounds``: fusion and stack, every member committing ``--rounds`` times (default
+  2) in the arrival order, each plugin continual with replay for ``steps // rounds`` steps:
+  cyclical weight transfer, the same total steps in smaller, more frequent commits;
 - ``per-module``: fusion and stack with one coefficient pair per module group
   (``SearchSettings.groups``, ``--module-groups``, default ``layer``).
 
@@ -60,7 +63,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -140,6 +143,7 @@ ROW_FAMILIES = (
     "continual",
     "continual-noreplay",
     "continual-searched",
+    "continual-rounds",
     "per-module",
 )
 DEFAULT_ROWS = ("distilled", "shares")
@@ -185,6 +189,9 @@ class Sizes:
     replay_weight: float | None = None
     whole_task: bool | None = None
     prior_correction: bool | None = None
+    # "continual-rounds" rows: each institution commits this many times, in the same order
+    # every round, each plugin trained for steps // rounds (the same total steps)
+    rounds: int = 2
 
 
 QUICK = Sizes(
@@ -507,7 +514,8 @@ def forge(
         out.composite = apply(out.composite, adapter, result.coeffs, _groups(result, grouping))
         out.coeffs.append(result.coeffs)
         out.module_coeffs.append(getattr(result, "module_coeffs", None))
-        seen.append(data[name])
+        if all(d is not data[name] for d in seen):  # a member committing again reuses its set
+            seen.append(data[name])
     return out
 
 
@@ -721,6 +729,43 @@ def continual_rows(
     return out
 
 
+def rounds_rows(run: SeedRun, order: Sequence[str]) -> list[dict[str, Any]]:
+    """Cyclical weight transfer (Chang et al. 2018) on the network: the arrival order repeated
+    ``rounds`` times, every member committing a continual plugin (replay on) of
+    ``steps // rounds`` steps onto the head each time; the first, onto the empty composite, an
+    independent one of as many steps. Same total training steps as one round (and pooled)."""
+    from merge.pipeline.train import Continual
+
+    rounds = run.sizes.rounds
+    steps, seed = max(1, run.sizes.steps // rounds), run.seed
+    schedule = [name for _ in range(rounds) for name in order]
+    out = []
+    for mode in ("fusion", "stack"):
+        tag = f"{mode}-rounds{rounds}"
+        count = itertools.count()
+
+        def plugin_for(
+            name: str,
+            head: Composite,
+            seen: Sequence[Distilled],
+            tag: str = tag,
+            count: Iterator[int] = count,
+        ) -> LoraAdapter:
+            k = next(count)
+            inst = next(i for i in run.setting.institutions if i.name == name)
+            out_dir = run.work / "continual" / tag / "-".join(schedule[: k + 1])
+            if head.is_empty:
+                return train(run.backend, inst.train, inst.task, out_dir, steps, seed)
+            base = Continual.of(head, seen, parent=f"bench:{tag}:{k}")
+            knobs = continual_knobs(run.sizes)
+            return train(run.backend, inst.train, inst.task, out_dir, steps, seed, base, **knobs)
+
+        f = forge(mode, schedule, plugin_for, run.data, run.commit_search(trained_on_head=True))
+        row = f"continual + replay, {rounds} rounds: {SEARCHED[mode]}"
+        out.append(sample(run.seed, order, row, run.score(f.composite), coeffs=f.coeffs))
+    return out
+
+
 def continual_knobs(sizes: Sizes) -> dict[str, Any]:
     """The continual ``TrainConfig`` fields the command line set (the rest: its defaults)."""
     chosen = {
@@ -763,12 +808,14 @@ HOOK_API = {
     "continual": "merge.pipeline.train.Continual",
     "continual-noreplay": "merge.pipeline.train.Continual",
     "continual-searched": "merge.pipeline.train.Continual",
+    "continual-rounds": "merge.pipeline.train.Continual",
     "per-module": "SearchSettings.groups, SearchResult.module_coeffs",
 }
 HOOK_READY: dict[str, Callable[[], bool]] = {
     "continual": _has_continual,
     "continual-noreplay": _has_continual,
     "continual-searched": _has_continual,
+    "continual-rounds": _has_continual,
     "per-module": _has_groups,
 }
 ORDER_ROWS: dict[str, Callable[[SeedRun, Sequence[str]], list[dict[str, Any]]]] = {
@@ -776,6 +823,7 @@ ORDER_ROWS: dict[str, Callable[[SeedRun, Sequence[str]], list[dict[str, Any]]]] 
     "continual": lambda run, order: continual_rows(run, order, replay=True),
     "continual-noreplay": lambda run, order: continual_rows(run, order, replay=False),
     "continual-searched": lambda run, order: continual_rows(run, order, replay=True, searched=True),
+    "continual-rounds": rounds_rows,
     "per-module": per_module_rows,
 }
 
@@ -961,6 +1009,9 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Sizes]:
     ap.add_argument("--institutions", type=int, default=None, help="skew: institutions")
     ap.add_argument("--alpha", type=float, default=None, help="skew: Dirichlet concentration")
     ap.add_argument("--steps", type=int, default=None, help="LoRA steps per plugin")
+    ap.add_argument(
+        "--rounds", type=int, default=None, help="continual-rounds rows: commits per member"
+    )
     ap.add_argument("--budget", type=int, default=None, help="search evaluations per commit")
     ap.add_argument("--ipc", type=int, default=None, help="distilled inputs per class")
     ap.add_argument("--distill-steps", type=int, default=None)
@@ -1037,6 +1088,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         "lwf_weight",
         "lwf_replay_weight",
         "replay_weight",
+        "rounds",
     )
     out = {k: getattr(args, k) for k in plain}
     out |= {
@@ -1084,7 +1136,15 @@ def check_sizes(sizes: Sizes) -> None:
         raise ValueError(f"--rows: unknown {sorted(unknown)}; choose from {ROW_FAMILIES}")
     if sizes.institutions < 2 or not sizes.alpha > 0:
         raise ValueError("--institutions needs >= 2 and --alpha > 0")
-    for name in ("steps", "budget", "ipc", "distill_steps", "per_class_blocks", "max_test"):
+    for name in (
+        "steps",
+        "budget",
+        "ipc",
+        "distill_steps",
+        "per_class_blocks",
+        "max_test",
+        "rounds",
+    ):
         if getattr(sizes, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if sizes.mixture_prior < 0:
@@ -1120,6 +1180,8 @@ def default_tag(quick: bool, sizes: Sizes) -> str:
         tag += "-whole" if knobs["whole_task"] else "-apart"
     if "prior_correction" in knobs:
         tag += "-prior" if knobs["prior_correction"] else "-noprior"
+    if "continual-rounds" in sizes.rows and sizes.rounds != Sizes().rounds:
+        tag += f"-rounds{sizes.rounds}"
     return tag
 
 

@@ -6,8 +6,9 @@ shaped adapters (25 modules of 768x768, r=16) go through the node's own ``Compos
 checkpoint files on disk, one commit at a time, as a node folds them. At each size N
 (``--commits``, default 1,10,100,1000) it measures, on one thread:
 
-- **apply**: ``merge.fold.apply`` of one more commit onto the composite (median of 3);
-- **digest**: ``composite_digest`` of the composite (median of 3);
+- **apply**: ``merge.fold.apply`` of one more commit onto the composite (median of 9: one
+  call's time varies up to 3x with the allocator's state);
+- **digest**: ``composite_digest`` of the composite (median of 9);
 - **composite**: the tensor bytes it holds, against the dense ΔW (25 x 768 x 768 float32);
 - **RSS** of this process;
 - **refold d=1 / d=100**: a late orphan whose place in the order is d commits before the tip:
@@ -184,7 +185,7 @@ def rss_mib() -> float:
     return float("nan")
 
 
-def median_time(fn: Callable[[], object], repeats: int = 3) -> float:
+def median_time(fn: Callable[[], object], repeats: int = 9) -> float:
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -216,6 +217,30 @@ class Point:
     restart_s: float
     restart_applied: int
     refold: dict[str, dict[str, float]]
+    # stack: what any dense step that keeps the exact product must spend (dense_floor_ms)
+    floor_ms: float | None = None
+
+
+def dense_floor_ms(shape: Shape) -> float:
+    """A lower bound on one commit's dense stack step, measured here: per module, the exact
+    product's float64 GEMM alone (``[dim, r] @ [r, dim]``, operands already scaled) plus one
+    read-and-write pass over the ``[dim, dim]`` ΔW (``mul`` by w1). Every element of the
+    product must be formed exactly (``merge.dense``: float64, whatever the summation order)
+    and every element of ΔW read and written, so no dense representation does better on this
+    machine; against the factored apply at N=10 it says how far a ratio target is reachable."""
+    b = torch.randn(shape.dim, shape.rank, dtype=torch.float64)
+    a = torch.randn(shape.rank, shape.dim, dtype=torch.float64)
+    w = torch.randn(shape.dim, shape.dim)
+    t = torch.tensor(0.9)
+    product = torch.empty(shape.dim, shape.dim, dtype=torch.float64)
+
+    def step() -> None:
+        for _ in range(shape.modules):
+            torch.mm(b, a, out=product)
+            torch.mul(w, t)
+
+    step()  # warm
+    return median_time(step) * 1e3
 
 
 def run_mode(mode: str, shape: Shape, work: Path, t0: float) -> list[Point]:
@@ -279,6 +304,7 @@ def run_mode(mode: str, shape: Shape, work: Path, t0: float) -> list[Point]:
             restart_s,
             restarted.statistics().applied,
             refold,
+            dense_floor_ms(shape) if mode == "stack" and n == top else None,
         )
         del restarted, other  # their composites are not the running node's memory
         gc.collect()
@@ -316,6 +342,8 @@ def ratios(points: Sequence[Point]) -> dict[str, dict[str, float]]:
             "composite_vs_dense": big.composite_mib / big.dense_mib,
             "rss_minus_dense_mib": big.rss_mib - big.dense_mib,
         }
+        if big.floor_ms is not None:
+            out[mode]["dense_floor_vs_10"] = big.floor_ms / ten.apply_ms
     return out
 
 
@@ -350,6 +378,12 @@ def markdown(points: Sequence[Point], shape: Shape, seconds: float) -> str:
             f"{r['digest_vs_10']:.2f}x of N=10; composite {r['composite_vs_dense']:.2f}x dense; "
             f"RSS dense + {r['rss_minus_dense_mib']:.0f} MiB"
         )
+        if "dense_floor_vs_10" in r:
+            lines.append(
+                f"- {mode}: the dense step's floor (the exact product's float64 GEMMs and one "
+                f"pass over ΔW, `dense_floor_ms`) is {r['dense_floor_vs_10']:.2f}x the apply "
+                "at N=10 on this machine"
+            )
     return "\n".join(lines) + "\n"
 
 

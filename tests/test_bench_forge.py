@@ -87,6 +87,7 @@ def test_split_options_reach_the_sizes_and_the_tag() -> None:
         ["--rows", "bogus"],
         ["--institutions", "1"],
         ["--alpha", "0"],
+        ["--rounds", "0"],
     ],
 )
 def test_a_split_that_cannot_run_is_refused_before_any_model_loads(argv: list[str]) -> None:
@@ -109,6 +110,14 @@ def test_continual_knobs_reach_only_what_the_command_line_set() -> None:
     for bad in (["--lwf-weight", "-1"], ["--replay-weight", "nan"]):
         with pytest.raises(SystemExit):
             bf.parse(bad)
+
+
+def test_rounds_reach_the_sizes_and_name_an_ablation() -> None:
+    """--rounds: how often each member commits in the continual-rounds rows (default 2)."""
+    sizes = bf.parse(["--rows", "continual-rounds", "--rounds", "3"])[1]
+    assert (sizes.rows, sizes.rounds) == (("continual-rounds",), 3)
+    assert bf.default_tag(False, sizes) == "full-rounds3"
+    assert bf.default_tag(False, bf.parse(["--rows", "continual-rounds"])[1]) == "full"
 
 
 def test_rows_can_be_chosen_or_none() -> None:
