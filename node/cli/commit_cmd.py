@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from crypto.records import Genesis, Record, decode_record
 from merge.lora_config import CONFIG_NAME, WEIGHTS_NAME
-from node.cli.output import add_home, add_json, describe_training, emit
+from node.cli.output import add_home, add_json, describe_training, emit, terminal_safe
 from node.cli.train_cmd import add_device_arg
 from node.errors import NodeNotRunning, UsageError
 from node.forge import claim
@@ -198,12 +198,12 @@ def _training(
     on = training.get("trained_on") if training else None
     if isinstance(on, str) and on != parent.hex():
         why = "--parent names it" if named else "the tip moved since"
-        print(
+        warning = (
             f"warning: this plugin was trained on forge item {on[:16]}…, it is committed onto "
             f"{parent.hex()[:16]}… ({why}); it is still valid, but retrain (`medforge train "
-            f"--home`) to build on that item",
-            file=sys.stderr,
-        )
+            f"--home`) to build on that item"
+        )  # `on` comes from the plugin's medforge.json, which may have come from anywhere
+        print(terminal_safe(warning), file=sys.stderr)
     return training
 
 
@@ -248,7 +248,7 @@ def run_commit(args: argparse.Namespace) -> int:
     write_bundle(args.out, commit, blobs, genesis)
     figures = claim.decode(commit.objective, commit.task)
     for warning in claim.warnings(figures):
-        print(warning, file=sys.stderr)
+        print(terminal_safe(warning), file=sys.stderr)
     data: dict[str, Any] = {
         "commit": commit.id.hex(),
         "seq": commit.seq,

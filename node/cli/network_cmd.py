@@ -17,7 +17,7 @@ from crypto.roster import Roster
 from merge.base_shapes import BaseShapes, shapes_of
 from merge.groups import GROUPINGS
 from merge.spec import COMPACTIONS
-from node.cli.output import add_home, add_json, emit
+from node.cli.output import add_home, add_json, emit, terminal_safe
 from node.errors import ControlError, NodeNotRunning, UsageError
 from node.forge.netspec import check_spec, is_fingerprint, make_spec, merge_spec
 from node.shell.control import call
@@ -334,7 +334,8 @@ def run_join(args: argparse.Namespace) -> int:
             "note: this institution is not a founding member; commits count once a roster "
             "update adds it"
         )
-    print(f"joined network {record.name} ({record.network_id.hex()})")
+    # the name is the genesis author's choice, like the names `log` escapes
+    print(terminal_safe(f"joined network {record.name} ({record.network_id.hex()})"))
     return 0
 
 

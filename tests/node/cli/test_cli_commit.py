@@ -793,3 +793,34 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out.startswith("medforge ")
+
+
+def test_joining_a_network_named_with_terminal_escapes_prints_them_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A genesis's name is its author's choice: `network join` must not hand an escape
+    sequence (clear screen, a right-to-left override) raw to the joiner's terminal."""
+    for name in ("alice", "bob"):
+        assert run(capsys, "init", "--home", str(tmp_path / name), "--name", name)[0] == 0
+    hostile = "onco\x1b[2J\u202elogy"
+    code, out = run(
+        capsys,
+        "network",
+        "create",
+        "--home",
+        str(tmp_path / "alice"),
+        "--name",
+        hostile,
+        "--base-file",
+        str(base_file(tmp_path)),
+        "--out",
+        str(tmp_path / "genesis.cbor"),
+    )
+    assert code == 0, out
+    code, out = run(
+        capsys, "network", "join", "--home", str(tmp_path / "bob"), str(tmp_path / "genesis.cbor")
+    )
+    assert code == 0, out
+    assert "\x1b" not in out
+    assert "\u202e" not in out
+    assert "joined network onco\\x1b[2J\\u202elogy" in out
