@@ -710,13 +710,10 @@ def continual_rows(
         ) -> LoraAdapter:
             if head.is_empty:
                 return run.adapters[name]
-            inst = next(i for i in run.setting.institutions if i.name == name)
             prefix = "-".join(order[: len(seen) + 1])
             base = Continual.of(head, seen if replay else [], parent=f"bench:{tag}:{prefix}")
             out_dir = run.work / "continual" / tag / prefix
-            steps, seed = run.sizes.steps, run.seed
-            knobs = continual_knobs(run.sizes)
-            return train(run.backend, inst.train, inst.task, out_dir, steps, seed, base, **knobs)
+            return continual_plugin(run, name, base, out_dir, run.sizes.steps)
 
         search = run.commit_search(trained_on_head=not searched)
         f = forge(mode, order, plugin_for, run.data, search)
@@ -737,7 +734,7 @@ def rounds_rows(run: SeedRun, order: Sequence[str]) -> list[dict[str, Any]]:
     from merge.pipeline.train import Continual
 
     rounds = run.sizes.rounds
-    steps, seed = max(1, run.sizes.steps // rounds), run.seed
+    steps = max(1, run.sizes.steps // rounds)
     schedule = [name for _ in range(rounds) for name in order]
     out = []
     for mode in ("fusion", "stack"):
@@ -752,18 +749,22 @@ def rounds_rows(run: SeedRun, order: Sequence[str]) -> list[dict[str, Any]]:
             count: Iterator[int] = count,
         ) -> LoraAdapter:
             k = next(count)
-            inst = next(i for i in run.setting.institutions if i.name == name)
             out_dir = run.work / "continual" / tag / "-".join(schedule[: k + 1])
-            if head.is_empty:
-                return train(run.backend, inst.train, inst.task, out_dir, steps, seed)
-            base = Continual.of(head, seen, parent=f"bench:{tag}:{k}")
-            knobs = continual_knobs(run.sizes)
-            return train(run.backend, inst.train, inst.task, out_dir, steps, seed, base, **knobs)
+            base = None if head.is_empty else Continual.of(head, seen, parent=f"bench:{tag}:{k}")
+            return continual_plugin(run, name, base, out_dir, steps)
 
         f = forge(mode, schedule, plugin_for, run.data, run.commit_search(trained_on_head=True))
         row = f"continual + replay, {rounds} rounds: {SEARCHED[mode]}"
         out.append(sample(run.seed, order, row, run.score(f.composite), coeffs=f.coeffs))
     return out
+
+
+def continual_plugin(run: SeedRun, name: str, base: Any, out_dir: Path, steps: int) -> LoraAdapter:
+    """Institution ``name``'s plugin on top of ``base`` (a ``Continual``; None: independent),
+    with the continual knobs the command line set."""
+    inst = next(i for i in run.setting.institutions if i.name == name)
+    knobs = continual_knobs(run.sizes) if base is not None else {}
+    return train(run.backend, inst.train, inst.task, out_dir, steps, run.seed, base, **knobs)
 
 
 def continual_knobs(sizes: Sizes) -> dict[str, Any]:

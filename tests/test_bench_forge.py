@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
@@ -168,17 +169,12 @@ def test_new_rows_sit_beside_the_ones_they_are_read_against() -> None:
     ]
 
 
-@pytest.mark.slow
-def test_quick_bench_writes_every_row(tmp_path: Path) -> None:
+def run_quick(out: Path, *argv: str) -> Any:
+    """``bench_forge.py --quick [argv]`` as a user runs it; its JSON report."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
+    script = str(ROOT / "scripts" / "bench_forge.py")
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "bench_forge.py"),
-            "--quick",
-            "--out",
-            str(tmp_path),
-        ],
+        [sys.executable, script, "--quick", "--out", str(out), *argv],
         capture_output=True,
         text=True,
         timeout=300,
@@ -187,7 +183,12 @@ def test_quick_bench_writes_every_row(tmp_path: Path) -> None:
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads((tmp_path / "bench_forge-quick.json").read_text())
+    return json.loads((out / "bench_forge-quick.json").read_text())
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_every_row(tmp_path: Path) -> None:
+    result = run_quick(tmp_path)
     tasks = result["settings"]["tasks"]
     assert set(ROWS) <= set(tasks["rows"]) == set(tasks["summary"])
     for row in ROWS:
@@ -200,3 +201,19 @@ def test_quick_bench_writes_every_row(tmp_path: Path) -> None:
     table = (tmp_path / "bench_forge-quick.md").read_text()
     assert all(f"| {row} |" in table for row in ROWS)
     assert (tmp_path / "bench_forge-quick.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_quick_bench_commits_every_member_once_per_round(tmp_path: Path) -> None:
+    """--rows continual-rounds: 2 rounds of 3 members are 6 commits; a stack commit of a
+    plugin trained on its head takes (1, 1), so every stack pair says it was continual."""
+    tasks = run_quick(tmp_path, "--rows", "continual-rounds")["settings"]["tasks"]
+    rows = {s["row"]: s for s in tasks["samples"] if "rounds" in s["row"]}
+    assert set(rows) == {
+        "continual + replay, 2 rounds: Fusion",
+        "continual + replay, 2 rounds: Stack",
+    }
+    for sample in rows.values():
+        assert len(sample["coeffs"]) == 6
+        assert 0.0 <= sample["scores"]["mean"]["accuracy"] <= 1.0
+    assert rows["continual + replay, 2 rounds: Stack"]["coeffs"] == [[1.0, 1.0]] * 6

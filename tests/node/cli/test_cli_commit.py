@@ -32,28 +32,26 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     return code, captured.out + captured.err
 
 
+def create_network(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, *argv: str
+) -> tuple[int, str]:
+    """Alice creates network ``name`` on TinyBase, writing ``tmp_path/genesis.cbor``."""
+    base, out = base_file(tmp_path), tmp_path / "genesis.cbor"
+    home = str(tmp_path / "alice")
+    return run(
+        capsys, "network", "create", "--home", home, "--name", name, *argv,
+        "--base-file", str(base), "--out", str(out),
+    )  # fmt: skip
+
+
 @pytest.fixture
 def network(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     for name in ("alice", "bob"):
         assert run(capsys, "init", "--home", str(tmp_path / name), "--name", name)[0] == 0
     code, out = run(capsys, "id", "--home", str(tmp_path / "bob"), "--json")
     (tmp_path / "bob.json").write_text(out)
-    code, out = run(
-        capsys,
-        "network",
-        "create",
-        "--home",
-        str(tmp_path / "alice"),
-        "--name",
-        "oncology",
-        "--member",
-        str(tmp_path / "bob.json"),
-        "--threshold",
-        "2",
-        "--base-file",
-        str(base_file(tmp_path)),
-        "--out",
-        str(tmp_path / "genesis.cbor"),
+    code, out = create_network(
+        capsys, tmp_path, "oncology", "--member", str(tmp_path / "bob.json"), "--threshold", "2"
     )
     assert code == 0, out
     assert (
@@ -803,19 +801,7 @@ def test_joining_a_network_named_with_terminal_escapes_prints_them_escaped(
     for name in ("alice", "bob"):
         assert run(capsys, "init", "--home", str(tmp_path / name), "--name", name)[0] == 0
     hostile = "onco\x1b[2J\u202elogy"
-    code, out = run(
-        capsys,
-        "network",
-        "create",
-        "--home",
-        str(tmp_path / "alice"),
-        "--name",
-        hostile,
-        "--base-file",
-        str(base_file(tmp_path)),
-        "--out",
-        str(tmp_path / "genesis.cbor"),
-    )
+    code, out = create_network(capsys, tmp_path, hostile)
     assert code == 0, out
     code, out = run(
         capsys, "network", "join", "--home", str(tmp_path / "bob"), str(tmp_path / "genesis.cbor")
