@@ -189,6 +189,7 @@ class Sizes:
     replay_weight: float | None = None
     whole_task: bool | None = None
     prior_correction: bool | None = None
+    warm_start: bool | None = None
     # "continual-rounds" rows: each institution commits this many times, in the same order
     # every round, each plugin trained for steps // rounds (the same total steps)
     rounds: int = 2
@@ -775,6 +776,7 @@ def continual_knobs(sizes: Sizes) -> dict[str, Any]:
         "replay_weight": sizes.replay_weight,
         "whole_task": sizes.whole_task,
         "prior_correction": sizes.prior_correction,
+        "warm_start": sizes.warm_start,
     }
     return {k: v for k, v in chosen.items() if v is not None}
 
@@ -1055,6 +1057,13 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Sizes]:
         help="continual rows: TrainConfig.prior_correction (logit-adjusted local loss; "
         "default: on for Fusion only)",
     )
+    ap.add_argument(
+        "--warm-start",
+        choices=("on", "off"),
+        default=None,
+        help="continual rows: TrainConfig.warm_start (each LoRA's A on its ΔW's top "
+        "singular directions; default off)",
+    )
     ap.add_argument("--tag", default=None, help="output name (default: quick/full[-settings])")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results")
     ap.add_argument(
@@ -1105,6 +1114,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         "prior_correction": None
         if args.prior_correction is None
         else args.prior_correction == "on",
+        "warm_start": None if args.warm_start is None else args.warm_start == "on",
     }
     return {k: v for k, v in out.items() if v is not None}
 
@@ -1181,6 +1191,8 @@ def default_tag(quick: bool, sizes: Sizes) -> str:
         tag += "-whole" if knobs["whole_task"] else "-apart"
     if "prior_correction" in knobs:
         tag += "-prior" if knobs["prior_correction"] else "-noprior"
+    if "warm_start" in knobs:
+        tag += "-warm" if knobs["warm_start"] else "-cold"
     if "continual-rounds" in sizes.rows and sizes.rounds != Sizes().rounds:
         tag += f"-rounds{sizes.rounds}"
     return tag

@@ -4,6 +4,7 @@ alone, and stacking it onto the composite at (1, 1) is the model that was traine
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -251,3 +252,31 @@ def test_distilled_sets_are_scored_over_their_tasks_whole_class_list(
     assert [wa.classes[y] for y in wa.labels] == [a.classes[y] for y in a.labels]
     assert [wb.classes[y] for y in wb.labels] == [b.classes[y] for y in b.labels]
     assert wc is c  # a task of its own is untouched
+
+
+def test_warm_start_puts_each_lora_on_its_deltas_top_directions(
+    backend: TextBackend, composite: Composite
+) -> None:
+    """``warm_start``: A's rows are ΔW's top right singular vectors (at PEFT's row norm) and
+    B stays zero, so the model still computes exactly the composite."""
+    from merge.pipeline import train as recipe
+
+    delta = delta_weights(composite.modules)
+    config = replace(CONFIG, warm_start=True)
+    peft_model = recipe._wrap(backend, config, recipe._start_model(backend, delta))
+    norms = {
+        n: m.lora_A["default"].weight.norm(dim=1).mean()
+        for n, m in recipe._inner(peft_model).named_modules()
+        if n in delta
+    }
+    recipe._warm_start(peft_model, delta)
+    modules = dict(recipe._inner(peft_model).named_modules())
+    assert norms
+    assert set(norms) == set(delta)
+    for name, d in delta.items():
+        a = modules[name].lora_A["default"].weight
+        b = modules[name].lora_B["default"].weight
+        _, _, vh = torch.linalg.svd(d.double(), full_matrices=False)
+        want = (vh[: a.shape[0]] * norms[name].double()).float()
+        assert torch.equal(a, want)
+        assert not b.any()
