@@ -5,11 +5,12 @@ The spec lives in the genesis record, so it must round-trip through the canonica
 ``from_dict()`` refuses anything it would not have produced (unknown or missing keys, wrong
 types, out-of-range values) with a ``SpecError``.
 
-Settings added after the first networks were signed (``OPTIONAL``: per-module groups, and the
-network-level ``compaction``/``compact_rank``) appear in ``to_dict()`` only when they differ
-from their default, so a spec that does not use them has exactly the bytes, and its genesis
-exactly the network id, it always had; ``from_dict()`` reads them as the default when absent
-and refuses them written out at the default (one encoding).
+Settings added after the first networks were signed (``OPTIONAL``: per-module groups, the
+mixture's share search, and the network-level ``compaction``/``compact_rank``) appear in
+``to_dict()`` only when they differ from their default, so a spec that does not use them has
+exactly the bytes, and its genesis exactly the network id, it always had; ``from_dict()``
+reads them as the default when absent and refuses them written out at the default (one
+encoding).
 
 Compaction (issue 13; ``merge.compaction``): a stack composite concatenates factors, so its
 rank grows with every commit; ``compaction="auto"`` turns a module into its dense ``ΔW`` once
@@ -32,6 +33,9 @@ from merge.groups import GROUPINGS
 MODES = ("fusion", "stack", "mixture")
 OBJECTIVES = ("paper", "logprob")
 COMPACTIONS = ("off", "auto")
+# how a mixture author searches: the paper's two coefficients, or the new member's share of a
+# convex mixture with a prior at the uniform share (merge.pipeline.search.search_mixture_share)
+MIXTURE_SEARCHES = ("paper", "shares")
 
 
 @dataclass(frozen=True)
@@ -69,9 +73,17 @@ class SearchSettings:
     # (0: budget x the number of groups) after the scalar search.
     groups: str = "none"
     group_budget: int = 0
+    # Mixture only: "paper" (two coefficients, as above) or "shares" (one share, searched
+    # with a pull towards the uniform mixture; the paper's search, scale-invariant in a
+    # mixture, drifted to keep_min and lost to the plain uniform mixture)
+    mixture_search: str = "paper"
 
     def __post_init__(self) -> None:
         _check_int("budget", self.budget, low=1)
+        if self.mixture_search not in MIXTURE_SEARCHES:
+            raise SpecError(
+                f"mixture_search must be one of {MIXTURE_SEARCHES}, got {self.mixture_search!r}"
+            )
         _check_int("group_budget", self.group_budget, low=0)
         if self.groups not in GROUPINGS:
             raise SpecError(f"groups must be one of {GROUPINGS}, got {self.groups!r}")
@@ -110,6 +122,8 @@ class MergeSpec:
             raise SpecError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "mixture" and self.search.groups != "none":
             raise SpecError("a mixture weights whole members: module groups apply to fusion/stack")
+        if self.mode != "mixture" and self.search.mixture_search != "paper":
+            raise SpecError(f"mixture_search applies to mixture only, not {self.mode}")
         self._check_compaction()
 
     def _check_compaction(self) -> None:
@@ -147,7 +161,7 @@ class MergeSpec:
 
 # Settings newer than the first signed specs: written only when not at their default.
 OPTIONAL: dict[type, dict[str, Any]] = {
-    SearchSettings: {"groups": "none", "group_budget": 0},
+    SearchSettings: {"groups": "none", "group_budget": 0, "mixture_search": "paper"},
     MergeSpec: {"compaction": "off", "compact_rank": 0},
 }
 

@@ -1062,7 +1062,7 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Sizes]:
         choices=("on", "off"),
         default=None,
         help="continual rows: TrainConfig.warm_start (each LoRA's A on its ΔW's top "
-        "singular directions; default off)",
+        "singular directions; default: on for Stack only)",
     )
     ap.add_argument("--tag", default=None, help="output name (default: quick/full[-settings])")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results")

@@ -76,6 +76,8 @@ PLUGIN_META = "medforge.json"
 PLUGIN_FORMAT = "medforge-plugin/1"
 # the training record's "loss" when the local loss was logit-adjusted (prior_correction)
 PRIOR_CORRECTED = "prior-corrected"
+# the training record's "init" when each LoRA's A started on its module's ΔW (warm_start)
+WARM_INIT = "composite-svd"
 
 
 @dataclass(frozen=True)
@@ -126,9 +128,9 @@ class TrainConfig:
     # top-r right singular vectors of its module's ΔW (at the default init's row norm), B at
     # zero as always, so the start is still exactly the composite. Every commit's plugin
     # otherwise restarts from random input directions and spends its few steps finding them
-    # again (skew seed 0, 3 orders: continual Stack 0.620 -> 0.660, like doubling the steps;
-    # one seed only, so off by default until more are measured)
-    warm_start: bool = False
+    # again. None: on for a stack composite only, as measured under label skew (bench_forge,
+    # 5 seeds x 3 orders: continual Stack 0.680 -> 0.698, Fusion 0.665 -> 0.637)
+    warm_start: bool | None = None
 
     @classmethod
     def for_backend(cls, kind: str, **overrides: Any) -> TrainConfig:
@@ -236,7 +238,8 @@ def train_plugin(
             if config.lwf_replay_weight > 0:  # an empty ΔW: the "parent" is the bare base
                 replay = [_with_parent(backend, start, p, config, eval_batch) for p in replay]
         peft_model = _wrap(backend, config, start)
-        if continual is not None and continual.delta and config.warm_start:
+        warm = _warm(continual, config)
+        if warm and continual is not None:  # (``warm`` implies it; mypy does not know)
             _warm_start(peft_model, continual.delta)
         losses, step_times = _fit(
             backend, peft_model, train_set, config, replay, precision, anchor, log_prior
@@ -244,7 +247,7 @@ def train_plugin(
     base_m = evaluate_model(backend, backend.model, val_set, eval_batch)
     plugin_m = evaluate_model(backend, _inner(peft_model), val_set, eval_batch)
     replay_after = _replay_accuracy(backend, _inner(peft_model), replay) if replay else None
-    training = _training(continual, log_prior is not None)
+    training = _training(continual, log_prior is not None, warm)
     if device.type != "cpu":
         peft_model.to("cpu")  # the adapter file is CPU float32, whatever trained it
     save_adapter(peft_model, out, backend.fingerprint)
@@ -267,17 +270,23 @@ def train_plugin(
     )
 
 
-def _training(continual: Continual | None, prior_corrected: bool) -> dict[str, Any]:
+def _training(
+    continual: Continual | None, prior_corrected: bool, warm: bool = False
+) -> dict[str, Any]:
     """How the plugin was trained, as ``medforge.json`` and then the commit record it.
     ``"loss": "prior-corrected"`` is there only when the correction was applied (not merely
     configured: it needs a composite that already holds the task), so a reader of
     ``medforge log`` knows which loss the plugin was trained with; absent, plain
-    cross-entropy (every plugin trained before the correction existed)."""
+    cross-entropy (every plugin trained before the correction existed). Likewise
+    ``"init": "composite-svd"`` only when the LoRA was warm-started (it needs a ΔW);
+    absent, PEFT's random init."""
     if continual is None:
         return {"method": "independent", "replay": 0, "parent": None}
     record = {"method": "continual", "replay": continual.n_replay, "parent": continual.parent}
     if prior_corrected:
         record["loss"] = PRIOR_CORRECTED
+    if warm:
+        record["init"] = WARM_INIT
     return record
 
 
@@ -299,6 +308,15 @@ def _over_whole_task(data: Examples, task: str, continual: Continual) -> tuple[E
         return data, continual
     replay = tuple(widened(d, classes) if d.task == task else d for d in continual.replay)
     return Examples(data.items, data.labels, classes), replace(continual, replay=replay)
+
+
+def _warm(continual: Continual | None, config: TrainConfig) -> bool:
+    """Whether each LoRA starts on its module's ΔW (``config.warm_start``; None: onto a
+    stack composite). Only a non-empty ΔW has directions to start on."""
+    if continual is None or not continual.delta:
+        return False
+    on = config.warm_start
+    return continual.mode == "stack" if on is None else on
 
 
 def _log_prior(

@@ -16,7 +16,7 @@ from crypto.records import Commit, Genesis, Member, Revocation, RosterUpdate, de
 from crypto.roster import Roster
 from merge.base_shapes import BaseShapes, shapes_of
 from merge.groups import GROUPINGS
-from merge.spec import COMPACTIONS
+from merge.spec import COMPACTIONS, MIXTURE_SEARCHES
 from node.cli.output import add_home, add_json, emit, terminal_safe
 from node.errors import ControlError, NodeNotRunning, UsageError
 from node.forge.netspec import check_spec, is_fingerprint, make_spec, merge_spec
@@ -51,6 +51,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default="none",
         help="per-module coefficients: one pair per transformer layer or per target module "
         "name (fusion/stack; default none: one pair per commit)",
+    )
+    create.add_argument(
+        "--mixture-search",
+        choices=MIXTURE_SEARCHES,
+        default=None,
+        help="mixture: how an author searches its commit's coefficients: its share of a "
+        "convex mixture, pulled towards the uniform share (shares; the default for mixture) "
+        "or the paper's two coefficients (paper; the only choice for fusion and stack)",
     )
     create.add_argument(
         "--compaction",
@@ -297,6 +305,7 @@ def run_create(args: argparse.Namespace) -> int:
         groups=args.groups,
         compaction=_compaction(args),
         compact_rank=args.compact_rank,
+        mixture_search=_mixture_search(args),
     )
     if args.spec:
         spec.update(json.loads(args.spec.read_text()))
@@ -321,6 +330,14 @@ def _compaction(args: argparse.Namespace) -> str:
     if args.compaction is not None:
         return str(args.compaction)
     return "auto" if args.mode == "stack" else "off"
+
+
+def _mixture_search(args: argparse.Namespace) -> str:
+    """``--mixture-search``, or its default: new mixture networks search shares (measured in
+    scripts/bench_forge.py, rows Mixture and Mixture (shares)); other modes have no choice."""
+    if args.mixture_search is not None:
+        return str(args.mixture_search)
+    return "shares" if args.mode == "mixture" else "paper"
 
 
 def run_join(args: argparse.Namespace) -> int:
@@ -401,6 +418,8 @@ def spec_lines(spec: Mapping[str, Any], indent: str = "  ") -> list[str]:
 
 def _merge_line(genesis: Genesis) -> str:
     spec = merge_spec(genesis)
+    if spec.mode == "mixture":
+        return f"merge mixture, {spec.search.mixture_search} search, compaction off"
     if spec.compaction == "off":
         return f"merge {spec.mode}, compaction off"
     when = f"rank > {spec.compact_rank}" if spec.compact_rank else "at the crossover"

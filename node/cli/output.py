@@ -50,8 +50,8 @@ def add_home(parser: Any, *, required: bool = True) -> None:
 
 
 def describe_training(training: Mapping[str, Any]) -> str:
-    """``continual (replay 48, prior-corrected loss, trained on forge item 1a2b3c4d5e6f…)``
-    or ``independent``."""
+    """``continual (replay 48, prior-corrected loss, composite-svd init, trained on forge
+    item 1a2b3c4d5e6f…)`` or ``independent``."""
     method = str(training.get("method", "?"))
     if method != "continual":
         return method
@@ -59,6 +59,8 @@ def describe_training(training: Mapping[str, Any]) -> str:
     where = f", trained on forge item {str(on)[:12]}…" if isinstance(on, str) else ""
     loss = training.get("loss")
     how = f", {loss} loss" if isinstance(loss, str) else ""
+    init = training.get("init")
+    how += f", {init} init" if isinstance(init, str) else ""
     return f"continual (replay {training.get('replay', 0)}{how}{where})"
 
 

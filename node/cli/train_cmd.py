@@ -118,6 +118,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="continual, when the composite already holds the task (label skew): adjust the "
         "local loss by this institution's class prior (auto: for a fusion network only)",
     )
+    p.add_argument(
+        "--warm-start",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="continual, on a composite with a ΔW (fusion, stack): start each LoRA's A on "
+        "its module's ΔW top singular directions (B at zero: the start is still the "
+        "composite) instead of PEFT's random init (auto: for a stack network only)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="optimizer steps (default 60)")
     p.add_argument("--rank", type=int, help="LoRA rank (default: 8 text, 16 clip)")
@@ -152,6 +160,7 @@ def _config(args: argparse.Namespace, kind: str) -> Any:
         "replay_weight": args.replay_weight,
         "replay_batch": args.replay_batch,
         "prior_correction": {"on": True, "off": False}.get(args.prior_correction),
+        "warm_start": {"on": True, "off": False}.get(args.warm_start),
     }
     chosen = {k: v for k, v in given.items() if v is not None}
     return TrainConfig.for_backend(kind, seed=args.seed, **{**quick, **chosen})
@@ -257,6 +266,8 @@ def run(args: argparse.Namespace) -> int:
         how = f"continually on {why}: {on} + replay of {continual.n_replay} distilled examples"
         if "loss" in training:  # the composite already held this task: say which loss it used
             how += f", {training['loss']} local loss"
+        if "init" in training:  # each LoRA's A started on the composite's ΔW
+            how += f", {training['init']} init"
     human = (
         f"plugin for {args.task!r} -> {result.out}\n"
         f"trained {how}\n"

@@ -41,7 +41,13 @@ from merge.groups import ModuleCoeffs
 from merge.lora import LoraAdapter
 from merge.pipeline.backends.base import DualEncoder
 from merge.pipeline.distill import Distilled, load_distilled, over_whole_tasks
-from merge.pipeline.search import SearchResult, TaskData, predict_proba_all, search_coeffs
+from merge.pipeline.search import (
+    SearchResult,
+    TaskData,
+    predict_proba_all,
+    search_coeffs,
+    search_mixture_share,
+)
 from merge.pipeline.train import Continual
 from merge.spec import SearchSettings
 from node.core.order import root_item
@@ -151,7 +157,8 @@ def continual(genesis: Genesis, head: Head, composer: Composer | None = None) ->
 def training_record(meta: Mapping[str, Any]) -> dict[str, str | int | float] | None:
     """The commit's ``training`` field from a plugin's ``medforge.json``: ``{"method",
     "replay"}``, plus ``"trained_on"`` (the forge item, hex) for a continual plugin and
-    ``"loss"`` when it was not plain cross-entropy (``"prior-corrected"``). ``None``
+    ``"loss"`` when it was not plain cross-entropy (``"prior-corrected"``) and ``"init"``
+    when the LoRA did not start at PEFT's random init (``"composite-svd"``). ``None``
     when the plugin says nothing (trained before provenance was recorded, or not by
     ``medforge train``): such a commit stays schema version 1."""
     raw = meta.get("training")
@@ -163,8 +170,9 @@ def training_record(meta: Mapping[str, Any]) -> dict[str, str | int | float] | N
     }
     if isinstance(raw.get("parent"), str) and raw["parent"]:
         record["trained_on"] = str(raw["parent"])
-    if isinstance(raw.get("loss"), str) and raw["loss"]:  # e.g. "prior-corrected"
-        record["loss"] = str(raw["loss"])
+    for key in ("loss", "init"):  # e.g. "prior-corrected", "composite-svd"
+        if isinstance(raw.get(key), str) and raw[key]:
+            record[key] = str(raw[key])
     return record
 
 
@@ -180,8 +188,11 @@ def coefficients(
     """``(w1, w2)`` for ``apply(head, adapter, ·)``, scored on the distilled sets of the tasks
     merged so far and the plugin's own (each against its task's whole class list): the claim
     every commit carries. ``trained_on_head``: the plugin was trained on top of ``head``
-    (stack: ``(1, 1)``, no search; ``search_coeffs``)."""
+    (stack: ``(1, 1)``, no search; ``search_coeffs``). A mixture network whose spec says
+    ``mixture_search = "shares"`` searches the member's share instead."""
     data = over_whole_tasks([*merged, own])
+    if head.mode == "mixture" and settings.mixture_search == "shares":
+        return search_mixture_share(encoder, head, adapter, data, settings)
     return search_coeffs(encoder, head, adapter, data, settings, trained_on_head=trained_on_head)
 
 

@@ -40,13 +40,16 @@ def make_spec(
     groups: str = "none",
     compaction: str = "off",
     compact_rank: int = 0,
+    mixture_search: str = "paper",
 ) -> dict[str, Any]:
     """``groups`` (``merge.groups``): per-module coefficient groups; ``compaction`` /
-    ``compact_rank`` (``merge.compaction``, stack only): when a stacked module turns dense.
-    At their defaults ("none", "off", 0) the merge spec has the keys and bytes it always had."""
+    ``compact_rank`` (``merge.compaction``, stack only): when a stacked module turns dense;
+    ``mixture_search`` (mixture only): the paper's two coefficients or the member's share.
+    At their defaults ("none", "off", 0, "paper") the merge spec has the keys and bytes it
+    always had."""
     merge = MergeSpec(
         mode=mode,
-        search=SearchSettings(groups=groups),
+        search=SearchSettings(groups=groups, mixture_search=mixture_search),
         compaction=compaction,
         compact_rank=compact_rank,
     )

@@ -145,3 +145,30 @@ def test_a_mixture_takes_no_module_groups() -> None:
     data["mode"] = "mixture"
     with pytest.raises(SpecError, match="mixture"):
         MergeSpec.from_dict(data)
+
+
+# --- the mixture's share search (issue 12): optional, mixture only -------------------------
+
+
+def test_a_mixture_spec_names_its_share_search_only_when_it_uses_it() -> None:
+    spec = MergeSpec(mode="mixture", search=SearchSettings(mixture_search="shares"))
+    data = json.loads(json.dumps(spec.to_dict()))
+    assert sorted(data["search"]) == sorted([*V1_SEARCH_KEYS, "mixture_search"])
+    assert MergeSpec.from_dict(data) == spec
+    assert MergeSpec.from_dict(MergeSpec(mode="mixture").to_dict()).search.mixture_search == (
+        "paper"
+    )
+
+
+@pytest.mark.parametrize("value", ["paper", "uniform", 1, None])
+def test_from_dict_refuses_share_settings_it_never_writes(value: Any) -> None:
+    data = MergeSpec(mode="mixture").to_dict()
+    data["search"]["mixture_search"] = value
+    with pytest.raises(SpecError):
+        MergeSpec.from_dict(data)
+
+
+def test_only_a_mixture_searches_shares() -> None:
+    for mode in ("fusion", "stack"):
+        with pytest.raises(SpecError, match="mixture only"):
+            MergeSpec(mode=mode, search=SearchSettings(mixture_search="shares"))

@@ -115,12 +115,16 @@ def test_continual_training_on_a_running_node(
     assert "warning" not in err
     item1 = chain_item(bytes.fromhex(item0), c1.id).hex()
 
-    # On v1: the composite's ΔW under the new LoRA, and c1's 6 distilled examples replayed.
+    # On v1: the composite's ΔW under the new LoRA (each LoRA's A started on its module's
+    # ΔW, a stack network's default), and c1's 6 distilled examples replayed.
     second, _ = train(capsys, home, "second")
-    assert second["training"] == {"method": "continual", "replay": 6, "parent": item1}
+    warm = {"init": "composite-svd"}
+    assert second["training"] == {"method": "continual", "replay": 6, "parent": item1, **warm}
     assert set(second["validation"]) == {"base", "composite", "plugin"}
     assert len(second["replay_accuracy"]) == 2
     two = distill(capsys, home, "second", model)
+    cold, _ = train(capsys, home, "second", "--warm-start", "off")
+    assert cold["training"] == {"method": "continual", "replay": 6, "parent": item1}
 
     # --independent: the paper's training, and the commit says so (schema 2).
     alone, _ = train(capsys, home, "second", "--independent")
@@ -132,7 +136,7 @@ def test_continual_training_on_a_running_node(
 
     # The tip moved since `second` was trained: still committed (searched against v2), warned.
     c3, report, err = commit(capsys, home, second["out"], two, "c3")
-    assert c3.training == {"method": "continual", "replay": 6, "trained_on": item1}
+    assert c3.training == {"method": "continual", "replay": 6, "trained_on": item1, **warm}
     assert c3.parent == chain_item(bytes.fromhex(item1), c2.id)
     assert report["objective"]["evaluations"] > 0  # a real search ran
     assert f"trained on forge item {item1[:16]}" in err
@@ -166,7 +170,7 @@ def test_continual_training_on_a_running_node(
     ]
     assert main(["log", "--home", str(home.path)]) == 0
     shown = capsys.readouterr().out
-    assert "continual (replay 6, trained on forge item" in shown
+    assert "continual (replay 6, composite-svd init, trained on forge item" in shown
     assert "independent" in shown
     procs.stop([node])
 
@@ -174,7 +178,7 @@ def test_continual_training_on_a_running_node(
     # on its tip (c1's and the second task's distilled sets, each replayed once).
     offline, _ = train(capsys, home, "second", "--seed", "1")
     tip = chain_item(item4, c5.id).hex()
-    assert offline["training"] == {"method": "continual", "replay": 12, "parent": tip}
+    assert offline["training"] == {"method": "continual", "replay": 12, "parent": tip, **warm}
     assert main(["train", *train_args(home, "second"), "--quick", "--batch-size", "8"]) == 0
     assert "(no node running: read offline)" in capsys.readouterr().out
 
@@ -218,12 +222,14 @@ def test_an_offline_head_trains_continually_and_a_rebase_keeps_the_training(
     config = TrainConfig.quick(batch_size=8)
     train_plugin(backend, second, task="second", out=out, config=config, continual=prior)
     meta = read_plugin_meta(out)
-    assert meta["training"] == {"method": "continual", "replay": 6, "parent": tip.hex()}
+    warm = {"init": "composite-svd"}  # a stack network's default
+    assert meta["training"] == {"method": "continual", "replay": 6, "parent": tip.hex(), **warm}
 
     # An orphan of ours with that plugin, signed against item_0; rebased onto the tip.
     two = distill(capsys, home, "second", model)
     orphan, _, _ = commit(capsys, home, str(out), two, "orphan", "--coeffs", "1", "1")
-    assert orphan.training == {"method": "continual", "replay": 6, "trained_on": tip.hex()}
+    want = {"method": "continual", "replay": 6, "trained_on": tip.hex(), **warm}
+    assert orphan.training == want
     blobs = home.path.parent / "orphan" / "blobs"
     files.update({ref.sha256: blobs / ref.sha256.hex() for ref in orphan.blobs.values()})
     seqs = iter(range(100, 200))
@@ -321,8 +327,10 @@ def test_a_fusion_network_under_label_skew_trains_with_the_prior_corrected_loss(
     assert c2.training["loss"] == "prior-corrected"
     assert report["training"] == dict(c2.training)
 
-    off = train_on(two, "p3", "--prior-correction", "off")
+    assert "init" not in second["training"]  # a fusion network: PEFT's init by default
+    off = train_on(two, "p3", "--prior-correction", "off", "--warm-start", "on")
     assert "loss" not in off["training"]
+    assert off["training"]["init"] == "composite-svd"
     assert off["training"]["replay"] == 12  # on c2's composite: both members' sets
 
     log, _ = cli(capsys, "log", "--home", str(home.path))
