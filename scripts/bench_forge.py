@@ -23,19 +23,21 @@ Stack. Orders: every permutation for 3 institutions, the n cyclic rotations beyo
 (``--orders``). Order-independent rows are computed once per seed. Every row is scored through
 the same DualEncoder path (``merge.pipeline.evaluate``).
 
-Optional rows (``--rows``; the first two by default, the others cost a search or a training per
-commit and order):
+Optional rows (``--rows``; the first three by default, the others cost a search or a training
+per commit and order):
 
 - ``distilled``: "pooled distilled sets (one plugin)", a diagnostic: one plugin trained only on
   the union of every institution's distilled set (``n x steps`` steps, like pooled). Near
   pooled, the distilled data holds the tasks and the merge is the bottleneck;
 - ``shares``: "Mixture (shares)", the mixture searched as the new member's share of a convex
   mixture with a prior at the uniform share (``merge.pipeline.search.search_mixture_share``,
-  ``--mixture-prior``); "Mixture" stays the paper's two-coefficient search every node runs;
+  ``--mixture-prior``): what a new mixture network searches (``SearchSettings.mixture_search``);
+  "Mixture" is the paper's two-coefficient search (``--mixture-search paper``);
 - ``continual``, ``continual-noreplay``: each plugin after the first trained on top of the
   composite it is committed onto (``merge.pipeline.train.Continual``), with or without a replay
   of the distilled sets merged so far, then searched as a commit; every mode (without replay
-  a mixture member trains on the base alone: that is the "Mixture" row, not repeated);
+  a mixture member trains on the base alone: that is the "Mixture" row, not repeated).
+  "continual" with replay is the network's default (``medforge train --home``);
 - ``continual-searched``: continual stack with replay, coefficients searched anyway (a
   continual stack commit takes (1, 1), exactly sequential fine-tuning with rehearsal, unsearched:
   ``search_coeffs(trained_on_head=True)``; this row is what it is measured against);
@@ -146,7 +148,9 @@ ROW_FAMILIES = (
     "continual-rounds",
     "per-module",
 )
-DEFAULT_ROWS = ("distilled", "shares")
+# "continual" is what `medforge train --home` and the demo do: a plain run shows the
+# network's default method beside the paper's
+DEFAULT_ROWS = ("distilled", "shares", "continual")
 GROUPINGS = ("layer", "target")
 # CPU seconds per training step, by kind ("independent" | "continual"): the cost
 # target (a continual plugin at most 1.5x an independent one at the same steps).

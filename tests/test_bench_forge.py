@@ -33,6 +33,12 @@ ROWS = (
     "Stack",
     "Mixture (shares)",
 )
+# the network's default method, in every plain run too
+CONTINUAL = (
+    "continual + replay: Fusion",
+    "continual + replay: Mixture",
+    "continual + replay: Stack",
+)
 
 
 def load_bench() -> ModuleType:
@@ -122,7 +128,7 @@ def test_rounds_reach_the_sizes_and_name_an_ablation() -> None:
 
 
 def test_rows_can_be_chosen_or_none() -> None:
-    assert bf.parse([])[1].rows == ("distilled", "shares")
+    assert bf.parse([])[1].rows == ("distilled", "shares", "continual")
     assert bf.parse(["--rows", "none"])[1].rows == ()
     assert bf.parse(["--rows", "shares"])[1].rows == ("shares",)
 
@@ -190,16 +196,17 @@ def run_quick(out: Path, *argv: str) -> Any:
 def test_quick_bench_writes_every_row(tmp_path: Path) -> None:
     result = run_quick(tmp_path)
     tasks = result["settings"]["tasks"]
-    assert set(ROWS) <= set(tasks["rows"]) == set(tasks["summary"])
-    for row in ROWS:
+    assert {*ROWS, *CONTINUAL} <= set(tasks["rows"]) == set(tasks["summary"])
+    for row in (*ROWS, *CONTINUAL):
         mean = tasks["summary"][row]["mean"]["accuracy"]
         assert 0.0 <= mean["mean"] <= 1.0
         assert mean["n"] == 1  # one seed, one order
-    assert set(tasks["goals"]["accuracy"]) == {"Fusion", "Mixture", "Stack", "Mixture (shares)"}
+    searched = {"Fusion", "Mixture", "Stack", "Mixture (shares)", *CONTINUAL}
+    assert set(tasks["goals"]["accuracy"]) == searched
     shares = [s["coeffs"] for s in tasks["samples"] if s["row"] == "Mixture (shares)"]
     assert all(abs(w1 + w2 - 1.0) < 1e-12 for w1, w2 in shares[0][1:])  # convex shares
     table = (tmp_path / "bench_forge-quick.md").read_text()
-    assert all(f"| {row} |" in table for row in ROWS)
+    assert all(f"| {row} |" in table for row in (*ROWS, *CONTINUAL))
     assert (tmp_path / "bench_forge-quick.png").stat().st_size > 10_000
 
 
