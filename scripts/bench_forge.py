@@ -702,7 +702,9 @@ def continual_rows(
     with a replay of the distilled sets merged so far or without; then the commit's search
     (a stack commit of a plugin trained on its head: (1, 1), unless ``searched``).
     A mixture member trains on the base (``Continual.of``), so without replay the mixture is
-    the "Mixture" row exactly: that row is not repeated."""
+    the "Mixture" row exactly: that row is not repeated. With replay the mixture's commits
+    search shares, as a new mixture network's do (so the row is what `medforge train --home`
+    and `medforge commit` give a mixture network)."""
     from merge.pipeline.train import Continual
 
     out = []
@@ -720,7 +722,9 @@ def continual_rows(
             out_dir = run.work / "continual" / tag / prefix
             return continual_plugin(run, name, base, out_dir, run.sizes.steps)
 
-        search = run.commit_search(trained_on_head=not searched)
+        # a mixture network searches shares by default (SearchSettings.mixture_search)
+        shares = replace(run.search, mixture_search="shares") if mode == "mixture" else None
+        search = run.commit_search(shares, trained_on_head=not searched)
         f = forge(mode, order, plugin_for, run.data, search)
         row = (
             f"continual + replay, searched: {SEARCHED[mode]}"
