@@ -1069,8 +1069,9 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Sizes]:
         "--warm-start",
         choices=("on", "off"),
         default=None,
-        help="continual rows: TrainConfig.warm_start (each LoRA's A on its ΔW's top "
-        "singular directions; default: on for Stack only)",
+        help="continual rows: TrainConfig.warm_start (the LoRA starts on the composite: "
+        "stack, each A on its ΔW's top singular directions; fusion, as its factors; "
+        "default: on)",
     )
     ap.add_argument("--tag", default=None, help="output name (default: quick/full[-settings])")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results")

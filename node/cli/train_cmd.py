@@ -122,9 +122,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--warm-start",
         choices=("auto", "on", "off"),
         default="auto",
-        help="continual, on a composite with a ΔW (fusion, stack): start each LoRA's A on "
-        "its module's ΔW top singular directions (B at zero: the start is still the "
-        "composite) instead of PEFT's random init (auto: for a stack network only)",
+        help="continual, on a composite with a ΔW, start the LoRA on the composite instead "
+        "of PEFT's random init: stack, each A on its module's ΔW top singular directions (B "
+        "at zero); fusion, each LoRA as the composite's own factors, on the bare base "
+        "(either way the start is the composite; auto: on)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="optimizer steps (default 60)")
@@ -213,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     from merge.pipeline.backends import load_backend
     from merge.pipeline.datasets import load_data
     from merge.pipeline.device import resolve_device
-    from merge.pipeline.train import train_plugin
+    from merge.pipeline.train import FACTORS_INIT, train_plugin
     from node.shell.home import Home
 
     torch.set_num_threads(args.threads)
@@ -263,10 +264,12 @@ def run(args: argparse.Namespace) -> int:
         how = f"independently, on the base alone ({why})"
     else:
         on = "the composite's ΔW" if continual.delta else "the base (no ΔW: empty or mixture)"
+        if training.get("init") == FACTORS_INIT:  # fusion: the LoRA started as its factors
+            on = "the base, the LoRA starting as the composite's factors"
         how = f"continually on {why}: {on} + replay of {continual.n_replay} distilled examples"
         if "loss" in training:  # the composite already held this task: say which loss it used
             how += f", {training['loss']} local loss"
-        if "init" in training:  # each LoRA's A started on the composite's ΔW
+        if "init" in training:  # the LoRA started on the composite, not at PEFT's init
             how += f", {training['init']} init"
     human = (
         f"plugin for {args.task!r} -> {result.out}\n"

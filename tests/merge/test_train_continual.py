@@ -290,16 +290,52 @@ def test_warm_start_puts_each_lora_on_its_deltas_top_directions(
 
 
 def test_warm_start_is_on_for_a_stack_composite_with_a_delta_only(composite: Composite) -> None:
-    """The default (None) follows the measurement: stack on, fusion and mixture off; an
-    explicit setting wins where there is a ΔW, and an empty ΔW has nothing to start on."""
+    """The default (None) follows the measurement: on for stack and fusion (a mixture has
+    no ΔW); an explicit setting wins where there is a ΔW, and an empty ΔW has nothing to
+    start on."""
     from merge.pipeline import train as recipe
 
     delta = delta_weights(composite.modules)
     stack, fusion = Continual(PARENT, delta, mode="stack"), Continual(PARENT, delta, mode="fusion")
     mixture = Continual(PARENT, {}, mode="mixture")
     assert recipe._warm(stack, CONFIG)
-    assert not recipe._warm(fusion, CONFIG)
-    assert recipe._warm(fusion, replace(CONFIG, warm_start=True))
+    assert recipe._warm(fusion, CONFIG)
+    assert not recipe._warm(fusion, replace(CONFIG, warm_start=False))
     assert not recipe._warm(stack, replace(CONFIG, warm_start=False))
     assert not recipe._warm(mixture, replace(CONFIG, warm_start=True))
     assert not recipe._warm(None, CONFIG)
+
+
+def test_a_warm_fusion_plugin_starts_as_the_composites_factors(
+    backend: TextBackend, first: tuple[LoraAdapter, Distilled], tmp_path: Path
+) -> None:
+    """Onto a fusion composite a warm start trains *from* its factors on the bare base (the
+    fold folds factors, not ΔW): at step 0 each LoRA is the composite's module, B unscaled;
+    trained, the record says so and folding at (0, 1) is the model that was trained."""
+    from merge.pipeline import train as recipe
+
+    fused = apply(empty("fusion"), first[0], (1.0, 1.0))
+    prior = Continual.of(fused, [first[1]], parent=PARENT)
+    assert set(prior.factors) == set(fused.modules)
+    peft_model = recipe._wrap(backend, recipe._ranked(CONFIG, prior.factors))
+    recipe._start_on_factors(peft_model, prior.factors)
+    for name, module in recipe._inner(peft_model).named_modules():
+        if name in prior.factors:
+            f = prior.factors[name]
+            assert torch.equal(module.lora_A["default"].weight, f.A)
+            scaled = module.lora_B["default"].weight * module.scaling["default"]
+            assert torch.allclose(scaled, f.B, rtol=1e-6, atol=0.0)
+
+    out = tmp_path / "plugin"
+    config = replace(CONFIG, warm_start=True)
+    result = train_plugin(
+        backend, _relabelled(toy_records()), task="two", out=out, config=config, continual=prior
+    )
+    assert result.training["init"] == "composite-factors"
+    assert read_plugin_meta(out)["training"]["init"] == "composite-factors"
+    plugin = load_adapter(out, base=backend.fingerprint, limits=Limits())
+    assert set(plugin.modules) >= set(fused.modules)  # no module of the composite dropped
+    _, val = stratified_split(_relabelled(toy_records()), CONFIG.val_fraction, CONFIG.seed)
+    assert evaluate(backend, apply(fused, plugin, (0.0, 1.0)), val).accuracy == (
+        result.plugin.accuracy
+    )

@@ -327,16 +327,18 @@ def test_a_fusion_network_under_label_skew_trains_with_the_prior_corrected_loss(
     assert c2.training["loss"] == "prior-corrected"
     assert report["training"] == dict(c2.training)
 
-    assert "init" not in second["training"]  # a fusion network: PEFT's init by default
-    off = train_on(two, "p3", "--prior-correction", "off", "--warm-start", "on")
+    # a fusion network's default: the LoRA starts as the composite's factors
+    assert second["training"]["init"] == c2.training["init"] == "composite-factors"
+    off = train_on(two, "p3", "--prior-correction", "off", "--warm-start", "off")
     assert "loss" not in off["training"]
-    assert off["training"]["init"] == "composite-svd"
+    assert "init" not in off["training"]
     assert off["training"]["replay"] == 12  # on c2's composite: both members' sets
 
     log, _ = cli(capsys, "log", "--home", str(home.path))
     assert [e["training"] for e in log["items"]] == [dict(c1.training), dict(c2.training)]
     assert main(["log", "--home", str(home.path)]) == 0
-    assert "continual (replay 6, prior-corrected loss, trained on" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "continual (replay 6, prior-corrected loss, composite-factors init, trained on" in shown
     procs.stop([node])
 
 
