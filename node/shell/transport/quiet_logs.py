@@ -104,6 +104,27 @@ def _relay_stream_closed(record: logging.LogRecord) -> bool:
     return record.levelno == logging.ERROR and "stream" in record.getMessage()
 
 
+def _add_conn_cancelled(record: logging.LogRecord) -> bool:
+    """The swarm's WARNING, with a traceback in its text, when a connection still being
+    set up is cancelled: a peer that left mid-handshake, or this node stopping. trio's
+    ``Cancelled`` is always a scope this process cancelled, never a fault; every other
+    ``add_conn`` failure stays a WARNING."""
+    msg = record.getMessage()
+    return msg.startswith("[ADDCONN_FAIL] ") and ": Cancelled(" in msg.split("\n", 1)[0]
+
+
+def _muxer_closed_under_reader(record: logging.LogRecord) -> bool:
+    """yamux's ERROR when the connection it reads is closed under it (the peer or this node
+    closing it): the connection's end, already reported as a disconnect. Other read errors
+    stay."""
+    msg = record.getMessage()
+    return (
+        record.levelno == logging.ERROR
+        and msg.startswith("Error in handle_incoming for peer ")
+        and msg.endswith(": ClosedResourceError: ")
+    )
+
+
 def install() -> None:
     """Attach every matcher to its libp2p logger (idempotent: ``_Demote.install`` is)."""
     _Demote.install("libp2p.network.auto_connector", _auto_connector_cycle)
@@ -113,3 +134,5 @@ def install() -> None:
     for name in ("libp2p.kad_dht.kad_dht", "libp2p.kad_dht.peer_routing"):
         _Demote.install(name, _dht_chatter)
     _Demote.install("libp2p.identity.identify.identify", _identify_to_a_gone_peer)
+    _Demote.install("libp2p.network.swarm", _add_conn_cancelled)
+    _Demote.install("libp2p.stream_muxer.yamux.yamux", _muxer_closed_under_reader)

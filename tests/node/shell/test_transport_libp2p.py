@@ -309,6 +309,32 @@ def test_identify_to_a_peer_that_just_left_is_debug(caplog: pytest.LogCaptureFix
     ]
 
 
+def test_a_connection_cancelled_mid_setup_is_debug(caplog: pytest.LogCaptureFixture) -> None:
+    """Seen in CI when a peer stopped while bob was still upgrading its connection: the
+    swarm logs a WARNING carrying a traceback of trio's Cancelled, and yamux an ERROR for the
+    closed reader. Both demoted; any other add_conn failure or read error stays."""
+    import node.shell.transport.libp2p  # noqa: F401 - installs the filters
+
+    swarm = logging.getLogger("libp2p.network.swarm")
+    yamux = logging.getLogger("libp2p.stream_muxer.yamux.yamux")
+    with caplog.at_level(logging.INFO):
+        swarm.warning(
+            "[ADDCONN_FAIL] add_conn failed for peer %s: %r\n%s",
+            "12D3Koo",
+            trio.Cancelled._create(source="explicit"),
+            "Traceback (most recent call last):\n  ...\ntrio.Cancelled: cancelled\n",
+        )
+        swarm.warning(
+            "[ADDCONN_FAIL] add_conn failed for peer %s: %r\n%s", "12D3Koo", OSError("X"), ""
+        )
+        yamux.error("Error in handle_incoming for peer 12D3Koo: ClosedResourceError: ")
+        yamux.error("Error in handle_incoming for peer 12D3Koo: ValueError: bad frame")
+    assert [r.getMessage().split("\n")[0] for r in caplog.records] == [
+        "[ADDCONN_FAIL] add_conn failed for peer 12D3Koo: OSError('X')",
+        "Error in handle_incoming for peer 12D3Koo: ValueError: bad frame",
+    ]
+
+
 def test_a_wildcard_listen_address_is_advertised_as_the_hosts_addresses() -> None:
     """libp2p advertised /ip4/0.0.0.0/... (what the README's listen line binds), which no
     peer can dial; announce addresses (a public address the host cannot see) come first."""
