@@ -317,7 +317,11 @@ def test_a_connection_cancelled_mid_setup_is_debug(caplog: pytest.LogCaptureFixt
 
     swarm = logging.getLogger("libp2p.network.swarm")
     yamux = logging.getLogger("libp2p.stream_muxer.yamux.yamux")
-    with caplog.at_level(logging.INFO):
+    # each logger's own level too: an earlier test or libp2p may have raised it
+    with (
+        caplog.at_level(logging.INFO, logger=swarm.name),
+        caplog.at_level(logging.INFO, logger=yamux.name),
+    ):
         swarm.warning(
             "[ADDCONN_FAIL] add_conn failed for peer %s: %r\n%s",
             "12D3Koo",
