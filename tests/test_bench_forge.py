@@ -148,6 +148,19 @@ def test_any_chapters_make_the_tasks_setting() -> None:
     assert set(setting.tests) == {"endocrine", "digestive", "genitourinary"}
 
 
+def test_the_heart_hospitals_are_a_task_each_or_one_shared_task() -> None:
+    """Either way each hospital keeps its own test set: the table shows what each one gets."""
+    per_site = bf.build_heart(bf.parse(["--quick"])[1], 0)
+    sizes = bf.parse(["--quick", "--settings", "heart", "--heart-task", "shared"])[1]
+    shared = bf.build_heart(sizes, 0)
+    assert [i.task for i in per_site.institutions] == list(bf.HEART_SITES)
+    assert {i.task for i in shared.institutions} == {"heart-disease"}
+    assert list(shared.tests) == list(per_site.tests) == list(bf.HEART_SITES)
+    assert bf.default_tag(False, sizes) == "full-heart-heartshared"
+    with pytest.raises(SystemExit):
+        bf.parse(["--heart-task", "pooled"])
+
+
 def test_pooled_distilled_sets_label_the_joint_class_list() -> None:
     def d(classes: tuple[str, ...], labels: list[int]) -> Distilled:
         x = torch.full((len(labels), 2, 3), float(len(classes)))
