@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from node.cli.output import add_json, emit
+from node.cli.output import add_json, emit, terminal_safe
 from node.errors import NodeNotRunning, UsageError
 
 if TYPE_CHECKING:  # torch loads only when a plugin is trained
@@ -208,6 +210,22 @@ def _home_head(genesis: Genesis, home: Home) -> tuple[Continual, str]:
     return continual(genesis, head), f"forge item v{len(head.commits)} of the running node"
 
 
+def _hint_namesakes(continual: Continual, task: str, classes: Sequence[str]) -> None:
+    """Say so when the composite holds this data's classes under another task name: a
+    consortium's shared task named per site trains much worse (``namesakes``)."""
+    from merge.pipeline.train import namesakes
+
+    for other in namesakes(continual, task, classes):
+        print(
+            terminal_safe(
+                f"note: the composite's task {other!r} has exactly these classes; if this data "
+                f"is for the same task, train with --task {other!r}: replay, distillation and "
+                "the prior correction treat each task name as its own task"
+            ),
+            file=sys.stderr,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -231,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         backend = load_backend(args.backend or "text", args.base, device=device)
     config = _config(args, backend.kind)
+    if continual is not None:
+        _hint_namesakes(continual, args.task, records.classes)
     from merge.pipeline.errors import DatasetTooSmallError
 
     try:

@@ -252,6 +252,28 @@ def test_an_offline_head_trains_continually_and_a_rebase_keeps_the_training(
     assert unsigned.version() == 1
 
 
+def test_a_shared_task_under_another_name_gets_a_note(
+    home: Home, model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The composite holds task 'first'; a member training the same classes as 'mine' is
+    told to name it 'first' (the per-task parts of the recipe key on the name), and still
+    trains. Other classes, or the same name, get no note."""
+    node = procs.start(home, [])
+    report, _ = train(capsys, home, "first", "--independent")
+    commit(capsys, home, report["out"], distill(capsys, home, "first", model), "c1")
+    argv = train_args(home, "first")
+    argv[argv.index("--task") + 1] = "mine"
+    argv[argv.index("--out") + 1] += "-mine"
+    mine, err = cli(capsys, "train", *argv, "--quick", "--batch-size", "8")
+    assert "note: the composite's task 'first' has exactly these classes" in err
+    assert "--task 'first'" in err
+    assert mine["training"]["replay"] == 6
+    for task in ("first", "second"):
+        _, err = train(capsys, home, task, "--warm-start", "on")
+        assert "note:" not in err
+    procs.stop([node])
+
+
 def test_a_base_that_is_not_the_networks_or_a_bad_replay_weight_is_refused(
     home: Home, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
