@@ -148,15 +148,15 @@ def test_any_chapters_make_the_tasks_setting() -> None:
     assert set(setting.tests) == {"endocrine", "digestive", "genitourinary"}
 
 
-def test_the_heart_hospitals_are_a_task_each_or_one_shared_task() -> None:
+def test_the_heart_hospitals_are_one_shared_task_or_a_task_each() -> None:
     """Either way each hospital keeps its own test set: the table shows what each one gets."""
-    per_site = bf.build_heart(bf.parse(["--quick"])[1], 0)
-    sizes = bf.parse(["--quick", "--settings", "heart", "--heart-task", "shared"])[1]
-    shared = bf.build_heart(sizes, 0)
-    assert [i.task for i in per_site.institutions] == list(bf.HEART_SITES)
+    shared = bf.build_heart(bf.parse(["--quick"])[1], 0)
+    sizes = bf.parse(["--quick", "--settings", "heart", "--heart-task", "site"])[1]
+    per_site = bf.build_heart(sizes, 0)
     assert {i.task for i in shared.institutions} == {"heart-disease"}
+    assert [i.task for i in per_site.institutions] == list(bf.HEART_SITES)
     assert list(shared.tests) == list(per_site.tests) == list(bf.HEART_SITES)
-    assert bf.default_tag(False, sizes) == "full-heart-heartshared"
+    assert bf.default_tag(False, sizes) == "full-heart-heartsite"
     with pytest.raises(SystemExit):
         bf.parse(["--heart-task", "pooled"])
 
