@@ -1230,14 +1230,27 @@ def default_tag(quick: bool, sizes: Sizes) -> str:
 
 
 def combine(paths: Sequence[Path], out: Path, tag: str) -> Path:
-    """One report from runs made separately (e.g. the three settings in parallel)."""
-    results: dict[str, Any] = {}
+    """One report from runs made separately: the settings run in parallel, or the seeds of
+    one setting (their samples pooled, so the table is over every seed). Runs of one setting
+    must share its split and recipe (every size but the seeds) and no seed."""
+    samples: dict[str, list[dict[str, Any]]] = {}
+    seconds: dict[str, float] = {}
+    split: dict[str, dict[str, Any]] = {}
     metas = []
     for p in paths:
         data = json.loads(p.read_text())
         metas.append({k: v for k, v in data.items() if k != "settings"})
+        sizes = {k: v for k, v in data["sizes"].items() if k not in ("seeds", "settings")}
         for name, r in data["settings"].items():
-            results[name] = finish(name, r["samples"], r["seconds"])
+            if split.setdefault(name, sizes) != sizes:
+                differ = sorted(k for k in sizes if sizes[k] != split[name].get(k))
+                raise ValueError(f"{p}: its {name} run differs from an earlier one in {differ}")
+            again = {x["seed"] for x in r["samples"]} & {x["seed"] for x in samples.get(name, [])}
+            if again:
+                raise ValueError(f"{p}: {name} seed(s) {sorted(again)} are in an earlier file")
+            samples.setdefault(name, []).extend(r["samples"])
+            seconds[name] = seconds.get(name, 0.0) + r["seconds"]
+    results = {name: finish(name, samples[name], seconds[name]) for name in samples}
     meta = {"tag": tag, "sizes": metas[0]["sizes"], "combined_from": metas}
     return write_outputs(out, tag, results, meta)
 
@@ -1248,7 +1261,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args, sizes = parse(argv)
     if args.combine:
-        print(combine(args.combine, args.out, args.tag or "combined").read_text())
+        try:
+            print(combine(args.combine, args.out, args.tag or "combined").read_text())
+        except ValueError as e:
+            raise SystemExit(f"bench_forge --combine: {e}") from e
         return
     torch.set_num_threads(1)  # measured: MiniLM on this VM is several times faster on one
     t0 = time.perf_counter()

@@ -161,6 +161,34 @@ def test_the_heart_hospitals_are_one_shared_task_or_a_task_each() -> None:
         bf.parse(["--heart-task", "pooled"])
 
 
+def test_combine_pools_the_seeds_of_one_setting(tmp_path: Path) -> None:
+    """Seeds run apart make one table over every seed; a seed twice, or runs of one setting on
+    different splits, are refused (their mean would mean nothing)."""
+
+    def run(seed: int, accuracy: float, **sizes: Any) -> Path:
+        score = {"accuracy": accuracy, "auc": 0.5}
+        samples = [
+            {"seed": seed, "order": None, "row": row, "scores": {"a": score, "mean": score}}
+            for row in (bf.BASE, bf.POOLED, bf.UNIFORM)
+        ]
+        data = {
+            "sizes": {**bf.asdict(bf.Sizes(seeds=(seed,))), **sizes},
+            "settings": {"heart": {"samples": samples, "seconds": 1.0}},
+        }
+        path = tmp_path / f"run-{seed}-{len(sizes)}.json"
+        path.write_text(json.dumps(data))
+        return path
+
+    out = bf.combine([run(0, 0.5), run(1, 0.7)], tmp_path, "both")
+    heart = json.loads(out.with_suffix(".json").read_text())["settings"]["heart"]
+    assert heart["runs"] == "2 seed(s) x 0 order(s)"
+    assert heart["summary"]["uniform average"]["mean"]["accuracy"]["mean"] == 0.6
+    with pytest.raises(ValueError, match=r"seed\(s\) \[0\]"):
+        bf.combine([run(0, 0.5), run(0, 0.6)], tmp_path, "twice")
+    with pytest.raises(ValueError, match="heart_task"):
+        bf.combine([run(0, 0.5), run(1, 0.7, heart_task="site")], tmp_path, "apart")
+
+
 def test_pooled_distilled_sets_label_the_joint_class_list() -> None:
     def d(classes: tuple[str, ...], labels: list[int]) -> Distilled:
         x = torch.full((len(labels), 2, 3), float(len(classes)))
