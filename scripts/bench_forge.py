@@ -1243,7 +1243,8 @@ def combine(paths: Sequence[Path], out: Path, tag: str) -> Path:
         sizes = {k: v for k, v in data["sizes"].items() if k not in ("seeds", "settings")}
         for name, r in data["settings"].items():
             if split.setdefault(name, sizes) != sizes:
-                differ = sorted(k for k in sizes if sizes[k] != split[name].get(k))
+                keys = sizes.keys() | split[name].keys()
+                differ = sorted(k for k in keys if sizes.get(k) != split[name].get(k))
                 raise ValueError(f"{p}: its {name} run differs from an earlier one in {differ}")
             again = {x["seed"] for x in r["samples"]} & {x["seed"] for x in samples.get(name, [])}
             if again:
@@ -1251,7 +1252,13 @@ def combine(paths: Sequence[Path], out: Path, tag: str) -> Path:
             samples.setdefault(name, []).extend(r["samples"])
             seconds[name] = seconds.get(name, 0.0) + r["seconds"]
     results = {name: finish(name, samples[name], seconds[name]) for name in samples}
-    meta = {"tag": tag, "sizes": metas[0]["sizes"], "combined_from": metas}
+    seeds = sorted({x["seed"] for runs in samples.values() for x in runs})
+    settings = list(samples)  # the table's, not the first file's
+    meta = {
+        "tag": tag,
+        "sizes": {**metas[0]["sizes"], "seeds": seeds, "settings": settings},
+        "combined_from": metas,
+    }
     return write_outputs(out, tag, results, meta)
 
 

@@ -180,7 +180,9 @@ def test_combine_pools_the_seeds_of_one_setting(tmp_path: Path) -> None:
         return path
 
     out = bf.combine([run(0, 0.5), run(1, 0.7)], tmp_path, "both")
-    heart = json.loads(out.with_suffix(".json").read_text())["settings"]["heart"]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert (report["sizes"]["seeds"], report["sizes"]["settings"]) == ([0, 1], ["heart"])
+    heart = report["settings"]["heart"]
     assert heart["runs"] == "2 seed(s) x 0 order(s)"
     assert heart["summary"]["uniform average"]["mean"]["accuracy"]["mean"] == 0.6
     with pytest.raises(ValueError, match=r"seed\(s\) \[0\]"):
