@@ -192,7 +192,7 @@ def namesakes(continual: Continual, task: str, classes: Sequence[str]) -> tuple[
     own inputs, one head over the task's replayed sets, the prior correction) apply only
     within one task name, so a member that names a shared task its own way trains as if it
     were alone on it (heart hospitals, README, 3 seeds x 4 orders: continual Stack 0.717 a
-    task per site, 0.792 one shared task)."""
+    task per site, 0.79 one shared task)."""
     want = frozenset(classes)
     return tuple(
         dict.fromkeys(
